@@ -1,0 +1,3 @@
+from chiron.client.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Owner and provider tools: the `chiron` command line and its client SDK."""

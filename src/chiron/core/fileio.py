@@ -1,0 +1,72 @@
+"""Atomic file output: a file either appears whole under its final name or not at all.
+
+Output goes to a hidden temporary file in the destination directory, is fsynced, and
+is renamed into place only when the writer finished without any exception (including
+KeyboardInterrupt), so a crash or Ctrl-C never leaves a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from chiron.core.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_output(
+    path: str | os.PathLike[str], *, mode: int = 0o644, overwrite: bool = True
+) -> Iterator[BinaryIO]:
+    """Yield a binary file that becomes `path` only if the block completes."""
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    if not directory.is_dir():
+        raise InputError(f"cannot write {target}: directory {directory} does not exist")
+    if not overwrite and target.exists():
+        raise InputError(f"refusing to overwrite existing file {target}")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=directory)
+    except OSError as exc:
+        raise InputError(f"cannot write {target}: {exc.strerror}") from None
+    os.fchmod(fd, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        if not overwrite and target.exists():
+            raise InputError(f"refusing to overwrite existing file {target}")
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def atomic_write(
+    path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644, overwrite: bool = True
+) -> None:
+    with atomic_output(path, mode=mode, overwrite=overwrite) as handle:
+        handle.write(data)
+
+
+def read_input_file(
+    path: str | os.PathLike[str], *, what: str = "file", limit: int | None = None
+) -> bytes:
+    """Read a whole input file, turning OS errors into one-line InputErrors."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(-1 if limit is None else limit + 1)
+    except FileNotFoundError:
+        raise InputError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise InputError(f"{what} is a directory, not a file: {path}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if limit is not None and len(data) > limit:
+        raise InputError(f"{what} {path} is larger than {limit} bytes")
+    return data

@@ -1,0 +1,237 @@
+"""The enclave boundary: every call the host may make into an enclave, and nothing else.
+
+Like an SGX EDL file, this module is the complete list of entry points (`CALLS`) and the
+one untrusted-side proxy (`EnclaveProcess`) that host and client code use to reach an
+enclave. Arguments and results cross as framed messages on the enclave process's stdin
+and stdout; the enclave validates every argument itself, because whoever runs the
+proxy (the provider's host) is an adversary.
+
+Message frames (core.framing), each carrying one JSON document in which byte strings
+are encoded as {"$bytes": base64}:
+
+    host → enclave  REQUEST  {"call": name, "args": {...}}
+    enclave → host  EVENT    {"event": name, ...}      zero or more, e.g. progress
+    enclave → host  RESULT   {...}                      the call's result
+    enclave → host  FAILURE  {"error": class, "message": str, "reason_class": str|null}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from chiron.core.encoding import b64decode, b64encode
+from chiron.core.errors import (
+    AttestationError,
+    ChironError,
+    EnclaveError,
+    InputError,
+    IntegrityError,
+    JobFailed,
+)
+from chiron.core.framing import FramingError, read_frame, write_frame
+
+ROLES = ("train", "query", "paramserver")
+
+# The complete list of calls into an enclave, by role. `enclave.main` refuses anything
+# not listed here for its role.
+CALLS: Mapping[str, tuple[str, ...]] = {
+    "train": ("attest", "train", "shutdown"),
+    "query": ("attest", "load_model", "provision_share", "query", "evaluate", "shutdown"),
+    "paramserver": ("attest", "shutdown"),
+}
+
+REQUEST, EVENT, RESULT, FAILURE = 1, 2, 3, 4
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+
+# Errors that may cross the boundary by class name; anything else becomes EnclaveError.
+_ERROR_CLASSES: dict[str, type[ChironError]] = {
+    cls.__name__: cls
+    for cls in (ChironError, EnclaveError, InputError, IntegrityError, AttestationError)
+}
+
+
+def encode_message(value: Any) -> bytes:
+    return json.dumps(_to_json(value), separators=(",", ":")).encode("utf-8")
+
+
+def decode_message(payload: bytes) -> Any:
+    try:
+        return _from_json(json.loads(payload.decode("utf-8")))
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError):
+        raise EnclaveError("malformed message across the enclave boundary") from None
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$bytes": b64encode(bytes(value))}
+    if isinstance(value, dict):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"$bytes"}:
+            return b64decode(value["$bytes"])
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+class EnclaveProcess:
+    """Untrusted-side proxy for one enclave process running on this machine.
+
+    On a TEE platform the same process would be started inside the enclave or
+    confidential VM; the protocol does not change.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], role: str) -> None:
+        self._process = process
+        self.role = role
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        role: str,
+        state_dir: str | os.PathLike[str],
+        platform: str = "sim",
+        extra_args: tuple[str, ...] = (),
+        log_path: str | os.PathLike[str] | None = None,
+    ) -> EnclaveProcess:
+        if role not in ROLES:
+            raise ValueError(f"unknown enclave role {role!r}")
+        Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        command = [
+            sys.executable,
+            "-m",
+            "chiron.enclave.main",
+            "--role",
+            role,
+            "--state-dir",
+            str(state_dir),
+            "--platform",
+            platform,
+            *extra_args,
+        ]
+        stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        try:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=_enclave_environment(),
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise EnclaveError(f"could not start the enclave process: {exc.strerror}") from None
+        finally:
+            if log_path:
+                stderr.close()  # type: ignore[union-attr]
+        return cls(process, role)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def call(
+        self,
+        name: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        timeout: float | None = 60.0,
+    ) -> dict[str, Any]:
+        """Make one call and wait for its result, passing events to `on_event`.
+
+        `timeout` bounds the silence between two messages, not the whole call, so a
+        long training job that reports progress never times out.
+        """
+        if name not in CALLS[self.role]:
+            raise EnclaveError(f"the {self.role} enclave has no call {name!r}")
+        stdin, stdout = self._process.stdin, self._process.stdout
+        assert stdin is not None and stdout is not None
+        try:
+            write_frame(
+                stdin.fileno(), REQUEST, encode_message({"call": name, "args": dict(args or {})})
+            )
+        except (BrokenPipeError, OSError):
+            raise EnclaveError("the enclave process is not running") from None
+        while True:
+            if timeout is not None:
+                ready, _, _ = select.select([stdout.fileno()], [], [], timeout)
+                if not ready:
+                    self.kill()
+                    raise EnclaveError(f"the enclave did not answer within {timeout:g} s")
+            try:
+                frame = read_frame(stdout.fileno(), max_payload=MAX_MESSAGE_BYTES)
+            except FramingError:
+                frame = None
+            if frame is None:
+                self.kill()
+                raise EnclaveError("the enclave process stopped unexpectedly")
+            message = decode_message(frame.payload)
+            if frame.kind == EVENT:
+                if on_event is not None:
+                    on_event(message)
+            elif frame.kind == RESULT:
+                return message
+            elif frame.kind == FAILURE:
+                raise _rebuild_error(message)
+            else:
+                self.kill()
+                raise EnclaveError("the enclave sent an unknown message kind")
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Ask the enclave to shut down; kill it if it does not."""
+        if self._process.poll() is None:
+            try:
+                self.call("shutdown", timeout=timeout)
+            except ChironError:
+                pass
+        try:
+            self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        for stream in (self._process.stdin, self._process.stdout):
+            if stream is not None:
+                stream.close()
+
+    def kill(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+    def __enter__(self) -> EnclaveProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _rebuild_error(message: dict[str, Any]) -> ChironError:
+    text = str(message.get("message", "enclave call failed"))
+    reason = message.get("reason_class")
+    if reason:
+        return JobFailed(str(reason), text)
+    return _ERROR_CLASSES.get(str(message.get("error")), EnclaveError)(text)
+
+
+def _enclave_environment() -> dict[str, str]:
+    """A minimal environment: nothing of the caller's leaks in (proxies, tokens...)."""
+    keep = ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["PYTHONHASHSEED"] = "0"
+    return env

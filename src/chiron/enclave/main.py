@@ -1,0 +1,127 @@
+"""Enclave process entry point: read boundary calls, dispatch, answer.
+
+Run as `python -m chiron.enclave.main --role ROLE --state-dir DIR --platform NAME`.
+The process keeps one ephemeral identity for its lifetime; attestation evidence binds
+it, so whoever verified the evidence can seal secrets to this very process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from chiron.core.errors import ChironError, JobFailed
+from chiron.core.framing import FramingError, read_frame, write_frame
+from chiron.enclave.boundary import (
+    CALLS,
+    EVENT,
+    FAILURE,
+    MAX_MESSAGE_BYTES,
+    REQUEST,
+    RESULT,
+    ROLES,
+    decode_message,
+    encode_message,
+)
+from chiron.enclave.context import EnclaveContext
+
+# Where each call is implemented; imported lazily so a role loads only what it uses.
+HANDLERS: dict[str, str] = {
+    "attest": "chiron.enclave.attestation:handle_attest",
+    "train": "chiron.enclave.trainer:handle_train",
+    "load_model": "chiron.enclave.query:handle_load_model",
+    "provision_share": "chiron.enclave.query:handle_provision_share",
+    "query": "chiron.enclave.query:handle_query",
+    "evaluate": "chiron.enclave.query:handle_evaluate",
+}
+
+Handler = Callable[
+    [EnclaveContext, dict[str, Any], Callable[[dict[str, Any]], None]], dict[str, Any]
+]
+
+
+def _resolve(target: str) -> Handler:
+    module_name, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def serve(context: EnclaveContext, in_fd: int, out_fd: int) -> None:
+    def emit(event: dict[str, Any]) -> None:
+        write_frame(out_fd, EVENT, encode_message(event))
+
+    while True:
+        try:
+            frame = read_frame(in_fd, max_payload=MAX_MESSAGE_BYTES)
+        except FramingError:
+            return
+        if frame is None or frame.kind != REQUEST:
+            return
+        try:
+            request = decode_message(frame.payload)
+            name = request.get("call")
+            if name not in CALLS[context.role]:
+                raise ChironError(f"the {context.role} enclave has no call {name!r}")
+            if name == "shutdown":
+                write_frame(out_fd, RESULT, encode_message({}))
+                return
+            result = _resolve(HANDLERS[name])(context, dict(request.get("args") or {}), emit)
+            write_frame(out_fd, RESULT, encode_message(result))
+        except JobFailed as exc:
+            write_frame(
+                out_fd,
+                FAILURE,
+                encode_message(
+                    {"error": "JobFailed", "message": str(exc), "reason_class": exc.reason_class}
+                ),
+            )
+        except ChironError as exc:
+            write_frame(
+                out_fd,
+                FAILURE,
+                encode_message(
+                    {"error": type(exc).__name__, "message": str(exc), "reason_class": None}
+                ),
+            )
+        except Exception:
+            # Internal faults: the details go to the enclave's own log only; the
+            # message crossing the boundary is fixed text.
+            traceback.print_exc(file=sys.stderr)
+            write_frame(
+                out_fd,
+                FAILURE,
+                encode_message(
+                    {
+                        "error": "EnclaveError",
+                        "message": "internal enclave error",
+                        "reason_class": None,
+                    }
+                ),
+            )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="chiron-enclave")
+    parser.add_argument("--role", choices=ROLES, required=True)
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--platform", default="sim")
+    options = parser.parse_args(argv)
+    # Keep the protocol streams private: nothing else in this process may write to
+    # fd 1 by accident (a stray print would corrupt the framing).
+    in_fd = os.dup(0)
+    out_fd = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    context = EnclaveContext.create(
+        role=options.role, state_dir=options.state_dir, platform_name=options.platform
+    )
+    serve(context, in_fd, out_fd)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The untrusted host service: REST API, job store, artifact store, enclave management."""
