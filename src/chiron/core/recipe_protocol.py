@@ -12,7 +12,9 @@ Conversation (E = enclave runtime, C = sandboxed child), all frames from core.fr
     E→C SOURCE       the recipe's Python source (UTF-8)
     C→E DECLARE      JSON (≤ MAX_DECLARE_BYTES), sent after build_model and before any data:
                      {"model_nbytes": int, "checkpoint_nbytes": int, "num_outputs": int,
-                      "hyperparameters": {...}}  (hyperparameters include epochs, batch_size)
+                      "hyperparameters": {...}, "query_policy": {...}}
+                     (hyperparameters include epochs and batch_size; query_policy is the
+                     recipe's QUERY_POLICY or {} — the enclave validates both)
   train / dryrun:
     E→C PLAN         JSON TrainingPlan.to_dict()
     E→C DATA_X       num_train records, C-order, schema dtype, little-endian
@@ -35,6 +37,7 @@ Conversation (E = enclave runtime, C = sandboxed child), all frames from core.fr
     E→C SHUTDOWN     empty; the child exits
     C→E RECIPE_ERROR empty; the recipe raised. The enclave reports `recipe_error` and
                      nothing else: no text from the child ever crosses the boundary.
+    C→E RESOURCE_EXHAUSTED empty; the recipe ran out of memory (MemoryError).
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class FromChild(enum.IntEnum):
     PREDICTIONS = 68
     MODEL = 69
     RECIPE_ERROR = 70
+    RESOURCE_EXHAUSTED = 71
 
 
 MAX_DECLARE_BYTES = 64 * 1024
