@@ -1,0 +1,89 @@
+"""What owner clients and the query enclave agree on: signed requests and sealed answers.
+
+Shared by `client` (which builds requests and opens answers) and the query enclave
+(which checks and answers), so both derive the exact same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from chiron.core.encoding import canonical_json
+from chiron.core.errors import IntegrityError
+
+PURPOSE_QUERY_INPUTS = "query-inputs"
+PURPOSE_QUERY_ANSWERS = "query-answers"
+PURPOSE_QUERY_REQUEST = "query-request"
+PURPOSE_EVALUATION_REQUEST = "evaluation-request"
+PURPOSE_EVALUATION_REPORT = "evaluation-report"
+PURPOSE_DATASET_KEY = "dataset-key"
+MAX_QUERY_BATCH = 1024
+
+
+def evaluation_job_id(model_id: str) -> str:
+    """The job id a data key is sealed under when it is released for an evaluation."""
+    return f"evaluate-{model_id}"
+
+
+def query_request_message(
+    model_id: str, request_id: str, sealed_inputs: bytes, reply_key: bytes
+) -> bytes:
+    """What the owner signs to authorise exactly one query."""
+    return canonical_json(
+        {
+            "model_id": model_id,
+            "request_id": request_id,
+            "inputs_sha256": hashlib.sha256(sealed_inputs).hexdigest(),
+            "reply_key": reply_key.hex(),
+        }
+    )
+
+
+def evaluation_request_message(model_id: str, sealed_data_key: bytes, reply_key: bytes) -> bytes:
+    """What the owner signs to authorise one evaluation."""
+    return canonical_json(
+        {
+            "model_id": model_id,
+            "data_key_sha256": hashlib.sha256(sealed_data_key).hexdigest(),
+            "reply_key": reply_key.hex(),
+        }
+    )
+
+
+def encode_answers(logits: np.ndarray, policy: dict[str, Any]) -> bytes:
+    """Fixed size per input: int32 labels, then (if the policy allows) float32 probabilities."""
+    labels = logits.argmax(1).astype("<i4")
+    if policy.get("output") == "label":
+        return labels.tobytes()
+    shifted = logits.astype(np.float64) - logits.max(1, keepdims=True)
+    probabilities = np.exp(shifted)
+    probabilities /= probabilities.sum(1, keepdims=True)
+    if policy.get("rounding") is not None:
+        probabilities = np.round(probabilities, int(policy["rounding"]))
+    return labels.tobytes() + probabilities.astype("<f4").tobytes()
+
+
+def decode_answers(
+    data: bytes, count: int, num_classes: int, policy: dict[str, Any]
+) -> list[dict[str, Any]]:
+    with_probabilities = policy.get("output") != "label"
+    expected = count * 4 * (1 + (num_classes if with_probabilities else 0))
+    if len(data) != expected:
+        raise IntegrityError("the enclave's answer has the wrong size")
+    labels = np.frombuffer(data[: count * 4], dtype="<i4")
+    answers: list[dict[str, Any]] = [{"label": int(label)} for label in labels]
+    if with_probabilities:
+        probabilities = np.frombuffer(data[count * 4 :], dtype="<f4").reshape(count, num_classes)
+        for answer, row in zip(answers, probabilities, strict=True):
+            answer["probabilities"] = [float(p) for p in row]
+    return answers
+
+
+def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """Rows are true classes, columns predicted classes."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (truth.astype(np.int64), predicted.astype(np.int64)), 1)
+    return matrix
