@@ -56,3 +56,11 @@ class JobFailed(ChironError):
     def __init__(self, reason_class: str, message: str | None = None) -> None:
         self.reason_class = reason_class
         super().__init__(message or f"job failed: {reason_class}")
+
+
+class RecipeError(ChironError):
+    """A provider's recipe does not meet the recipe contract (missing hook, wrong type...).
+
+    Raised inside the sandbox; its message reaches only the provider's own dry run,
+    never the enclave's boundary.
+    """
