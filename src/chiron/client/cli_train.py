@@ -1,9 +1,339 @@
-"""Commands of this room (filled in by the work on that room)."""
+"""`chiron train`, `chiron evaluate`, `chiron query` and `chiron receipt verify`."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from chiron.client import plots
+from chiron.client.attestation import load_policy
+from chiron.client.inputs import load_query_inputs
+from chiron.client.options import (
+    ALLOW_SIMULATION,
+    JSON,
+    LOCAL,
+    POLICY,
+    STATE_DIR,
+    TOKEN,
+    URL,
+    default_state_dir,
+    require_one_target,
+)
+from chiron.client.querying import evaluate, query, unlock_model
+from chiron.client.receipts import verify_receipt_offline
+from chiron.client.sessions import LocalEnclaveSession
+from chiron.client.training import local_job_id, run_training
+from chiron.core import container
+from chiron.core.errors import InputError, JobFailed
+from chiron.core.fileio import atomic_write, read_input_file
+from chiron.core.keys import load_data_key, load_identity, load_public_identity
+
+MAX_RECIPE_BYTES = 1024 * 1024
+_stderr = Console(stderr=True)
+
+
+def _outputs(model_path: Path) -> dict[str, Path]:
+    stem = model_path.with_suffix("") if model_path.suffix == ".chm" else model_path
+    return {
+        "receipt": Path(f"{stem}.receipt.json"),
+        "report": Path(f"{stem}.report.json"),
+        "curve": Path(f"{stem}.curve.png"),
+        "confusion": Path(f"{stem}.confusion.png"),
+    }
+
+
+def _check_dataset_key(dataset: Path, data_key_path: Path) -> tuple[Any, Any]:
+    header = container.read_dataset_header(dataset)
+    data_key = load_data_key(data_key_path)
+    if data_key.dataset_id != header.dataset_id:
+        raise InputError(
+            f"{data_key_path} is the key of dataset {data_key.dataset_id}, "
+            f"not of {dataset} ({header.dataset_id})"
+        )
+    return header, data_key
+
+
+def train(
+    recipe: Path = typer.Option(..., "--recipe", help="the provider's recipe file (.py)"),
+    dataset: Path = typer.Option(..., "--dataset", help="encrypted dataset (.chd)"),
+    data_key_path: Path = typer.Option(..., "--data-key", help="the dataset's key file"),
+    owner_key: Path = typer.Option(..., "--owner", help="the owner's private key file"),
+    provider_key: Path = typer.Option(
+        ..., "--provider", help="the provider's key (.pub is enough)"
+    ),
+    out: Path = typer.Option(..., "--out", help="where to write the escrowed model (.chm)"),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="override the recipe's epochs"),
+    seed: int = typer.Option(0, "--seed", min=0, help="seed for initialisation and shuffling"),
+    local: bool = LOCAL,
+    url: str | None = URL,
+    token: str | None = TOKEN,
+    allow_simulation: bool = ALLOW_SIMULATION,
+    policy_file: Path | None = POLICY,
+    state_dir: Path | None = STATE_DIR,
+    as_json: bool = JSON,
+    force: bool = typer.Option(False, "--force", help="overwrite an existing model file"),
+) -> None:
+    """Train a provider's recipe on an encrypted dataset inside an attested enclave."""
+    require_one_target(local, url)
+    if out.exists() and not force:
+        raise InputError(f"{out} already exists (use --force to overwrite)")
+    if not out.parent.is_dir():
+        raise InputError(f"cannot write {out}: directory {out.parent} does not exist")
+    state = state_dir or default_state_dir()
+    policy = load_policy(policy_file, allow_simulation=allow_simulation)
+    owner = load_identity(owner_key)
+    provider = load_public_identity(provider_key)
+    header, data_key = _check_dataset_key(dataset, data_key_path)
+    recipe_source = read_input_file(recipe, what="recipe", limit=MAX_RECIPE_BYTES)
+    if url is not None:
+        raise InputError("remote training is not available yet")  # replaced below
+    job_id = local_job_id(
+        recipe_source=recipe_source,
+        dataset_id=header.dataset_id,
+        owner=owner.public,
+        provider=provider,
+        epochs=epochs,
+        seed=seed,
+    )
+    checkpoint_dir = state / "jobs" / job_id
+    local_args = {
+        "train": {
+            "recipe_source": recipe_source,
+            "recipe_name": recipe.name,
+            "dataset_path": str(dataset.resolve()),
+            "checkpoint_dir": str(checkpoint_dir),
+        }
+    }
+    with ExitStack() as stack:
+        session = stack.enter_context(LocalEnclaveSession("train", state, extra_args=local_args))
+        progress = stack.enter_context(_progress_bar(as_json))
+        task = progress.add_task("training", total=None)
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event.get("event") == "progress":
+                progress.update(task, completed=event["step"], total=event["total"])
+
+        try:
+            outcome = run_training(
+                session,
+                job_id=job_id,
+                data_key=data_key,
+                owner=owner,
+                provider=provider,
+                epochs=epochs,
+                seed=seed,
+                policy=policy,
+                state_dir=state,
+                on_event=on_event,
+            )
+        except JobFailed as exc:
+            raise JobFailed(exc.reason_class, f"training failed: {exc.reason_class}") from None
+    paths = _outputs(out)
+    report = outcome.report
+    atomic_write(paths["receipt"], outcome.receipt)
+    atomic_write(paths["report"], (json.dumps(report, indent=2) + "\n").encode())
+    plots.training_curve(report["epoch_accuracy"], paths["curve"], title="held-out accuracy")
+    plots.confusion_matrix(
+        report["confusion_matrix"],
+        report["class_names"],
+        paths["confusion"],
+        title="held-out confusion matrix",
+    )
+    atomic_write(out, outcome.model)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    summary = {
+        "model": str(out),
+        "model_id": report["model_id"],
+        "holdout_accuracy": report["final_holdout_accuracy"],
+        "epoch_accuracy": report["epoch_accuracy"],
+        **{name: str(path) for name, path in paths.items()},
+    }
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(f"model     {out} (escrowed: needs both the owner's and the provider's share)")
+        typer.echo(f"held-out accuracy {report['final_holdout_accuracy']:.4f}")
+        for name, path in paths.items():
+            typer.echo(f"{name:<9} {path}")
+
+
+def _progress_bar(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps"),
+        TimeRemainingColumn(),
+        console=_stderr,
+        disable=quiet,
+        transient=False,
+    )
+
+
+def _unlocked_session(
+    stack: ExitStack,
+    *,
+    model_path: Path,
+    owner_key: Path,
+    provider_key: Path,
+    local: bool,
+    url: str | None,
+    allow_simulation: bool,
+    policy_file: Path | None,
+    state_dir: Path | None,
+):
+    require_one_target(local, url)
+    state = state_dir or default_state_dir()
+    policy = load_policy(policy_file, allow_simulation=allow_simulation)
+    model = read_input_file(model_path, what="model file")
+    owner = load_identity(owner_key)
+    provider = load_identity(provider_key)
+    if url is not None:
+        raise InputError("remote queries are not available yet")
+    session = stack.enter_context(LocalEnclaveSession("query", state))
+    return unlock_model(
+        session, model=model, owner=owner, provider=provider, policy=policy, state_dir=state
+    )
+
+
+def evaluate_command(
+    model_path: Path = typer.Option(..., "--model", help="escrowed model file (.chm)"),
+    owner_key: Path = typer.Option(..., "--owner", help="the owner's private key file"),
+    provider_key: Path = typer.Option(..., "--provider", help="the provider's private key file"),
+    dataset: Path = typer.Option(..., "--dataset", help="encrypted labelled dataset (.chd)"),
+    data_key_path: Path = typer.Option(..., "--data-key", help="the dataset's key file"),
+    local: bool = LOCAL,
+    url: str | None = URL,
+    token: str | None = TOKEN,
+    allow_simulation: bool = ALLOW_SIMULATION,
+    policy_file: Path | None = POLICY,
+    state_dir: Path | None = STATE_DIR,
+    as_json: bool = JSON,
+    plot: Path | None = typer.Option(None, "--plot", help="confusion-matrix PNG to write"),
+) -> None:
+    """Measure a model's accuracy on an encrypted dataset, inside a query enclave."""
+    _, data_key = _check_dataset_key(dataset, data_key_path)
+    with ExitStack() as stack:
+        unlocked = _unlocked_session(
+            stack,
+            model_path=model_path,
+            owner_key=owner_key,
+            provider_key=provider_key,
+            local=local,
+            url=url,
+            allow_simulation=allow_simulation,
+            policy_file=policy_file,
+            state_dir=state_dir,
+        )
+        report = evaluate(unlocked, dataset_path=str(dataset.resolve()), data_key=data_key)
+    plot_path = plot or Path(f"{_outputs(model_path)['confusion'].with_suffix('')}-eval.png")
+    plots.confusion_matrix(
+        report["confusion_matrix"],
+        [row["class"] for row in report["per_class"]],
+        plot_path,
+        title=f"confusion matrix ({report['records']} records)",
+    )
+    report["confusion_plot"] = str(plot_path)
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    typer.echo(f"accuracy {report['accuracy']:.4f} on {report['records']} records")
+    table = Table("class", "support", "precision", "recall")
+    for row in report["per_class"]:
+        table.add_row(
+            row["class"],
+            str(row["support"]),
+            "-" if row["precision"] is None else f"{row['precision']:.3f}",
+            "-" if row["recall"] is None else f"{row['recall']:.3f}",
+        )
+    Console().print(table)
+    typer.echo(f"confusion matrix: {plot_path}")
+
+
+def query_command(
+    model_path: Path = typer.Option(..., "--model", help="escrowed model file (.chm)"),
+    owner_key: Path = typer.Option(..., "--owner", help="the owner's private key file"),
+    provider_key: Path = typer.Option(..., "--provider", help="the provider's private key file"),
+    inputs_path: Path = typer.Option(
+        ..., "--inputs", help=".npy, .npz (array x), IDX, an image file or a folder of images"
+    ),
+    local: bool = LOCAL,
+    url: str | None = URL,
+    token: str | None = TOKEN,
+    allow_simulation: bool = ALLOW_SIMULATION,
+    policy_file: Path | None = POLICY,
+    state_dir: Path | None = STATE_DIR,
+    as_json: bool = JSON,
+) -> None:
+    """Ask an escrowed model for predictions; answers only, never weights."""
+    with ExitStack() as stack:
+        unlocked = _unlocked_session(
+            stack,
+            model_path=model_path,
+            owner_key=owner_key,
+            provider_key=provider_key,
+            local=local,
+            url=url,
+            allow_simulation=allow_simulation,
+            policy_file=policy_file,
+            state_dir=state_dir,
+        )
+        inputs = load_query_inputs(inputs_path, unlocked.header.schema)
+        answers, budget_left = query(unlocked, inputs)
+    names = unlocked.header.schema.class_names
+    for answer in answers:
+        if names:
+            answer["class"] = names[answer["label"]]
+    if as_json:
+        typer.echo(json.dumps({"predictions": answers, "budget_left": budget_left}))
+        return
+    table = Table("#", "label", "class", "confidence")
+    for index, answer in enumerate(answers):
+        probabilities = answer.get("probabilities")
+        confidence = f"{max(probabilities):.3f}" if probabilities else "-"
+        table.add_row(str(index), str(answer["label"]), answer.get("class", ""), confidence)
+    Console().print(table)
+    if budget_left is not None:
+        typer.echo(f"query budget left: {budget_left}")
+
+
+def receipt_verify(
+    model_path: Path = typer.Argument(..., help="escrowed model file (.chm)"),
+    receipt_path: Path | None = typer.Option(None, "--receipt", help="default: MODEL.receipt.json"),
+    allow_simulation: bool = ALLOW_SIMULATION,
+    policy_file: Path | None = POLICY,
+    state_dir: Path | None = STATE_DIR,
+    as_json: bool = JSON,
+) -> None:
+    """Verify a training receipt offline: evidence, signature, and that it names this model."""
+    receipt_file = receipt_path or _outputs(model_path)["receipt"]
+    policy = load_policy(policy_file, allow_simulation=allow_simulation)
+    statement = verify_receipt_offline(
+        read_input_file(receipt_file, what="receipt"),
+        read_input_file(model_path, what="model file"),
+        policy=policy,
+        state_dir=state_dir or default_state_dir(),
+    )
+    if as_json:
+        typer.echo(json.dumps(statement))
+        return
+    typer.echo(f"ok: receipt {receipt_file} verifies for {model_path}")
+    for key in ("measurement", "platform", "recipe_sha256", "dataset_ids", "model_sha256", "plan"):
+        typer.echo(f"  {key:<15} {statement.get(key)}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this room's commands to the `chiron` app."""
+    app.command("train")(train)
+    app.command("evaluate")(evaluate_command)
+    app.command("query")(query_command)
+    receipt_app = typer.Typer(help="Training receipts.", no_args_is_help=True)
+    receipt_app.command("verify")(receipt_verify)
+    app.add_typer(receipt_app, name="receipt")

@@ -24,8 +24,6 @@ from chiron.core.schema import DatasetSchema
 
 MODEL_KIND = "model"
 MODEL_FORMAT_VERSION = 1
-PURPOSE_SHARE_ESCROW = "model-share-escrow"
-PURPOSE_SHARE_PROVISION = "model-share"
 PARTIES = ("owner", "provider")
 _LENGTH = struct.Struct(">I")
 

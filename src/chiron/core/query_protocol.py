@@ -14,12 +14,6 @@ import numpy as np
 from chiron.core.encoding import canonical_json
 from chiron.core.errors import IntegrityError
 
-PURPOSE_QUERY_INPUTS = "query-inputs"
-PURPOSE_QUERY_ANSWERS = "query-answers"
-PURPOSE_QUERY_REQUEST = "query-request"
-PURPOSE_EVALUATION_REQUEST = "evaluation-request"
-PURPOSE_EVALUATION_REPORT = "evaluation-report"
-PURPOSE_DATASET_KEY = "dataset-key"
 MAX_QUERY_BATCH = 1024
 
 

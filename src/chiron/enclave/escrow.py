@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from chiron.core import modelfile
+from chiron.core import modelfile, purposes
 from chiron.core.crypto import random_key, seal, sign
 from chiron.core.encoding import b64encode, canonical_json
 from chiron.core.keys import PublicIdentity
@@ -25,7 +25,6 @@ from chiron.enclave.attestation import handle_attest
 from chiron.enclave.context import EnclaveContext
 from chiron.enclave.sandbox import SandboxFailure
 
-PURPOSE_RECEIPT = "training-receipt"
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 _ALLOWED_DTYPES = _FLOAT_DTYPES | {"I64", "I32", "I16", "I8", "U8", "BOOL"}
 
@@ -88,13 +87,13 @@ def seal_model(
         owner_share=seal(
             owner.hpke_key,
             owner_share,
-            purpose=modelfile.PURPOSE_SHARE_ESCROW,
+            purpose=purposes.MODEL_SHARE_ESCROW,
             context={"model_id": model_id, "party": "owner"},
         ),
         provider_share=seal(
             provider.hpke_key,
             provider_share,
-            purpose=modelfile.PURPOSE_SHARE_ESCROW,
+            purpose=purposes.MODEL_SHARE_ESCROW,
             context={"model_id": model_id, "party": "provider"},
         ),
         owner_share_sha256=modelfile.share_digest(owner_share),
@@ -120,7 +119,7 @@ def sign_receipt(context: EnclaveContext, body: dict[str, Any]) -> bytes:
         "issued_at": int(time.time()),
     }
     message = canonical_json(statement)
-    signature = sign(context.identity.signing_key, message, purpose=PURPOSE_RECEIPT)
+    signature = sign(context.identity.signing_key, message, purpose=purposes.TRAINING_RECEIPT)
     evidence = handle_attest(context, {"nonce": modelfile.receipt_nonce(message)}, _no_events)[
         "evidence"
     ]

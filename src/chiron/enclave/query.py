@@ -19,18 +19,12 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from chiron.core import container, modelfile
+from chiron.core import container, modelfile, purposes
 from chiron.core.crypto import open_sealed, seal, verify_signature
 from chiron.core.errors import InputError, IntegrityError
 from chiron.core.fileio import atomic_write
 from chiron.core.query_protocol import (
     MAX_QUERY_BATCH,
-    PURPOSE_DATASET_KEY,
-    PURPOSE_EVALUATION_REPORT,
-    PURPOSE_EVALUATION_REQUEST,
-    PURPOSE_QUERY_ANSWERS,
-    PURPOSE_QUERY_INPUTS,
-    PURPOSE_QUERY_REQUEST,
     confusion_matrix,
     encode_answers,
     evaluation_job_id,
@@ -94,7 +88,7 @@ def handle_provision_share(
     share = open_sealed(
         context.identity.hpke_key,
         sealed_share,
-        purpose=modelfile.PURPOSE_SHARE_PROVISION,
+        purpose=purposes.MODEL_SHARE_PROVISION,
         context={"model_id": session.header.model_id, "party": party},
         what=f"the {party}'s key share",
     )
@@ -211,7 +205,7 @@ def handle_query(
         header.owner.signing_key,
         signature,
         query_request_message(header.model_id, request_id, sealed_inputs, args["reply_key"]),
-        purpose=PURPOSE_QUERY_REQUEST,
+        purpose=purposes.QUERY_REQUEST,
         what="the owner's signature on this query",
     )
     if request_id in session.seen_requests:
@@ -220,7 +214,7 @@ def handle_query(
         open_sealed(
             context.identity.hpke_key,
             sealed_inputs,
-            purpose=PURPOSE_QUERY_INPUTS,
+            purpose=purposes.QUERY_INPUTS,
             context={"model_id": header.model_id, "request_id": request_id},
             what="query inputs",
         ),
@@ -243,7 +237,7 @@ def handle_query(
         "sealed_answers": seal(
             reply_key,
             answers,
-            purpose=PURPOSE_QUERY_ANSWERS,
+            purpose=purposes.QUERY_ANSWERS,
             context={"model_id": header.model_id, "request_id": request_id},
         ),
         "budget_left": None if budget is None else budget - used - len(inputs),
@@ -266,7 +260,7 @@ def handle_evaluate(
         header.owner.signing_key,
         signature,
         evaluation_request_message(header.model_id, sealed_data_key, args["reply_key"]),
-        purpose=PURPOSE_EVALUATION_REQUEST,
+        purpose=purposes.EVALUATION_REQUEST,
         what="the owner's signature on this evaluation",
     )
     dataset_header = container.read_dataset_header(dataset_path)
@@ -277,7 +271,7 @@ def handle_evaluate(
     key = open_sealed(
         context.identity.hpke_key,
         sealed_data_key,
-        purpose=PURPOSE_DATASET_KEY,
+        purpose=purposes.DATASET_KEY,
         context={
             "job_id": evaluation_job_id(header.model_id),
             "dataset_id": dataset_header.dataset_id,
@@ -317,7 +311,7 @@ def handle_evaluate(
         "sealed_report": seal(
             reply_key,
             encode_json(report),
-            purpose=PURPOSE_EVALUATION_REPORT,
+            purpose=purposes.EVALUATION_REPORT,
             context={"model_id": header.model_id},
         )
     }

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from chiron.core import container
+from chiron.core import container, purposes
 from chiron.core.crypto import open_sealed, seal
 from chiron.core.errors import InputError, IntegrityError
 from chiron.core.fileio import atomic_write
 from chiron.core.keys import PublicIdentity
-from chiron.core.query_protocol import PURPOSE_DATASET_KEY, confusion_matrix
+from chiron.core.query_protocol import confusion_matrix
 from chiron.core.recipe_protocol import (
     LABEL_DTYPE,
     FromChild,
@@ -44,7 +44,6 @@ from chiron.enclave.recipe_session import (
 )
 from chiron.enclave.sealing import SealingKey
 
-PURPOSE_OWNER_REPORT = "owner-report"
 MAX_RECIPE_BYTES = 1024 * 1024
 MAX_EPOCHS = 1000
 CHECKPOINT_EVERY_STEPS = 200
@@ -168,7 +167,7 @@ def handle_train(
     data_key = open_sealed(
         context.identity.hpke_key,
         request.sealed_data_key,
-        purpose=PURPOSE_DATASET_KEY,
+        purpose=purposes.DATASET_KEY,
         context={"job_id": request.job_id, "dataset_id": header.dataset_id},
         what="data key",
     )
@@ -290,7 +289,7 @@ def handle_train(
         "owner_report": seal(
             request.owner.hpke_key,
             encode_json(owner_report),
-            purpose=PURPOSE_OWNER_REPORT,
+            purpose=purposes.OWNER_REPORT,
             context={"job_id": request.job_id},
         ),
     }

@@ -1,0 +1,60 @@
+"""How a client reaches an enclave: a process on this machine, or one behind a service.
+
+Client flows (training, evaluation, queries) are written once against these small
+interfaces; `--local` and `--url` differ only in which implementation they get.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from chiron.enclave.boundary import EnclaveProcess
+
+EventHandler = Callable[[dict[str, Any]], None]
+
+# Longest silence tolerated from a training enclave (it reports progress every 1% of
+# steps); the enclave bounds each sandbox step itself.
+TRAIN_SILENCE_SECONDS = 6 * 3600.0
+
+
+class EnclaveSession(Protocol):
+    """One enclave the client is talking to."""
+
+    def evidence(self, nonce: bytes) -> bytes: ...
+
+    def call(
+        self, name: str, args: dict[str, Any], on_event: EventHandler | None = None
+    ) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalEnclaveSession:
+    """An enclave process started on this machine (`--local`)."""
+
+    def __init__(self, role: str, state_dir: Path, *, extra_args: dict[str, Any] | None = None):
+        self._process = EnclaveProcess.start(role=role, state_dir=state_dir)
+        # Arguments only a host holds (recipe, dataset location, checkpoint folder):
+        # with --local the client plays the host's part too.
+        self._extra_args = extra_args or {}
+
+    def evidence(self, nonce: bytes) -> bytes:
+        return self._process.call("attest", {"nonce": nonce})["evidence"]
+
+    def call(
+        self, name: str, args: dict[str, Any], on_event: EventHandler | None = None
+    ) -> dict[str, Any]:
+        merged = {**self._extra_args.get(name, {}), **args}
+        timeout = TRAIN_SILENCE_SECONDS if name == "train" else 600.0
+        return self._process.call(name, merged, on_event=on_event, timeout=timeout)
+
+    def close(self) -> None:
+        self._process.close()
+
+    def __enter__(self) -> LocalEnclaveSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,24 @@
+"""Every domain-separation label Chiron binds into HPKE seals and signatures.
+
+One list, so no two uses can collide and a reviewer can see at a glance what each
+sealed blob or signature may ever be accepted as.
+"""
+
+# HPKE: the owner's dataset key, sealed to an attested training or query enclave.
+DATASET_KEY = "dataset-key"
+# HPKE: the training enclave's per-job metrics, sealed to the owner.
+OWNER_REPORT = "owner-report"
+# Signature: a training enclave's receipt for one job.
+TRAINING_RECEIPT = "training-receipt"
+# HPKE: a party's model-key share as escrowed in the model file, sealed to that party.
+MODEL_SHARE_ESCROW = "model-share-escrow"
+# HPKE: a party's model-key share re-sealed by its client to an attested query enclave.
+MODEL_SHARE_PROVISION = "model-share"
+# HPKE: query inputs to the query enclave; answers back to the owner's reply key.
+QUERY_INPUTS = "query-inputs"
+QUERY_ANSWERS = "query-answers"
+# Signature: the owner authorising one query / one evaluation.
+QUERY_REQUEST = "query-request"
+EVALUATION_REQUEST = "evaluation-request"
+# HPKE: an evaluation report, sealed to the owner's reply key.
+EVALUATION_REPORT = "evaluation-report"
