@@ -154,6 +154,7 @@ def train(
         "model_id": report["model_id"],
         "holdout_accuracy": report["final_holdout_accuracy"],
         "epoch_accuracy": report["epoch_accuracy"],
+        "resumed_from_step": report["resumed_from_step"],
         **{name: str(path) for name, path in paths.items()},
     }
     if as_json:

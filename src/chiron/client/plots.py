@@ -9,9 +9,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from chiron.core.fileio import atomic_write  # noqa: E402
+from chiron.core.fileio import atomic_write
 
 
 def _save(figure: plt.Figure, path: Path) -> None:

@@ -206,6 +206,7 @@ def handle_train(
         )
         resumed = checkpoints.load()
         progress = resumed[0] if resumed else _Progress(0, [])
+        resumed_from_step = progress.step
 
         sandbox.send(ToChild.PLAN, encode_json(plan.to_dict()))
         send_records(sandbox, ToChild.DATA_X, x, schema)
@@ -261,6 +262,7 @@ def handle_train(
         "class_names": list(schema.class_names),
         "steps": plan.total_steps,
         "epochs": plan.epochs,
+        "resumed_from_step": resumed_from_step,
     }
     receipt = escrow.sign_receipt(
         context,

@@ -1,0 +1,111 @@
+"""A small owner/provider world for end-to-end runs: identities, a dataset, recipes."""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY_RECIPE = textwrap.dedent(
+    """
+    import torch.nn as nn
+
+    HYPERPARAMETERS = {"epochs": 2, "batch_size": 16, "lr": 0.01}
+
+    def build_model(schema):
+        c, h, w = schema.input_shape
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(c * h * w, 32), nn.ReLU(), nn.Linear(32, schema.num_classes)
+        )
+    """
+)
+
+
+def make_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Three classes, each a bright band in a different place: easy to learn."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, size=count)
+    x = rng.integers(0, 60, size=(count, 1, 8, 8)).astype(np.uint8)
+    for i, label in enumerate(y):
+        x[i, 0, :, label * 2 : label * 2 + 3] += 180
+    return x, y.astype(np.int64)
+
+
+@dataclass
+class World:
+    root: Path
+    owner: Path
+    provider: Path
+    dataset: Path
+    data_key: Path
+    test_dataset: Path
+    test_key: Path
+    recipe: Path
+
+    def write_recipe(self, name: str, source: str) -> Path:
+        path = self.root / name
+        path.write_text(textwrap.dedent(source))
+        return path
+
+
+@pytest.fixture
+def world(tmp_path: Path, run_chiron) -> World:
+    run_chiron("keygen", "--out", tmp_path / "owner.key", check=True)
+    run_chiron("keygen", "--out", tmp_path / "provider.key", check=True)
+    for name, count, seed in (("train", 320, 1), ("test", 90, 2)):
+        x, y = make_images(count, seed)
+        np.savez(tmp_path / f"{name}.npz", x=x, y=y)
+        run_chiron(
+            "dataset",
+            "encrypt",
+            tmp_path / f"{name}.npz",
+            "--out",
+            tmp_path / f"{name}.chd",
+            "--key",
+            tmp_path / f"{name}.key",
+            check=True,
+        )
+    recipe = tmp_path / "tiny.py"
+    recipe.write_text(TINY_RECIPE)
+    return World(
+        root=tmp_path,
+        owner=tmp_path / "owner.key",
+        provider=tmp_path / "provider.key",
+        dataset=tmp_path / "train.chd",
+        data_key=tmp_path / "train.key",
+        test_dataset=tmp_path / "test.chd",
+        test_key=tmp_path / "test.key",
+        recipe=recipe,
+    )
+
+
+def train_args(
+    world: World,
+    *,
+    recipe: Path | None = None,
+    out: Path | None = None,
+    dataset: Path | None = None,
+    data_key: Path | None = None,
+) -> list:
+    return [
+        "train",
+        "--local",
+        "--allow-simulation",
+        "--recipe",
+        recipe or world.recipe,
+        "--dataset",
+        dataset or world.dataset,
+        "--data-key",
+        data_key or world.data_key,
+        "--owner",
+        world.owner,
+        "--provider",
+        f"{world.provider}.pub",
+        "--out",
+        out or world.root / "model.chm",
+        "--seed",
+        "7",
+    ]

@@ -1,0 +1,162 @@
+"""`chiron train`, `evaluate` and `query` end to end through real enclave processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from chiron.core.recipe_protocol import TrainingPlan, holdout_split
+
+from .conftest import TINY_RECIPE, make_images, train_args
+from .model_access import open_model
+
+pytestmark = pytest.mark.slow
+
+
+def test_train_then_evaluate_then_query(world, run_chiron):
+    result = run_chiron(*train_args(world), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    model = world.root / "model.chm"
+    assert model.exists()
+    for name in ("receipt.json", "report.json", "curve.png", "confusion.png"):
+        assert (world.root / f"model.{name}").exists()
+    assert summary["resumed_from_step"] == 0
+    report = json.loads((world.root / "model.report.json").read_text())
+    assert len(report["epoch_accuracy"]) == 2
+    assert summary["holdout_accuracy"] > 0.8
+    assert (world.root / "model.curve.png").read_bytes().startswith(b"\x89PNG")
+
+    verified = run_chiron("receipt", "verify", model, "--allow-simulation")
+    assert verified.returncode == 0, verified.stderr
+
+    evaluated = run_chiron(
+        "evaluate",
+        "--local",
+        "--allow-simulation",
+        "--model",
+        model,
+        "--owner",
+        world.owner,
+        "--provider",
+        world.provider,
+        "--dataset",
+        world.test_dataset,
+        "--data-key",
+        world.test_key,
+        "--json",
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads(evaluated.stdout)
+    assert metrics["records"] == 90
+    assert metrics["accuracy"] > 0.8
+    assert sum(map(sum, metrics["confusion_matrix"])) == 90
+
+    x, y = make_images(12, seed=3)
+    np.save(world.root / "inputs.npy", x)
+    answered = run_chiron(
+        "query",
+        "--local",
+        "--allow-simulation",
+        "--model",
+        model,
+        "--owner",
+        world.owner,
+        "--provider",
+        world.provider,
+        "--inputs",
+        world.root / "inputs.npy",
+        "--json",
+    )
+    assert answered.returncode == 0, answered.stderr
+    predictions = json.loads(answered.stdout)["predictions"]
+    assert len(predictions) == 12
+    assert np.mean([p["label"] for p in predictions] == y) > 0.7
+    assert all(abs(sum(p["probabilities"]) - 1) < 1e-3 for p in predictions)
+
+
+def test_model_file_holds_no_plaintext_weights(world, run_chiron):
+    assert run_chiron(*train_args(world)).returncode == 0
+    model = world.root / "model.chm"
+    payload = open_model(model, world.owner, world.provider)
+    blob = model.read_bytes()
+    # Any 32-byte window of the real weights or of the recipe would show up verbatim.
+    weights = payload.weights
+    for start in range(0, len(weights) - 32, len(weights) // 20):
+        assert weights[start : start + 32] not in blob
+    assert b"build_model" not in blob
+    assert b"HYPERPARAMETERS" not in blob
+
+
+def test_weights_are_bit_identical_to_a_plain_pytorch_run(world, run_chiron):
+    from chiron.core.container import load_dataset
+
+    from chiron.core.keys import load_data_key
+    from chiron.recipes.sdk import train_plain
+
+    assert run_chiron(*train_args(world)).returncode == 0
+    enclave_weights = open_model(world.root / "model.chm", world.owner, world.provider).weights
+
+    header, x, y = load_dataset(world.dataset, load_data_key(world.data_key).key)
+    train_index, _ = holdout_split(len(y), 7)
+    plan = TrainingPlan.fixed(
+        num_train=len(train_index), batch_size=16, epochs=2, seed=7, checkpoint_every=200
+    )
+    plain = train_plain(TINY_RECIPE, header.schema, x[train_index], y[train_index], plan)
+    assert plain == enclave_weights
+
+
+def test_resume_after_the_machine_dies_gives_the_same_weights(world, run_chiron, chiron_home):
+    slow_recipe = world.write_recipe(
+        "slow.py",
+        TINY_RECIPE.replace('"epochs": 2, "batch_size": 16', '"epochs": 4, "batch_size": 4')
+        + "\nimport time\n_sleep = time.sleep\n"
+        "def train_step(model, optimizer, x, y, hp):\n"
+        "    import torch.nn.functional as F\n"
+        "    _sleep(0.01)\n"
+        "    optimizer.zero_grad()\n"
+        "    loss = F.cross_entropy(model(x), y)\n"
+        "    loss.backward()\n"
+        "    optimizer.step()\n"
+        "    return loss\n",
+    )
+    reference = run_chiron(*train_args(world, recipe=slow_recipe, out=world.root / "ref.chm"))
+    assert reference.returncode == 0, reference.stderr
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHIRON_")}
+    env["CHIRON_HOME"] = str(chiron_home)
+    args = [str(a) for a in train_args(world, recipe=slow_recipe, out=world.root / "resumed.chm")]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chiron", *args],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    checkpoints = chiron_home / "jobs"
+    while time.monotonic() < deadline and not list(checkpoints.glob("*/checkpoint.sealed")):
+        time.sleep(0.1)
+    time.sleep(0.5)
+    # The machine dies: every process of the job, at once.
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (world.root / "resumed.chm").exists()
+    assert list(checkpoints.glob("*/checkpoint.sealed"))
+
+    resumed = run_chiron(
+        *train_args(world, recipe=slow_recipe, out=world.root / "resumed.chm"), "--json"
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["resumed_from_step"] > 0
+    first = open_model(world.root / "ref.chm", world.owner, world.provider).weights
+    second = open_model(world.root / "resumed.chm", world.owner, world.provider).weights
+    assert first == second
+    assert not list(checkpoints.glob("*/checkpoint.sealed"))
