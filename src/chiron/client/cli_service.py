@@ -1,9 +1,259 @@
-"""Commands of this room (filled in by the work on that room)."""
+"""Service commands: `chiron serve`, accounts, and a provider's and owner's view of a service.
+
+`serve` and `account create` act on a state directory on this machine (the operator's);
+the rest talk to a running service over HTTP with a token (`--token` or CHIRON_TOKEN).
+Provider commands live under `recipes` (plural) beside the `recipe` room's local tools.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from chiron.client.options import JSON, TOKEN, default_state_dir
+from chiron.client.remote import ServiceClient
+from chiron.core.errors import InputError, UsageError
+from chiron.core.fileio import read_input_file
+from chiron.core.keys import load_public_identity
+from chiron.core.schema import DatasetSchema
+
+SERVICE_URL = typer.Option(..., "--url", help="the Chiron service, e.g. http://127.0.0.1:8470")
+SERVICE_STATE = typer.Option(
+    None, "--state", help="service state directory (default $CHIRON_HOME/service)"
+)
+DB_URL = typer.Option(
+    None, "--db", help="database URL (default SQLite in the state directory), e.g. postgresql://..."
+)
+
+
+def _service_state(state: Path | None) -> Path:
+    return state if state is not None else default_state_dir() / "service"
+
+
+def _print(value: Any, as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        typer.echo(json.dumps(value, indent=2))
+    else:
+        for line in lines:
+            typer.echo(line)
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
+    port: int = typer.Option(8470, "--port", help="port to listen on (0: any free port)"),
+    state: Path | None = SERVICE_STATE,
+    db: str | None = DB_URL,
+    store: str | None = typer.Option(
+        None,
+        "--store",
+        help="artifact store (default a folder in the state directory): s3://bucket/prefix",
+    ),
+    s3_endpoint: str | None = typer.Option(
+        None,
+        "--s3-endpoint",
+        envvar="CHIRON_S3_ENDPOINT",
+        help="S3 endpoint URL for S3-compatible stores (credentials: the usual AWS settings)",
+    ),
+    concurrency: int = typer.Option(1, "--concurrency", min=1, max=64, help="jobs run at once"),
+    platform: str = typer.Option("sim", "--platform", help="enclave platform: sim or tsm"),
+) -> None:
+    """Run the Chiron service: REST API, job runner, artifact store."""
+    from chiron.host.config import ServiceConfig
+    from chiron.host.server import serve_forever
+
+    if not 0 <= port <= 65535:
+        raise UsageError("--port must be between 0 and 65535")
+    config = ServiceConfig(
+        state_dir=_service_state(state),
+        db_url=db,
+        store_url=store,
+        s3_endpoint=s3_endpoint,
+        concurrency=concurrency,
+        platform=platform,
+    )
+
+    def ready(service: Any, url: str) -> None:
+        typer.echo(f"chiron: serving on {url} (state {config.state_dir})", err=True)
+        typer.echo(f"chiron: operator token in {service.operator_token_path}", err=True)
+        if platform == "sim":
+            typer.echo(
+                "chiron: platform sim: simulated enclaves protect nothing against this host",
+                err=True,
+            )
+        typer.echo(url)
+
+    serve_forever(config, host=host, port=port, on_ready=ready)
+
+
+account_app = typer.Typer(help="Accounts of a service you run.", no_args_is_help=True)
+
+
+@account_app.command("create")
+def account_create(
+    name: str = typer.Argument(..., help="account name"),
+    role: str = typer.Option("owner", "--role", help="owner or provider"),
+    state: Path | None = SERVICE_STATE,
+    db: str | None = DB_URL,
+) -> None:
+    """Create an account and print its token (shown this once; stored only hashed)."""
+    from chiron.host.accounts import create_account, load_pepper
+    from chiron.host.db import Database
+
+    directory = _service_state(state)
+    database = Database(db or f"sqlite:///{directory / 'chiron.db'}")
+    try:
+        token = create_account(database, load_pepper(directory), name=name, role=role)
+    finally:
+        database.close()
+    typer.echo(token)
+
+
+recipes_app = typer.Typer(help="A provider's recipes on a service.", no_args_is_help=True)
+
+
+@recipes_app.command("register")
+def recipes_register(
+    name: str = typer.Argument(..., help="the recipe's name on the service"),
+    source: Path = typer.Option(..., "--source", help="the recipe file (stays on the service)"),
+    provider: Path = typer.Option(..., "--provider", help="your public identity (.pub)"),
+    description: str = typer.Option("", "--description", help="public description"),
+    task: str = typer.Option("classification", "--task", help="what the recipe does"),
+    input_schema: str | None = typer.Option(
+        None,
+        "--input-schema",
+        help='JSON, e.g. {"input_shape": [1, 28, 28], "dtype": "uint8", ...}',
+    ),
+    url: str = SERVICE_URL,
+    token: str | None = TOKEN,
+    as_json: bool = JSON,
+) -> None:
+    """Register a recipe: owners see its description, never its source."""
+    schema = None
+    if input_schema is not None:
+        try:
+            schema = DatasetSchema.from_dict(json.loads(input_schema)).to_dict()
+        except json.JSONDecodeError:
+            raise InputError("--input-schema is not valid JSON") from None
+    with ServiceClient(url, token) as client:
+        recipe = client.register_recipe(
+            name,
+            source=read_input_file(source, what="recipe", limit=1024 * 1024),
+            provider=load_public_identity(provider),
+            description=description,
+            task=task,
+            input_schema=schema,
+        )
+    _print(
+        recipe, as_json, [f"registered recipe {recipe['name']} ({recipe['source_sha256'][:16]})"]
+    )
+
+
+@recipes_app.command("list")
+def recipes_list(url: str = SERVICE_URL, token: str | None = TOKEN, as_json: bool = JSON) -> None:
+    """List the recipes a service offers."""
+    with ServiceClient(url, token) as client:
+        recipes = client.recipes()
+    _print(
+        recipes,
+        as_json,
+        [f"{r['name']}\t{r['task']}\t{r['description']}" for r in recipes] or ["no recipes"],
+    )
+
+
+datasets_app = typer.Typer(help="Your encrypted datasets on a service.", no_args_is_help=True)
+
+
+@datasets_app.command("upload")
+def datasets_upload(
+    path: Path = typer.Argument(..., help="an encrypted dataset (.chd)"),
+    url: str = SERVICE_URL,
+    token: str | None = TOKEN,
+    as_json: bool = JSON,
+) -> None:
+    """Upload an encrypted dataset (resumes an interrupted upload of the same file)."""
+    with ServiceClient(url, token) as client:
+        dataset = client.upload_dataset(path)
+    _print(dataset, as_json, [f"dataset {dataset['id']} ({dataset['record_count']} records)"])
+
+
+@datasets_app.command("list")
+def datasets_list(url: str = SERVICE_URL, token: str | None = TOKEN, as_json: bool = JSON) -> None:
+    """List your datasets."""
+    with ServiceClient(url, token) as client:
+        datasets = client.datasets()
+    _print(
+        datasets,
+        as_json,
+        [f"{d['id']}\t{d['record_count']} records\t{d['size']} bytes" for d in datasets]
+        or ["no datasets"],
+    )
+
+
+jobs_app = typer.Typer(help="Training jobs on a service.", no_args_is_help=True)
+
+
+@jobs_app.command("list")
+def jobs_list(url: str = SERVICE_URL, token: str | None = TOKEN, as_json: bool = JSON) -> None:
+    """List jobs (owners: your own; providers: every job's state)."""
+    with ServiceClient(url, token) as client:
+        jobs = client.jobs()
+    _print(jobs, as_json, [f"{j['id']}\t{j['recipe']}\t{j['status']}" for j in jobs] or ["no jobs"])
+
+
+@jobs_app.command("show")
+def jobs_show(
+    job_id: str = typer.Argument(...),
+    url: str = SERVICE_URL,
+    token: str | None = TOKEN,
+    as_json: bool = JSON,
+) -> None:
+    """Show one job's state."""
+    with ServiceClient(url, token) as client:
+        job = client.job(job_id)
+    lines = [f"job {job['id']}: {job['status']}", f"recipe {job['recipe']}"]
+    if job.get("message"):
+        lines.append(f"message: {job['message']}")
+    if job.get("model"):
+        lines.append(f"model {job['model']}")
+    _print(job, as_json, lines)
+
+
+models_app = typer.Typer(help="Escrowed models on a service.", no_args_is_help=True)
+
+
+@models_app.command("list")
+def models_list(url: str = SERVICE_URL, token: str | None = TOKEN, as_json: bool = JSON) -> None:
+    """List models (owners: your own)."""
+    with ServiceClient(url, token) as client:
+        models = client.models()
+    _print(
+        models,
+        as_json,
+        [f"{m['id']}\tjob {m['job']}\t{m['size']} bytes" for m in models] or ["no models"],
+    )
+
+
+@models_app.command("download")
+def models_download(
+    model: str = typer.Argument(..., help="model id"),
+    out: Path = typer.Option(..., "--out", help="file to write (the escrowed model)"),
+    url: str = SERVICE_URL,
+    token: str | None = TOKEN,
+) -> None:
+    """Download an escrowed model file (it opens only in a query enclave, with both shares)."""
+    with ServiceClient(url, token) as client:
+        client.model_file(model, out)
+    typer.echo(f"wrote {out}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this room's commands to the `chiron` app."""
+    app.command()(serve)
+    app.add_typer(account_app, name="account")
+    app.add_typer(recipes_app, name="recipes")
+    app.add_typer(datasets_app, name="datasets")
+    app.add_typer(jobs_app, name="jobs")
+    app.add_typer(models_app, name="models")

@@ -64,3 +64,19 @@ class RecipeError(ChironError):
     Raised inside the sandbox; its message reaches only the provider's own dry run,
     never the enclave's boundary.
     """
+
+
+class AccessDenied(ChironError):
+    """The request carries no valid token, or its token may not do this."""
+
+
+class NotFound(InputError):
+    """The named dataset, job, model, recipe, upload or session does not exist (for this caller)."""
+
+
+class Conflict(ChironError):
+    """The request contradicts the current state (already exists, not ready, wrong order)."""
+
+
+class ServiceError(ChironError):
+    """A Chiron service could not be reached or failed to answer a request."""

@@ -1,0 +1,157 @@
+"""One running Chiron service: database, artifact store, uploads, jobs, query sessions.
+
+`Service.open` is what `chiron serve` and the tests start from. It runs the database
+migrations, creates the operator account on first start, and recovers from however
+the service last stopped (SIGKILL included): stray staging files are removed, and jobs
+that were in flight are marked failed with reason `host_restart`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import select
+
+from chiron.core.errors import NotFound, ServiceError
+from chiron.core.fileio import atomic_write, read_input_file
+from chiron.host.accounts import authenticate, ensure_operator, load_pepper
+from chiron.host.config import ServiceConfig
+from chiron.host.db import Account, Database, Dataset, Model
+from chiron.host.enclaves import ServiceEnclave
+from chiron.host.jobs import Jobs
+from chiron.host.queries import QuerySessions
+from chiron.host.recipes import Recipes
+from chiron.host.store import ArtifactStore, open_store
+from chiron.host.uploads import Uploads
+
+log = logging.getLogger("chiron.host")
+REAP_EVERY_SECONDS = 30.0
+INSTANCE_FILE = "instance-id"
+LOCK_FILE = "serve.lock"
+
+
+class Service:
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        state = config.state_dir
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_fd = _lock_state_dir(state)
+        self.instance_id = _instance_id(state)
+        self.pepper = load_pepper(state)
+        self.db = Database(config.database_url)
+        self.store: ArtifactStore = open_store(config.store_url, state, endpoint=config.s3_endpoint)
+        self.operator_token_path = ensure_operator(self.db, self.pepper, state)
+        self.uploads = Uploads(
+            self.db, self.store, state / "uploads", max_bytes=config.max_upload_bytes
+        )
+        self.recipes = Recipes(self.db, self.store)
+        self.jobs = Jobs(
+            self.db,
+            self.store,
+            state_dir=state,
+            instance_id=self.instance_id,
+            platform=config.platform,
+            concurrency=config.concurrency,
+        )
+        self.queries = QuerySessions(self.db, self.store, state_dir=state, platform=config.platform)
+        self.attestation = ServiceEnclave(
+            config.enclave_state_dir,
+            platform=config.platform,
+            log_path=state / "logs" / "service-enclave.log",
+        )
+        self.uploads.recover()
+        failed = self.jobs.recover()
+        if failed:
+            log.warning("%d job(s) in flight when the service last stopped: failed", failed)
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="chiron-reaper", daemon=True)
+        self._reaper.start()
+
+    @classmethod
+    def open(cls, config: ServiceConfig) -> Service:
+        return cls(config)
+
+    def authenticate(self, token: str | None) -> Account:
+        return authenticate(self.db, self.pepper, token)
+
+    # --- datasets and models -----------------------------------------------
+
+    def datasets(self, account: Account) -> list[Dataset]:
+        query = select(Dataset).order_by(Dataset.created, Dataset.id)
+        if account.role == "owner":
+            query = query.where(Dataset.account_id == account.id)
+        with self.db.transaction() as session:
+            return list(session.scalars(query).all())
+
+    def dataset(self, account: Account, dataset_pk: str) -> Dataset:
+        with self.db.transaction() as session:
+            dataset = session.get(Dataset, dataset_pk)
+        if dataset is None or (account.role == "owner" and dataset.account_id != account.id):
+            raise NotFound(f"no dataset {dataset_pk}")
+        return dataset
+
+    def models(self, account: Account) -> list[Model]:
+        query = select(Model).order_by(Model.created, Model.id)
+        if account.role == "owner":
+            query = query.where(Model.account_id == account.id)
+        with self.db.transaction() as session:
+            return list(session.scalars(query).all())
+
+    def model(self, account: Account, model_pk: str) -> Model:
+        """A model's record; providers see every model (they provision their share)."""
+        with self.db.transaction() as session:
+            model = session.get(Model, model_pk)
+        if model is None or (account.role == "owner" and model.account_id != account.id):
+            raise NotFound(f"no model {model_pk}")
+        return model
+
+    # --- lifetime --------------------------------------------------------------
+
+    def _reap(self) -> None:
+        idle = self.config.query_session_idle_seconds
+        while not self._stop.wait(REAP_EVERY_SECONDS):
+            moment = time.monotonic()
+            try:
+                self.queries.reap_idle(idle, moment)
+                self.jobs.reap_idle(idle, moment)
+            except Exception:
+                log.exception("reaping idle enclaves failed")
+
+    def close(self) -> None:
+        self._stop.set()
+        self.queries.close_all()
+        self.attestation.close()
+        self.jobs.close()
+        self.db.close()
+        os.close(self._lock_fd)
+
+
+def _instance_id(state_dir: Path) -> str:
+    """This service's name among several sharing one database (which jobs are its own)."""
+    path = state_dir / INSTANCE_FILE
+    if not path.exists():
+        atomic_write(path, uuid.uuid4().hex.encode("ascii"), mode=0o600)
+    text = read_input_file(path, what="instance id", limit=64).decode("ascii", "replace")
+    if not re.fullmatch(r"[0-9a-f]{32}", text):
+        raise ServiceError(f"{path} is corrupt; delete it to make a new one")
+    return text
+
+
+def _lock_state_dir(state_dir: Path) -> int:
+    """Hold an exclusive lock on the state directory for as long as the service runs."""
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ServiceError(
+            f"another chiron serve is using the state directory {state_dir}"
+        ) from None
+    return fd
