@@ -12,10 +12,11 @@ import os
 from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives import hashes, hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from chiron.core.encoding import canonical_json
 from chiron.core.errors import IntegrityError
@@ -106,3 +107,36 @@ def aead_decrypt(
         raise IntegrityError(
             f"{what} failed authentication: wrong key, or the file was tampered with"
         ) from None
+
+
+def aead_encrypt_into(
+    key: bytes, nonce: bytes, plaintext: bytes | memoryview, associated_data: bytes, out: bytearray
+) -> None:
+    """AES-256-GCM into a caller's buffer of exactly len(plaintext) + TAG_BYTES bytes.
+
+    Streaming code reuses one buffer per chunk instead of allocating a fresh one.
+    """
+    AESGCM(key).encrypt_into(nonce, plaintext, associated_data, out)
+
+
+def aead_decrypt_into(
+    key: bytes,
+    nonce: bytes,
+    ciphertext: bytes | memoryview,
+    associated_data: bytes,
+    out: bytearray | memoryview,
+    *,
+    what: str = "data",
+) -> None:
+    """AES-256-GCM decryption into a buffer of exactly len(ciphertext) - TAG_BYTES bytes."""
+    try:
+        AESGCM(key).decrypt_into(nonce, ciphertext, associated_data, out)
+    except InvalidTag:
+        raise IntegrityError(
+            f"{what} failed authentication: wrong key, or the file was tampered with"
+        ) from None
+
+
+def derive_key(secret: bytes, *, salt: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
+    """HKDF-SHA256: an independent key for one use (`info`) and one file (`salt`)."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(secret)

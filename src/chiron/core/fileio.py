@@ -54,6 +54,35 @@ def atomic_write(
         handle.write(data)
 
 
+def _input_error(exc: OSError, path: object, what: str) -> InputError:
+    if isinstance(exc, FileNotFoundError):
+        return InputError(f"{what} not found: {path}")
+    if isinstance(exc, IsADirectoryError):
+        return InputError(f"{what} is a directory, not a file: {path}")
+    return InputError(f"cannot read {what} {path}: {exc.strerror}")
+
+
+def open_input(path: str | os.PathLike[str], *, what: str = "file") -> BinaryIO:
+    """Open an input file for reading, turning OS errors into one-line InputErrors."""
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise _input_error(exc, path, what) from None
+
+
+def read_exactly(stream: BinaryIO, size: int) -> bytes:
+    """Read `size` bytes, looping over short reads; fewer only at end of file."""
+    parts = []
+    remaining = size
+    while remaining:
+        part = stream.read(remaining)
+        if not part:
+            break
+        parts.append(part)
+        remaining -= len(part)
+    return b"".join(parts)
+
+
 def read_input_file(
     path: str | os.PathLike[str], *, what: str = "file", limit: int | None = None
 ) -> bytes:
@@ -61,12 +90,8 @@ def read_input_file(
     try:
         with open(path, "rb") as handle:
             data = handle.read(-1 if limit is None else limit + 1)
-    except FileNotFoundError:
-        raise InputError(f"{what} not found: {path}") from None
-    except IsADirectoryError:
-        raise InputError(f"{what} is a directory, not a file: {path}") from None
     except OSError as exc:
-        raise InputError(f"cannot read {what} {path}: {exc.strerror}") from None
+        raise _input_error(exc, path, what) from None
     if limit is not None and len(data) > limit:
         raise InputError(f"{what} {path} is larger than {limit} bytes")
     return data
