@@ -99,10 +99,15 @@ def account_create(
     db: str | None = DB_URL,
 ) -> None:
     """Create an account and print its token (shown this once; stored only hashed)."""
-    from chiron.host.accounts import create_account, load_pepper
+    from chiron.host.accounts import PEPPER_FILE, create_account, load_pepper
     from chiron.host.db import Database
 
     directory = _service_state(state)
+    if not (directory / PEPPER_FILE).is_file():
+        raise UsageError(
+            f"{directory} holds no Chiron service state; run `chiron serve --state {directory}` "
+            "once first"
+        )
     database = Database(db or f"sqlite:///{directory / 'chiron.db'}")
     try:
         token = create_account(database, load_pepper(directory), name=name, role=role)

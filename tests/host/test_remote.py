@@ -1,0 +1,210 @@
+"""The client SDK against a real HTTP service, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from chiron.client import cli_service
+from chiron.client.remote import RemoteQuerySession, ServiceClient
+from chiron.core.errors import (
+    AccessDenied,
+    Conflict,
+    IntegrityError,
+    JobFailed,
+    NotFound,
+    ServiceError,
+    UsageError,
+)
+from chiron.core.keys import Identity
+from chiron.host.accounts import create_account
+from chiron.host.config import ServiceConfig
+from chiron.host.server import running_service
+from chiron.host.service import Service
+
+from .helpers import RECIPE_SOURCE, make_dataset, make_model_file, sha256
+
+
+@pytest.fixture
+def live(tmp_path) -> Iterator[tuple[str, str, str]]:
+    """(url, operator token, owner token) of a service on a free loopback port."""
+    with running_service(ServiceConfig(state_dir=tmp_path / "service")) as (service, url):
+        owner = create_account(service.db, service.pepper, name="alice", role="owner")
+        yield url, service.operator_token_path.read_text().strip(), owner
+
+
+def test_sdk_covers_an_owners_and_a_providers_session(tmp_path, live):
+    url, operator, owner = live
+    provider_identity = Identity.generate()
+    with ServiceClient(url, operator) as provider:
+        assert provider.whoami()["role"] == "provider"
+        recipe = provider.register_recipe(
+            "mlp",
+            source=RECIPE_SOURCE,
+            provider=provider_identity.public,
+            description="small",
+            input_schema={"input_shape": [4], "dtype": "float32", "num_classes": 3},
+        )
+        assert recipe["source_sha256"] == sha256(RECIPE_SOURCE)
+    dataset_path = tmp_path / "data.chd"
+    make_dataset(dataset_path, records=300)
+    with ServiceClient(url, owner) as client:
+        assert [r["name"] for r in client.recipes()] == ["mlp"]
+        assert client.health()["platform"] == "sim"
+        # Small chunks exercise the chunk loop; a second upload of the same file is free.
+        done = client.upload(dataset_path, kind="dataset", progress=False, chunk_bytes=1000)
+        dataset = client.dataset(done["result_id"])
+        assert dataset["record_count"] == 300
+        assert client.upload_dataset(dataset_path, progress=False)["id"] == dataset["id"]
+        assert len(client.datasets()) == 1
+        model_path = tmp_path / "model.chm"
+        model_path.write_bytes(make_model_file(Identity.generate(), provider_identity))
+        model = client.upload_model(model_path, progress=False)
+        out = tmp_path / "downloaded.chm"
+        client.model_file(model["id"], out)
+        assert out.read_bytes() == model_path.read_bytes()
+        assert client.model_file(model["id"]) == model_path.read_bytes()
+        job = client.create_job(recipe="mlp", dataset=dataset["id"])
+        assert client.job(job["id"])["state"] == "created"
+        with pytest.raises(Conflict, match="results exist once it is done"):
+            client.job_result(job["id"], "model")
+        with pytest.raises(NotFound):
+            client.job("0" * 32)
+    with ServiceClient(url, operator) as provider:
+        assert [j["id"] for j in provider.jobs()] == [job["id"]]
+        assert provider.models()[0]["id"] == model["id"]
+
+
+def test_remote_query_session_checks_the_model_file(tmp_path, live):
+    url, _, owner = live
+    model_path = tmp_path / "model.chm"
+    model_path.write_bytes(make_model_file(Identity.generate(), Identity.generate()))
+    with ServiceClient(url, owner) as client:
+        session = RemoteQuerySession.for_model_file(client, model_path, progress=False)
+        assert client.query_session(session.session_id)["model"] == client.models()[0]["id"]
+        with pytest.raises(UsageError, match="different model"):
+            session.call("load_model", {"model": b"other bytes"})
+        session.close()
+        with pytest.raises(NotFound):
+            client.query_session(session.session_id)
+
+
+def _mock(handler) -> ServiceClient:
+    return ServiceClient("http://chiron.test", "t", transport=httpx.MockTransport(handler))
+
+
+def test_errors_become_one_line_chiron_errors():
+    def answer(status: int, body: object) -> ServiceClient:
+        return _mock(lambda request: httpx.Response(status, json=body))
+
+    with pytest.raises(AccessDenied, match="needs a token"):
+        answer(401, {"error": "AccessDenied", "message": "needs a token"}).whoami()
+    with pytest.raises(JobFailed) as failed:
+        answer(
+            422, {"error": "JobFailed", "message": "job failed: oom", "reason_class": "oom"}
+        ).job("x")
+    assert failed.value.reason_class == "oom"
+    with pytest.raises(ServiceError, match="HTTP 500"):
+        _mock(lambda request: httpx.Response(500, text="<html>")).health()
+    with pytest.raises(ServiceError):
+        answer(400, {"error": "SomethingUnknown", "message": "odd"}).health()
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with pytest.raises(
+        ServiceError, match=re.escape("cannot reach the Chiron service at http://chiron.test")
+    ):
+        _mock(refuse).health()
+    with pytest.raises(UsageError):
+        ServiceClient("ftp://nowhere")
+
+
+def test_corrupted_downloads_are_refused(tmp_path):
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"tampered", headers={"X-Content-SHA256": "0" * 64})
+
+    out = tmp_path / "model.chm"
+    with pytest.raises(IntegrityError):
+        _mock(handler).model_file("m", out)
+    assert not out.exists()
+    with pytest.raises(IntegrityError):
+        _mock(handler).job_result("j", "receipt")
+
+
+def test_evidence_requests_send_the_nonce_as_hex():
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, json={"evidence": "AAEC"})
+
+    assert _mock(handler).attestation_evidence(b"\x01" * 16) == b"\x00\x01\x02"
+    assert seen == [f"http://chiron.test/v1/attestation/evidence?nonce={'01' * 16}"]
+
+
+def test_service_commands(tmp_path, live):
+    url, operator, owner = live
+    app = typer.Typer()
+    cli_service.register(app)
+    runner = CliRunner()
+    source = tmp_path / "recipe.py"
+    source.write_bytes(RECIPE_SOURCE)
+    public = Identity.generate().save(tmp_path / "provider.key")
+    registered = runner.invoke(
+        app,
+        [
+            "recipes",
+            "register",
+            "mlp",
+            "--source",
+            str(source),
+            "--provider",
+            str(public),
+            "--url",
+            url,
+        ],
+        env={"CHIRON_TOKEN": operator},
+    )
+    assert registered.exit_code == 0, registered.output
+    listed = runner.invoke(
+        app, ["recipes", "list", "--url", url, "--json"], env={"CHIRON_TOKEN": owner}
+    )
+    assert json.loads(listed.output)[0]["name"] == "mlp"
+    dataset = tmp_path / "data.chd"
+    make_dataset(dataset)
+    uploaded = runner.invoke(
+        app, ["datasets", "upload", str(dataset), "--url", url, "--token", owner]
+    )
+    assert uploaded.exit_code == 0 and "40 records" in uploaded.output
+    assert (
+        "records" in runner.invoke(app, ["datasets", "list", "--url", url, "--token", owner]).output
+    )
+    assert "no jobs" in runner.invoke(app, ["jobs", "list", "--url", url, "--token", owner]).output
+    denied = runner.invoke(app, ["datasets", "list", "--url", url, "--token", "wrong"])
+    assert denied.exit_code != 0 and isinstance(denied.exception, AccessDenied)
+
+
+def test_account_create_command(tmp_path):
+    app = typer.Typer()
+    cli_service.register(app)
+    state = tmp_path / "service"
+    runner = CliRunner()
+    missing = runner.invoke(app, ["account", "create", "dora", "--state", str(state)])
+    assert isinstance(missing.exception, UsageError)
+    Service.open(ServiceConfig(state_dir=state)).close()
+    first = runner.invoke(app, ["account", "create", "dora", "--state", str(state)])
+    assert first.exit_code == 0 and first.output.startswith("chiron_")
+    again = runner.invoke(app, ["account", "create", "dora", "--state", str(state)])
+    assert isinstance(again.exception, Conflict)
+    bad_role = runner.invoke(
+        app, ["account", "create", "eve", "--role", "root", "--state", str(state)]
+    )
+    assert bad_role.exit_code != 0
+    assert first.output.strip() not in (state / "chiron.db").read_bytes().decode("latin-1")
