@@ -22,3 +22,7 @@ QUERY_REQUEST = "query-request"
 EVALUATION_REQUEST = "evaluation-request"
 # HPKE: an evaluation report, sealed to the owner's reply key.
 EVALUATION_REPORT = "evaluation-report"
+# Signature: the simulated platform's root key certifying a platform key.
+SIM_PLATFORM_CERTIFICATE = "sim-platform-certificate"
+# Signature: a certified simulated-platform key signing attestation evidence.
+SIM_EVIDENCE = "sim-evidence"

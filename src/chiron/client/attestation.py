@@ -1,0 +1,231 @@
+"""The client's side of attestation: ask an enclave for evidence, verify it, decide.
+
+Every flow that hands an enclave a secret (a data key, a model-key share) first calls
+`verify_enclave` with a fresh random nonce and seals the secret only to the public
+identity the verified evidence authenticates. Evidence comes from an `EvidenceSource`:
+a local enclave process (`LocalEnclaveSession.evidence`) or a Chiron service
+(`ServiceAttestation.evidence`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from chiron.core.attestation import (
+    PLATFORM_SIM,
+    Evidence,
+    Policy,
+    SimRoot,
+    VerificationReport,
+    load_sim_root,
+    verify_evidence,
+)
+from chiron.core.encoding import b64decode
+from chiron.core.errors import AttestationError, PolicyError, ServiceError
+from chiron.core.fileio import atomic_write, read_input_file
+from chiron.core.keys import PublicIdentity
+from chiron.core.measurement import measure_runtime
+
+EvidenceSource = Callable[[bytes], bytes]
+SimRootSource = Callable[[], Sequence[SimRoot]]
+
+NONCE_BYTES = 32
+MAX_POLICY_BYTES = 64 * 1024
+MAX_ROOT_DOCUMENT_BYTES = 16 * 1024
+KNOWN_SIM_ROOTS_DIRECTORY = "known-sim-roots"
+
+
+@dataclass(frozen=True)
+class AttestedEnclave:
+    """An enclave whose evidence satisfied the policy, and the keys it authenticated."""
+
+    identity: PublicIdentity
+    report: VerificationReport
+
+
+def load_policy(path: Path | None, *, allow_simulation: bool) -> Policy:
+    """The policy a command verifies against.
+
+    Without a file: accept exactly this installation's own runtime measurement. With
+    `allow_simulation` (the --allow-simulation flag), simulated evidence is accepted
+    even if the file does not allow it.
+    """
+    own_measurement = measure_runtime().hex
+    if path is None:
+        return Policy(measurements=(own_measurement,), UNSAFE_allow_simulation=allow_simulation)
+    raw = read_input_file(path, what="policy file", limit=MAX_POLICY_BYTES)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PolicyError(f"{path}: a policy file must be UTF-8 text") from None
+    policy = Policy.from_toml(text, default_measurement=own_measurement, source=str(path))
+    if allow_simulation:
+        return dataclasses.replace(policy, UNSAFE_allow_simulation=True)
+    return policy
+
+
+def local_sim_roots(state_dir: Path) -> tuple[SimRoot, ...]:
+    """The simulation root of this machine's state directory, if one was created."""
+    root = load_sim_root(state_dir)
+    return () if root is None else (root,)
+
+
+def appraise_evidence(
+    evidence: bytes,
+    nonce: bytes,
+    policy: Policy,
+    *,
+    state_dir: Path,
+    sim_roots: SimRootSource | None = None,
+) -> VerificationReport:
+    """Verify evidence requested with `nonce`, fetching simulation roots only if needed."""
+    roots: Sequence[SimRoot] = ()
+    if Evidence.from_bytes(evidence).platform == PLATFORM_SIM:
+        roots = sim_roots() if sim_roots is not None else local_sim_roots(state_dir)
+    return verify_evidence(evidence, policy, nonce=nonce, sim_roots=roots)
+
+
+def appraise_enclave(
+    get_evidence: EvidenceSource,
+    policy: Policy,
+    *,
+    state_dir: Path,
+    sim_roots: SimRootSource | None = None,
+) -> VerificationReport:
+    """Ask for evidence over a fresh random nonce and verify it; never raises on refusal."""
+    nonce = os.urandom(NONCE_BYTES)
+    evidence = get_evidence(nonce)
+    return appraise_evidence(evidence, nonce, policy, state_dir=state_dir, sim_roots=sim_roots)
+
+
+def accept(report: VerificationReport) -> AttestedEnclave:
+    """The attested enclave, or an AttestationError listing every failed check."""
+    if not report.ok or report.identity is None:
+        raise AttestationError(refusal_message(report))
+    return AttestedEnclave(report.identity, report)
+
+
+def verify_enclave(
+    get_evidence: EvidenceSource,
+    policy: Policy,
+    *,
+    state_dir: Path,
+    sim_roots: SimRootSource | None = None,
+) -> AttestedEnclave:
+    """Attest an enclave: fresh nonce, evidence, verification; raise unless it passes.
+
+    Simulation roots come from `sim_roots` when given (e.g. a service's root, trusted
+    on first use), else from `state_dir` (the root a local enclave created there).
+    """
+    return accept(appraise_enclave(get_evidence, policy, state_dir=state_dir, sim_roots=sim_roots))
+
+
+def refusal_message(report: VerificationReport) -> str:
+    failures = report.failures
+    others = "; ".join(f"{c.name}: {c.reason}" for c in failures if c.name != "simulation")
+    if any(check.name == "simulation" for check in failures):
+        message = (
+            "enclave refused: the evidence is simulated (no TEE) and protects nothing "
+            "against the host; pass --allow-simulation to accept it for testing"
+        )
+        return f"{message} (also failed: {others})" if others else message
+    return f"enclave refused: {others or 'the evidence does not authenticate the enclave'}"
+
+
+class ServiceAttestation:
+    """The attestation endpoints of a Chiron service (public, no token needed).
+
+    GET /v1/attestation/evidence?nonce=<hex> -> {"evidence": base64}
+    GET /v1/attestation/sim-root             -> the service's simulation root document
+    """
+
+    def __init__(
+        self, url: str, *, transport: httpx.BaseTransport | None = None, timeout: float = 120.0
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._client = httpx.Client(base_url=self.url, transport=transport, timeout=timeout)
+
+    def evidence(self, nonce: bytes) -> bytes:
+        document = self._get_json("/v1/attestation/evidence", params={"nonce": nonce.hex()})
+        try:
+            return b64decode(document["evidence"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise AttestationError(f"{self.url} answered with malformed evidence") from None
+
+    def sim_root(self) -> SimRoot:
+        document = self._get_json("/v1/attestation/sim-root")
+        return SimRoot.from_document(document, source=f"the simulation root of {self.url}")
+
+    def _get_json(self, path: str, params: dict[str, str] | None = None) -> object:
+        try:
+            response = self._client.get(path, params=params)
+        except httpx.HTTPError as exc:
+            raise ServiceError(f"cannot reach {self.url}: {exc}") from None
+        if response.status_code != 200:
+            raise ServiceError(f"{self.url}{path} answered HTTP {response.status_code}")
+        try:
+            return response.json()
+        except ValueError:
+            raise ServiceError(f"{self.url}{path} did not answer with JSON") from None
+
+    def sim_roots(self, state_dir: Path, policy: Policy) -> SimRootSource:
+        """Where `appraise_evidence` gets simulation roots for this service's evidence.
+
+        Only a policy that allows simulation fetches the service's root (trusted on
+        first use); otherwise no root is trusted and simulated evidence fails twice over.
+        """
+
+        def roots() -> Sequence[SimRoot]:
+            if not policy.UNSAFE_allow_simulation:
+                return ()
+            return (trust_sim_root_on_first_use(state_dir, self.url, self.sim_root()),)
+
+        return roots
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> ServiceAttestation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def trust_sim_root_on_first_use(state_dir: Path, url: str, root: SimRoot) -> SimRoot:
+    """Remember a service's simulation root the first time; refuse if it later changes.
+
+    Trust on first use: the first answer is believed (simulation protects nothing
+    anyway); afterwards a different root for the same service is refused, so a changed
+    installation or a swapped service is noticed rather than silently accepted.
+    """
+    directory = state_dir / KNOWN_SIM_ROOTS_DIRECTORY
+    path = directory / f"{hashlib.sha256(url.rstrip('/').encode()).hexdigest()[:32]}.json"
+    if path.exists():
+        raw = read_input_file(path, what="known simulation root", limit=MAX_ROOT_DOCUMENT_BYTES)
+        try:
+            known = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            known = None
+        trusted = SimRoot.from_document(
+            known.get("root") if isinstance(known, dict) else None, source=str(path)
+        )
+        if trusted != root:
+            raise AttestationError(
+                f"the simulation root of {url} changed since first use "
+                f"({trusted.fingerprint[:16]} -> {root.fingerprint[:16]}); "
+                f"if that is expected, delete {path}"
+            )
+        return trusted
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    document = {"url": url.rstrip("/"), "root": root.to_document()}
+    atomic_write(path, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
+    return root
