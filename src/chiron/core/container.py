@@ -479,6 +479,7 @@ class DatasetHeader:
         # The layout must be the one the counts imply, so sizes can be checked up front.
         if (
             result.chunk_count != math.ceil(result.record_count / result.records_per_chunk)
+            or result.chunk_count > MAX_CHUNKS
             or result.chunk_size != header.chunk_size
         ):
             raise malformed
@@ -516,7 +517,7 @@ def _check_labels(y: np.ndarray, num_classes: int, first_record: int) -> None:
         bad = low if low < 0 else high
         position = first_record + int(np.argmax(y == bad))
         raise InputError(
-            f"record {position} has label {bad}, outside 0..{num_classes - 1} "
+            f"label out of range: record {position} has label {bad}, outside 0..{num_classes - 1} "
             f"for {num_classes} classes"
         )
 
