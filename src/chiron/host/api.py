@@ -85,6 +85,13 @@ class EvidenceOut(BaseModel):
     evidence: str = Field(description="the enclave's evidence, base64")
 
 
+class SimRootOut(BaseModel):
+    type: str
+    version: int
+    key: str = Field(description="Ed25519 public key, base64")
+    fingerprint: str
+
+
 class RecipeIn(BaseModel):
     name: str = Field(max_length=64, description="lowercase letters, digits, '_' or '-'")
     description: str = Field(default="", max_length=MAX_DESCRIPTION_CHARS)
@@ -324,6 +331,12 @@ def service_evidence(request: Request, nonce: str = Query(max_length=256)) -> Ev
     """Evidence from the service's own enclave, for `chiron attest --url` (public)."""
     evidence = _service(request).attestation.evidence(parse_nonce(nonce))
     return EvidenceOut(evidence=b64encode(evidence))
+
+
+@router.get("/attestation/sim-root", response_model=SimRootOut, tags=["attestation"])
+def sim_root(request: Request) -> SimRootOut:
+    """The simulated platform's root public key (public; only meaningful in simulation)."""
+    return SimRootOut(**_service(request).sim_root().to_document())
 
 
 # --- recipes -------------------------------------------------------------------

@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import re
+import secrets
 import threading
 import time
 import uuid
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from chiron.core.attestation import SimRoot, load_sim_root
 from chiron.core.errors import NotFound, ServiceError
 from chiron.core.fileio import atomic_write, read_input_file
 from chiron.host.accounts import authenticate, ensure_operator, load_pepper
@@ -111,6 +113,22 @@ class Service:
         if model is None or (account.role == "owner" and model.account_id != account.id):
             raise NotFound(f"no model {model_pk}")
         return model
+
+    def sim_root(self) -> SimRoot:
+        """The simulated platform's root public key, which signs its enclaves' evidence.
+
+        Meaningful only in simulation, where clients trust it on first use; the root is
+        made by the first enclave that gives evidence, so one is asked if none has yet.
+        """
+        if self.config.platform != "sim":
+            raise NotFound("this service's enclaves are not simulated: there is no sim root")
+        root = load_sim_root(self.config.enclave_state_dir)
+        if root is None:
+            self.attestation.evidence(secrets.token_bytes(32))
+            root = load_sim_root(self.config.enclave_state_dir)
+        if root is None:
+            raise ServiceError("the simulated platform did not create its root key")
+        return root
 
     # --- lifetime --------------------------------------------------------------
 

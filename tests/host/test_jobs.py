@@ -1,0 +1,159 @@
+"""Jobs and attestation through a live service: real enclaves, the runner, the relay."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from chiron.client.attestation import ServiceAttestation, load_policy, verify_enclave
+from chiron.client.remote import ServiceClient
+from chiron.core.errors import (
+    AccessDenied,
+    AttestationError,
+    Conflict,
+    InputError,
+    IntegrityError,
+    JobFailed,
+    NotFound,
+)
+from chiron.core.keys import Identity
+from chiron.host.accounts import create_account
+from chiron.host.config import ServiceConfig
+from chiron.host.server import running_service
+
+from .helpers import RECIPE_SOURCE, make_dataset, make_model_file
+
+
+@pytest.fixture
+def live(tmp_path) -> Iterator[tuple[str, ServiceClient, ServiceClient]]:
+    """A service running two jobs at once, with a provider's and an owner's client."""
+    config = ServiceConfig(state_dir=tmp_path / "service", concurrency=2)
+    with running_service(config) as (service, url):
+        owner = create_account(service.db, service.pepper, name="alice", role="owner")
+        operator = service.operator_token_path.read_text().strip()
+        with ServiceClient(url, operator) as provider, ServiceClient(url, owner) as client:
+            provider.register_recipe(
+                "mlp", source=RECIPE_SOURCE, provider=Identity.generate().public
+            )
+            yield url, provider, client
+
+
+def _attest(url: str, get_evidence, state_dir):
+    policy = load_policy(None, allow_simulation=True)
+    with ServiceAttestation(url) as service:
+        return verify_enclave(
+            get_evidence,
+            policy,
+            state_dir=state_dir,
+            sim_roots=service.sim_roots(state_dir, policy),
+        )
+
+
+def test_service_and_job_enclaves_attest_with_their_own_keys(tmp_path, live):
+    url, _, client = live
+    with ServiceAttestation(url) as service:
+        service_enclave = _attest(url, service.evidence, tmp_path / "client")
+        assert client.sim_root()["fingerprint"] == service.sim_root().fingerprint
+    dataset = tmp_path / "data.chd"
+    make_dataset(dataset)
+    job = client.create_job(
+        recipe="mlp", dataset=client.upload_dataset(dataset, progress=False)["id"]
+    )
+    job_enclave = _attest(
+        url, lambda nonce: client.job_evidence(job["id"], nonce), tmp_path / "client"
+    )
+    assert job_enclave.identity != service_enclave.identity
+    # Without --allow-simulation the same evidence is refused.
+    with pytest.raises(AttestationError, match="simulated"):
+        verify_enclave(
+            lambda nonce: client.job_evidence(job["id"], nonce),
+            load_policy(None, allow_simulation=False),
+            state_dir=tmp_path / "client",
+        )
+    with pytest.raises(InputError, match="nonce"):
+        client.job_evidence(job["id"], b"short")
+
+
+def test_failed_jobs_report_a_reason_class_to_the_provider_and_a_message_to_the_owner(
+    tmp_path, live
+):
+    _, provider, client = live
+    dataset = tmp_path / "data.chd"
+    make_dataset(dataset)
+    dataset_id = client.upload_dataset(dataset, progress=False)["id"]
+    owner = Identity.generate().public.to_bytes()
+    jobs = [client.create_job(recipe="mlp", dataset=dataset_id) for _ in range(3)]
+    for job in jobs:
+        # Garbage instead of a key sealed to the job's enclave: the enclave refuses it.
+        started = client.start_job(job["id"], sealed_data_key=os.urandom(80), owner_public=owner)
+        assert started["state"] == "queued"
+    with pytest.raises(Conflict):
+        client.start_job(jobs[0]["id"], sealed_data_key=b"x", owner_public=owner)
+    outcomes = []
+    for job in jobs:
+        with pytest.raises(JobFailed) as failed:
+            client.wait_job(job["id"], poll_seconds=0.1)
+        outcomes.append(failed.value.reason_class)
+        seen_by_owner = client.job(job["id"])
+        assert seen_by_owner["message"] and "\n" not in seen_by_owner["message"]
+        seen_by_provider = provider.job(job["id"])
+        assert seen_by_provider["message"] is None
+        assert seen_by_provider["status"] == f"failed ({seen_by_owner['reason']})"
+    assert set(outcomes) == {"integrity"}
+    # A job's enclave is gone once it ended: it can no longer be attested.
+    with pytest.raises(Conflict):
+        client.job_evidence(jobs[0]["id"], os.urandom(32))
+
+
+def test_job_start_checks_the_owners_arguments(tmp_path, live):
+    _, provider, client = live
+    dataset = tmp_path / "data.chd"
+    make_dataset(dataset)
+    job = client.create_job(
+        recipe="mlp", dataset=client.upload_dataset(dataset, progress=False)["id"]
+    )
+    with pytest.raises(InputError, match="owner_public"):
+        client.start_job(job["id"], sealed_data_key=b"k", owner_public=b"short")
+    with pytest.raises(InputError):
+        client.start_job(
+            job["id"], sealed_data_key=b"", owner_public=Identity.generate().public.to_bytes()
+        )
+    with pytest.raises(AccessDenied, match="owner"):
+        provider.start_job(
+            job["id"], sealed_data_key=b"k", owner_public=Identity.generate().public.to_bytes()
+        )
+    assert client.job(job["id"])["state"] == "created"
+
+
+def test_query_sessions_relay_calls_and_enforce_who_may_make_them(tmp_path, live):
+    url, provider, client = live
+    model_path = tmp_path / "model.chm"
+    model_path.write_bytes(make_model_file(Identity.generate(), Identity.generate()))
+    model = client.upload_model(model_path, progress=False)
+    session = client.open_query_session(model["id"])
+    attested = _attest(
+        url, lambda n: client.query_session_evidence(session["id"], n), tmp_path / "c"
+    )
+    assert attested.identity is not None
+    # The service loads its own copy of the model; the enclave parses its header.
+    loaded = client.query_session_call(session["id"], "load_model", {})
+    assert loaded["model_id"] == "m" * 32
+    # A share that is not sealed to this enclave is refused by the enclave itself.
+    with pytest.raises(IntegrityError, match="share"):
+        client.query_session_call(
+            session["id"], "provision_share", {"party": "owner", "sealed_share": b"junk"}
+        )
+    # Only the provider's token may provision the provider's share, only the owner queries.
+    with pytest.raises(AccessDenied, match="may not"):
+        client.query_session_call(
+            session["id"], "provision_share", {"party": "provider", "sealed_share": b"x"}
+        )
+    with pytest.raises(AccessDenied, match="may not"):
+        provider.query_session_call(session["id"], "query", {})
+    with pytest.raises(InputError, match="locked"):
+        client.query_session_call(session["id"], "query", {})
+    client.close_query_session(session["id"])
+    with pytest.raises(NotFound, match="no query session"):
+        client.query_session_evidence(session["id"], os.urandom(32))
