@@ -125,6 +125,11 @@ def test_npz_negative_label(cli, tmp_path):
     assert_refused(cli, tmp_path, tmp_path / "d.npz", "label -1 is negative")
 
 
+def test_npz_with_pickled_objects_is_never_loaded(cli, tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.array([{}, {}], dtype=object), y=[0, 1])
+    assert_refused(cli, tmp_path, tmp_path / "d.npz", "pickled objects are never loaded")
+
+
 @pytest.mark.parametrize(
     "make",
     [

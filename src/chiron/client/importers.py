@@ -55,7 +55,7 @@ DIGIT_CLASSES = tuple(str(d) for d in range(10))
 _BATCH_BYTES = 4 << 20
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 _GRAYSCALE_MODES = {"1", "L", "LA"}
-_COLOR_MODES = {"P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+_COLOR_MODES = {"P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"}
 
 Batch = tuple[np.ndarray, np.ndarray]
 
@@ -264,17 +264,24 @@ def _num_classes(y: np.ndarray, what: str) -> int:
 
 def _import_npz(src: Path) -> ImportedDataset:
     what = f"NumPy file {src}"
+    # allow_pickle=False: an archive must never run code when it is loaded.
+    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+    not_npz = f"{what} is not an .npz archive of plain arrays (pickled objects are never loaded)"
     try:
-        with np.load(src, allow_pickle=False) as archive:
+        archive = np.load(src, allow_pickle=False)
+    except unreadable:
+        raise InputError(not_npz) from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise InputError(f"{what} is a single array, not an .npz archive with arrays x and y")
+    try:
+        with archive:
             missing = {"x", "y"} - set(archive.files)
             if missing:
                 raise InputError(f"{what} has no array {' or '.join(sorted(missing))}")
             x, y = archive["x"], archive["y"]
             names = archive["class_names"] if "class_names" in archive.files else None
-    except InputError:
-        raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise InputError(f"cannot read {what}: {exc}") from None
+    except unreadable:
+        raise InputError(not_npz) from None
     if x.ndim < 2:
         raise InputError(f"{what}: x must have shape (N, ...) with at least 2 dimensions")
     if len(x) == 0:
