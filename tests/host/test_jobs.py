@@ -145,10 +145,14 @@ def test_query_sessions_relay_calls_and_enforce_who_may_make_them(tmp_path, live
         client.query_session_call(
             session["id"], "provision_share", {"party": "owner", "sealed_share": b"junk"}
         )
-    # Only the provider's token may provision the provider's share, only the owner queries.
+    # A provider's token releases only the provider's share; only the owner queries.
     with pytest.raises(AccessDenied, match="may not"):
-        client.query_session_call(
-            session["id"], "provision_share", {"party": "provider", "sealed_share": b"x"}
+        provider.query_session_call(
+            session["id"], "provision_share", {"party": "owner", "sealed_share": b"x"}
+        )
+    with pytest.raises(IntegrityError, match="share"):
+        provider.query_session_call(
+            session["id"], "provision_share", {"party": "provider", "sealed_share": b"junk"}
         )
     with pytest.raises(AccessDenied, match="may not"):
         provider.query_session_call(session["id"], "query", {})

@@ -503,21 +503,36 @@ class RemoteQuerySession:
     The service holds the model and the datasets, so the two calls that name local
     files are translated: `load_model` checks that the bytes given are the session's
     model (the service loads its own copy), and `evaluate` uploads the dataset at
-    `dataset_path` (skipped when already there) and names it by id.
+    `dataset_path` (skipped when already there) and names it by id. With
+    `provider_client` (a provider's token), the provider's share is released through it.
     """
 
-    def __init__(self, client: ServiceClient, model: str, *, progress: bool = True) -> None:
+    def __init__(
+        self,
+        client: ServiceClient,
+        model: str,
+        *,
+        provider_client: ServiceClient | None = None,
+        progress: bool = True,
+    ) -> None:
         self.client = client
+        self._provider_client = provider_client
         self._progress = progress
         self._model = client.model(model)
         self.session_id = client.open_query_session(model)["id"]
 
     @classmethod
     def for_model_file(
-        cls, client: ServiceClient, path: str | os.PathLike[str], *, progress: bool = True
+        cls,
+        client: ServiceClient,
+        path: str | os.PathLike[str],
+        *,
+        provider_client: ServiceClient | None = None,
+        progress: bool = True,
     ) -> RemoteQuerySession:
         """Upload a local model file if the service lacks it, then open a session on it."""
-        return cls(client, client.upload_model(path, progress=progress)["id"], progress=progress)
+        model = client.upload_model(path, progress=progress)["id"]
+        return cls(client, model, provider_client=provider_client, progress=progress)
 
     def evidence(self, nonce: bytes) -> bytes:
         return self.client.query_session_evidence(self.session_id, nonce)
@@ -533,6 +548,9 @@ class RemoteQuerySession:
         elif name == "evaluate" and "dataset_path" in args:
             dataset = self.client.upload_dataset(args.pop("dataset_path"), progress=self._progress)
             args["dataset"] = dataset["id"]
+        elif name == "provision_share" and args.get("party") == "provider":
+            via = self._provider_client or self.client
+            return via.query_session_call(self.session_id, name, args)
         return self.client.query_session_call(self.session_id, name, args)
 
     def close(self) -> None:

@@ -19,7 +19,6 @@ from chiron.host.enclaves import ManagedEnclave
 from chiron.host.store import ArtifactStore
 
 RELAYED_CALLS = ("load_model", "provision_share", "query", "evaluate")
-PARTIES = ("owner", "provider")
 
 
 @dataclass
@@ -85,15 +84,15 @@ class QuerySessions:
             raise NotFound(f"no call {name!r} (use one of {', '.join(RELAYED_CALLS)})")
         session = self.get(session_id)
         is_owner = account.id == session.account_id
-        if name == "provision_share":
-            party = args.get("party")
-            if party not in PARTIES:
-                raise InputError("party must be 'owner' or 'provider'")
-            allowed = is_owner if party == "owner" else account.role == "provider"
-        else:
-            allowed = is_owner
+        # The session's owner makes every call (the enclave checks each share and
+        # signature itself); a provider only releases the provider's share.
+        allowed = is_owner or (
+            account.role == "provider"
+            and name == "provision_share"
+            and args.get("party") == "provider"
+        )
         if not allowed:
-            if account.role == "owner" and not is_owner:
+            if account.role == "owner":
                 raise NotFound(f"no query session {session_id}")
             raise AccessDenied(f"this token may not make the {name!r} call here")
         args = dict(args)

@@ -1,0 +1,103 @@
+"""A whole owner/provider story through the service: train, fetch, unlock, query.
+
+The client flows are the same as with --local; only the sessions are the SDK's remote
+ones, so this proves the relay adds nothing and loses nothing.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+
+from chiron.client.attestation import load_policy
+from chiron.client.querying import query, unlock_model
+from chiron.client.remote import RemoteJobSession, RemoteQuerySession, ServiceClient
+from chiron.client.training import run_training
+from chiron.core import container
+from chiron.core.keys import DataKey, Identity
+from chiron.core.schema import DatasetSchema
+from chiron.host.accounts import create_account
+from chiron.host.config import ServiceConfig
+from chiron.host.server import running_service
+
+TINY_RECIPE = textwrap.dedent(
+    """
+    import torch.nn as nn
+
+    HYPERPARAMETERS = {"epochs": 2, "batch_size": 16, "lr": 0.01}
+
+    def build_model(schema):
+        c, h, w = schema.input_shape
+        return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 16), nn.ReLU(), nn.Linear(16, 3))
+    """
+).encode()
+
+
+def _images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, size=count)
+    x = rng.integers(0, 60, size=(count, 1, 8, 8)).astype(np.uint8)
+    for i, label in enumerate(y):
+        x[i, 0, :, label * 2 : label * 2 + 3] += 180
+    return x, y.astype(np.int64)
+
+
+@pytest.mark.slow
+def test_train_and_query_through_the_service(tmp_path):
+    owner, provider = Identity.generate(), Identity.generate()
+    schema = DatasetSchema((1, 8, 8), "uint8", 3)
+    x, y = _images(240, seed=1)
+    key = bytes(range(32))
+    header = container.encrypt_dataset(
+        [(x, y)], tmp_path / "train.chd", key, schema=schema, record_count=240
+    )
+    policy = load_policy(None, allow_simulation=True)
+    with running_service(ServiceConfig(state_dir=tmp_path / "service")) as (service, url):
+        # Simulation: the client trusts the service's sim root, here read from its folder.
+        roots = service.config.enclave_state_dir
+        owner_token = create_account(service.db, service.pepper, name="alice", role="owner")
+        operator = service.operator_token_path.read_text().strip()
+        with (
+            ServiceClient(url, operator) as provider_client,
+            ServiceClient(url, owner_token) as client,
+        ):
+            provider_client.register_recipe(
+                "tiny", source=TINY_RECIPE, provider=provider.public, input_schema=schema.to_dict()
+            )
+            dataset = client.upload_dataset(tmp_path / "train.chd", progress=False)
+            job = client.create_job(recipe="tiny", dataset=dataset["id"])
+            events: list[dict] = []
+            outcome = run_training(
+                RemoteJobSession(client, job["id"], poll_seconds=0.2),
+                job_id=job["id"],
+                data_key=DataKey(header.dataset_id, key),
+                owner=owner,
+                provider=provider.public,
+                epochs=None,
+                seed=3,
+                policy=policy,
+                state_dir=roots,
+                on_event=events.append,
+            )
+            assert outcome.report["final_holdout_accuracy"] > 0.8
+            assert events and events[-1]["step"] == events[-1]["total"]
+            finished = provider_client.job(job["id"])
+            assert finished["status"] == "done" and finished["message"] is None
+            model = client.model(finished["model"])
+            assert client.model_file(model["id"]) == outcome.model
+
+            with RemoteQuerySession(
+                client, model["id"], provider_client=provider_client
+            ) as session:
+                unlocked = unlock_model(
+                    session,
+                    model=outcome.model,
+                    owner=owner,
+                    provider=provider,
+                    policy=policy,
+                    state_dir=roots,
+                )
+                answers, _ = query(unlocked, x[:12])
+            assert [a["label"] for a in answers] == y[:12].tolist()
