@@ -174,8 +174,10 @@ def _progress_bar(quiet: bool) -> Progress:
         TextColumn("steps"),
         TimeRemainingColumn(),
         console=_stderr,
-        disable=quiet,
-        transient=False,
+        # Only on a terminal, and gone once done: scripts and logs get exactly one
+        # line on failure, nothing else.
+        disable=quiet or not _stderr.is_terminal,
+        transient=True,
     )
 
 

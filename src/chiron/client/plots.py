@@ -5,16 +5,23 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from typing import Any
 
 from chiron.core.fileio import atomic_write
 
 
-def _save(figure: plt.Figure, path: Path) -> None:
+def _pyplot() -> Any:
+    """matplotlib, imported on first use: it costs half a second every CLI start."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure: Any, path: Path) -> None:
+    plt = _pyplot()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     plt.close(figure)
@@ -22,7 +29,7 @@ def _save(figure: plt.Figure, path: Path) -> None:
 
 
 def training_curve(epoch_accuracy: Sequence[float], path: Path, *, title: str) -> None:
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure, axes = _pyplot().subplots(figsize=(6, 4))
     epochs = range(1, len(epoch_accuracy) + 1)
     axes.plot(list(epochs), list(epoch_accuracy), marker="o")
     axes.set_xlabel("epoch")
@@ -39,7 +46,7 @@ def confusion_matrix(
 ) -> None:
     size = len(matrix)
     names = list(class_names) or [str(i) for i in range(size)]
-    figure, axes = plt.subplots(figsize=(1.0 + 0.6 * size, 0.8 + 0.6 * size))
+    figure, axes = _pyplot().subplots(figsize=(1.0 + 0.6 * size, 0.8 + 0.6 * size))
     image = axes.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axes, fraction=0.046)
     axes.set_xticks(range(size), names, rotation=45, ha="right")
