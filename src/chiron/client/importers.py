@@ -1,9 +1,10 @@
 """Readers that turn a data owner's files into records for `encrypt_dataset`.
 
 Each importer checks what it can before any encryption starts (file names, headers,
-sizes, counts, image sizes) and streams records in batches afterwards, so memory stays
-bounded for the streaming formats (IDX, CIFAR-10, CSV, image folders). Problems found
-while streaming still raise InputError, and the atomic output leaves nothing behind.
+sizes, counts, labels, image sizes) and then streams records in batches: IDX, CIFAR-10,
+CSV and image folders hold only the labels in memory, a .npz archive its arrays.
+Problems found while streaming still raise InputError, and the atomic output of
+`encrypt_dataset` leaves nothing behind.
 
 Formats:
 - idx: MNIST / Fashion-MNIST IDX files, gzipped or not. SRC is a folder holding
