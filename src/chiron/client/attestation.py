@@ -4,7 +4,7 @@ Every flow that hands an enclave a secret (a data key, a model-key share) first 
 `verify_enclave` with a fresh random nonce and seals the secret only to the public
 identity the verified evidence authenticates. Evidence comes from an `EvidenceSource`:
 a local enclave process (`LocalEnclaveSession.evidence`) or a Chiron service
-(`ServiceAttestation.evidence`).
+(`ServiceClient.attestation_evidence`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
+from chiron.client.remote import ServiceClient
 from chiron.core.attestation import (
     PLATFORM_SIM,
     Evidence,
@@ -28,8 +27,7 @@ from chiron.core.attestation import (
     load_sim_root,
     verify_evidence,
 )
-from chiron.core.encoding import b64decode
-from chiron.core.errors import AttestationError, PolicyError, ServiceError
+from chiron.core.errors import AttestationError, PolicyError
 from chiron.core.fileio import atomic_write, read_input_file
 from chiron.core.keys import PublicIdentity
 from chiron.core.measurement import measure_runtime
@@ -140,64 +138,22 @@ def refusal_message(report: VerificationReport) -> str:
     return f"enclave refused: {others or 'the evidence does not authenticate the enclave'}"
 
 
-class ServiceAttestation:
-    """The attestation endpoints of a Chiron service (public, no token needed).
+def service_sim_roots(service: ServiceClient, state_dir: Path, policy: Policy) -> SimRootSource:
+    """Where `appraise_evidence` gets simulation roots for a service's evidence.
 
-    GET /v1/attestation/evidence?nonce=<hex> -> {"evidence": base64}
-    GET /v1/attestation/sim-root             -> the service's simulation root document
+    Only a policy that allows simulation fetches the service's root (trusted on first
+    use); otherwise no root is trusted, and simulated evidence fails that check too.
     """
 
-    def __init__(
-        self, url: str, *, transport: httpx.BaseTransport | None = None, timeout: float = 120.0
-    ) -> None:
-        self.url = url.rstrip("/")
-        self._client = httpx.Client(base_url=self.url, transport=transport, timeout=timeout)
+    def roots() -> Sequence[SimRoot]:
+        if not policy.UNSAFE_allow_simulation:
+            return ()
+        root = SimRoot.from_document(
+            service.sim_root(), source=f"the simulation root of {service.url}"
+        )
+        return (trust_sim_root_on_first_use(state_dir, service.url, root),)
 
-    def evidence(self, nonce: bytes) -> bytes:
-        document = self._get_json("/v1/attestation/evidence", params={"nonce": nonce.hex()})
-        try:
-            return b64decode(document["evidence"])
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise AttestationError(f"{self.url} answered with malformed evidence") from None
-
-    def sim_root(self) -> SimRoot:
-        document = self._get_json("/v1/attestation/sim-root")
-        return SimRoot.from_document(document, source=f"the simulation root of {self.url}")
-
-    def _get_json(self, path: str, params: dict[str, str] | None = None) -> object:
-        try:
-            response = self._client.get(path, params=params)
-        except httpx.HTTPError as exc:
-            raise ServiceError(f"cannot reach {self.url}: {exc}") from None
-        if response.status_code != 200:
-            raise ServiceError(f"{self.url}{path} answered HTTP {response.status_code}")
-        try:
-            return response.json()
-        except ValueError:
-            raise ServiceError(f"{self.url}{path} did not answer with JSON") from None
-
-    def sim_roots(self, state_dir: Path, policy: Policy) -> SimRootSource:
-        """Where `appraise_evidence` gets simulation roots for this service's evidence.
-
-        Only a policy that allows simulation fetches the service's root (trusted on
-        first use); otherwise no root is trusted and simulated evidence fails twice over.
-        """
-
-        def roots() -> Sequence[SimRoot]:
-            if not policy.UNSAFE_allow_simulation:
-                return ()
-            return (trust_sim_root_on_first_use(state_dir, self.url, self.sim_root()),)
-
-        return roots
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> ServiceAttestation:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    return roots
 
 
 def trust_sim_root_on_first_use(state_dir: Path, url: str, root: SimRoot) -> SimRoot:

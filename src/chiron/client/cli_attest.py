@@ -9,12 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from chiron.client.attestation import (
-    ServiceAttestation,
-    accept,
-    appraise_enclave,
-    load_policy,
-)
+from chiron.client.attestation import accept, appraise_enclave, load_policy, service_sim_roots
 from chiron.client.options import (
     ALLOW_SIMULATION,
     JSON,
@@ -25,6 +20,7 @@ from chiron.client.options import (
     default_state_dir,
     require_one_target,
 )
+from chiron.client.remote import ServiceClient
 from chiron.core.attestation import VerificationReport
 from chiron.core.measurement import measure_runtime
 from chiron.enclave.boundary import EnclaveProcess
@@ -68,12 +64,12 @@ def attest(
         if not as_json:
             stack.enter_context(_stderr.status("asking the enclave for evidence"))
         if url is not None:
-            service = stack.enter_context(ServiceAttestation(url))
+            service = stack.enter_context(ServiceClient(url))
             report = appraise_enclave(
-                service.evidence,
+                service.attestation_evidence,
                 policy,
                 state_dir=state,
-                sim_roots=service.sim_roots(state, policy),
+                sim_roots=service_sim_roots(service, state, policy),
             )
         else:
             enclave = stack.enter_context(EnclaveProcess.start(role="train", state_dir=state))
