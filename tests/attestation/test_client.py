@@ -183,6 +183,12 @@ def test_a_real_enclave_process_is_attested(tmp_path):
     assert attested.report.ok and attested.report.simulated
 
 
+def test_an_enclave_on_an_unknown_platform_says_so(tmp_path):
+    with EnclaveProcess.start(role="train", state_dir=tmp_path, platform="sgx9") as enclave:
+        with pytest.raises(EnclaveError, match="unknown enclave platform 'sgx9'"):
+            enclave.call("attest", {"nonce": os.urandom(16)})
+
+
 def test_an_enclave_that_does_not_answer_is_a_one_line_error(tmp_path, sim_policy):
     enclave = EnclaveProcess.start(role="train", state_dir=tmp_path)
     try:

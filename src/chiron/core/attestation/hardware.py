@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from chiron.core.attestation.evidence import PLATFORM_SEV_SNP, PLATFORM_TDX
 from chiron.core.errors import AttestationError
 
 PROVIDER_TDX = "tdx_guest"
@@ -43,7 +44,7 @@ _SNP_POLICY_DEBUG = 1 << 19
 class HardwareReport:
     """What Chiron reads from a TDX quote or an SEV-SNP report."""
 
-    platform: str  # "tdx" or "sev-snp"
+    platform: str  # PLATFORM_TDX or PLATFORM_SEV_SNP
     report_data: bytes
     debug: bool
     # One number compared against a policy's min_tcb: the TDX module's SVN
@@ -74,7 +75,7 @@ def parse_tdx_quote(quote: bytes) -> HardwareReport:
     tee_tcb_svn = body[_TDX_TEE_TCB_SVN]
     attributes = int.from_bytes(body[_TDX_TD_ATTRIBUTES], "little")
     return HardwareReport(
-        platform="tdx",
+        platform=PLATFORM_TDX,
         report_data=body[_TDX_REPORT_DATA],
         debug=bool(attributes & _TDX_ATTRIBUTE_DEBUG),
         tcb_level=tee_tcb_svn[0],
@@ -90,7 +91,7 @@ def parse_snp_report(report: bytes) -> HardwareReport:
     policy = int.from_bytes(report[_SNP_POLICY], "little")
     reported_tcb = report[_SNP_REPORTED_TCB]
     return HardwareReport(
-        platform="sev-snp",
+        platform=PLATFORM_SEV_SNP,
         report_data=report[_SNP_REPORT_DATA],
         debug=bool(policy & _SNP_POLICY_DEBUG),
         tcb_level=reported_tcb[_SNP_TCB_SNP_COMPONENT],
@@ -100,7 +101,7 @@ def parse_snp_report(report: bytes) -> HardwareReport:
 
 
 PARSERS = {PROVIDER_TDX: parse_tdx_quote, PROVIDER_SEV_SNP: parse_snp_report}
-PROVIDER_PLATFORMS = {PROVIDER_TDX: "tdx", PROVIDER_SEV_SNP: "sev-snp"}
+PROVIDER_PLATFORMS = {PROVIDER_TDX: PLATFORM_TDX, PROVIDER_SEV_SNP: PLATFORM_SEV_SNP}
 
 
 def parse_hardware_report(provider: str, outblob: bytes) -> HardwareReport:
