@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import linecache
 import math
+import random
 import sys
 import types
 from collections.abc import Callable, Mapping
@@ -47,8 +48,10 @@ def load_recipe(
 ) -> Recipe:
     """Run a recipe's source as a fresh module named `recipe` and wrap its hooks.
 
-    The recipe's top-level code runs here. `overrides` (e.g. `{"epochs": 3}` from
-    `chiron train --epochs`) replace the recipe's hyperparameters; None values are ignored.
+    The recipe's top-level code runs here, with every generator seeded with 0 so that
+    any random numbers it draws are the same in every run. `overrides` (e.g.
+    `{"epochs": 3}` from `chiron train --epochs`) replace the recipe's hyperparameters;
+    None values are ignored.
     """
     if isinstance(source, bytes):
         try:
@@ -61,6 +64,7 @@ def load_recipe(
     # (dataclasses, typing.get_type_hints, copy); tracebacks of a dry run show its lines.
     sys.modules[RECIPE_MODULE_NAME] = module
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    seed_everything(0)
     exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - the recipe is the point
     return Recipe(module, overrides or {})
 
@@ -126,6 +130,13 @@ class Recipe:
                 f"predict must return logits of shape (batch, outputs), got {tuple(logits.shape)}"
             )
         return logits
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator a recipe is likely to draw from: torch, random, numpy."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
 
 
 def default_configure_optimizer(

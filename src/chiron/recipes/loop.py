@@ -22,7 +22,7 @@ import torch
 from chiron.core.errors import InputError, RecipeError
 from chiron.core.recipe_protocol import MAX_DECLARE_BYTES, TrainingPlan, encode_json
 from chiron.core.schema import DatasetSchema
-from chiron.recipes.hooks import Recipe, lr_factor, records_to_tensor
+from chiron.recipes.hooks import Recipe, lr_factor, records_to_tensor, seed_everything
 from chiron.recipes.state import decode_state, encode_state
 
 # The throwaway run that sizes the declaration: seeded apart from the job's seed (which
@@ -47,13 +47,6 @@ class Declaration:
         if len(payload) > MAX_DECLARE_BYTES:
             raise RecipeError("HYPERPARAMETERS and QUERY_POLICY are too large to declare")
         return payload
-
-
-def seed_everything(seed: int) -> None:
-    """Seed every generator a recipe is likely to draw from: torch, random, numpy."""
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
 
 
 def epoch_order(seed: int, epoch: int, num_train: int) -> np.ndarray:

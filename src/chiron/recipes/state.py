@@ -19,6 +19,7 @@ import struct
 from typing import Any
 
 import numpy as np
+import safetensors
 import safetensors.torch
 import torch
 
@@ -47,7 +48,7 @@ def decode_state(data: bytes) -> Any:
         skeleton = json.loads(data[head : head + skeleton_len])
         tensors = safetensors.torch.load(data[head + skeleton_len :])
         return _decode(skeleton, tensors)
-    except (ValueError, KeyError, TypeError, IndexError, struct.error):
+    except (ValueError, KeyError, TypeError, IndexError, struct.error, safetensors.SafetensorError):
         raise InputError("malformed training checkpoint") from None
 
 
