@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from chiron.client.attestation import ServiceAttestation, load_policy, verify_enclave
+from chiron.client.attestation import load_policy, service_sim_roots, verify_enclave
 from chiron.client.remote import ServiceClient
 from chiron.core.errors import (
     AccessDenied,
@@ -42,20 +42,18 @@ def live(tmp_path) -> Iterator[tuple[str, ServiceClient, ServiceClient]]:
 
 def _attest(url: str, get_evidence, state_dir):
     policy = load_policy(None, allow_simulation=True)
-    with ServiceAttestation(url) as service:
-        return verify_enclave(
-            get_evidence,
-            policy,
-            state_dir=state_dir,
-            sim_roots=service.sim_roots(state_dir, policy),
-        )
+    with ServiceClient(url) as service:
+        roots = service_sim_roots(service, state_dir, policy)
+        return verify_enclave(get_evidence, policy, state_dir=state_dir, sim_roots=roots)
 
 
 def test_service_and_job_enclaves_attest_with_their_own_keys(tmp_path, live):
     url, _, client = live
-    with ServiceAttestation(url) as service:
-        service_enclave = _attest(url, service.evidence, tmp_path / "client")
-        assert client.sim_root()["fingerprint"] == service.sim_root().fingerprint
+    service_enclave = _attest(url, client.attestation_evidence, tmp_path / "client")
+    with ServiceClient(url) as anonymous:
+        # Both attestation endpoints are public.
+        assert anonymous.sim_root()["fingerprint"] == client.sim_root()["fingerprint"]
+        assert anonymous.attestation_evidence(os.urandom(32))
     dataset = tmp_path / "data.chd"
     make_dataset(dataset)
     job = client.create_job(

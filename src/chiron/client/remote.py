@@ -484,7 +484,7 @@ class RemoteJobSession:
         )
 
         def update(job: dict[str, Any]) -> None:
-            if on_event is not None and job["state"] == "running" and job["total"]:
+            if on_event is not None and job["state"] in ("running", "done") and job["total"]:
                 on_event({"event": "progress", "step": job["step"], "total": job["total"]})
 
         self.client.wait_job(self.job_id, on_update=update, poll_seconds=self._poll)
