@@ -43,9 +43,16 @@ def keygen(
 
 
 def _register_rooms() -> None:
-    from chiron.client import cli_attest, cli_dataset, cli_recipe, cli_service, cli_train
+    from chiron.client import (
+        cli_attest,
+        cli_dataset,
+        cli_demo,
+        cli_recipe,
+        cli_service,
+        cli_train,
+    )
 
-    for room in (cli_dataset, cli_attest, cli_train, cli_recipe, cli_service):
+    for room in (cli_dataset, cli_attest, cli_train, cli_recipe, cli_service, cli_demo):
         room.register(app)
 
 

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from chiron.client import plots
-from chiron.client.attestation import load_policy
+from chiron.client.attestation import load_policy, service_sim_roots
 from chiron.client.inputs import load_query_inputs
 from chiron.client.options import (
     ALLOW_SIMULATION,
@@ -29,7 +29,8 @@ from chiron.client.options import (
 )
 from chiron.client.querying import evaluate, query, unlock_model
 from chiron.client.receipts import verify_receipt_offline
-from chiron.client.sessions import LocalEnclaveSession
+from chiron.client.remote import RemoteJobSession, RemoteQuerySession, ServiceClient
+from chiron.client.sessions import EnclaveSession, LocalEnclaveSession
 from chiron.client.training import local_job_id, run_training
 from chiron.core import container
 from chiron.core.errors import InputError, JobFailed
@@ -62,7 +63,9 @@ def _check_dataset_key(dataset: Path, data_key_path: Path) -> tuple[Any, Any]:
 
 
 def train(
-    recipe: Path = typer.Option(..., "--recipe", help="the provider's recipe file (.py)"),
+    recipe: str = typer.Option(
+        ..., "--recipe", help="the recipe file (.py); with --url, a recipe registered there"
+    ),
     dataset: Path = typer.Option(..., "--dataset", help="encrypted dataset (.chd)"),
     data_key_path: Path = typer.Option(..., "--data-key", help="the dataset's key file"),
     owner_key: Path = typer.Option(..., "--owner", help="the owner's private key file"),
@@ -92,28 +95,37 @@ def train(
     owner = load_identity(owner_key)
     provider = load_public_identity(provider_key)
     header, data_key = _check_dataset_key(dataset, data_key_path)
-    recipe_source = read_input_file(recipe, what="recipe", limit=MAX_RECIPE_BYTES)
-    if url is not None:
-        raise InputError("remote training is not available yet")  # replaced below
-    job_id = local_job_id(
-        recipe_source=recipe_source,
-        dataset_id=header.dataset_id,
-        owner=owner.public,
-        provider=provider,
-        epochs=epochs,
-        seed=seed,
-    )
-    checkpoint_dir = state / "jobs" / job_id
-    local_args = {
-        "train": {
-            "recipe_source": recipe_source,
-            "recipe_name": recipe.name,
-            "dataset_path": str(dataset.resolve()),
-            "checkpoint_dir": str(checkpoint_dir),
-        }
-    }
+    checkpoint_dir: Path | None = None
     with ExitStack() as stack:
-        session = stack.enter_context(LocalEnclaveSession("train", state, extra_args=local_args))
+        if url is not None:
+            # The service holds the provider's registered recipes: --recipe names one.
+            client = stack.enter_context(ServiceClient(url, token))
+            uploaded = client.upload_dataset(dataset, progress=not as_json)
+            job_id = client.create_job(recipe=recipe, dataset=uploaded["id"])["id"]
+            session: EnclaveSession = RemoteJobSession(client, job_id)
+            sim_roots = service_sim_roots(client, state, policy)
+        else:
+            recipe_path = Path(recipe)
+            recipe_source = read_input_file(recipe_path, what="recipe", limit=MAX_RECIPE_BYTES)
+            job_id = local_job_id(
+                recipe_source=recipe_source,
+                dataset_id=header.dataset_id,
+                owner=owner.public,
+                provider=provider,
+                epochs=epochs,
+                seed=seed,
+            )
+            checkpoint_dir = state / "jobs" / job_id
+            host_args = {
+                "recipe_source": recipe_source,
+                "recipe_name": recipe_path.name,
+                "dataset_path": str(dataset.resolve()),
+                "checkpoint_dir": str(checkpoint_dir),
+            }
+            session = stack.enter_context(
+                LocalEnclaveSession("train", state, extra_args={"train": host_args})
+            )
+            sim_roots = None
         progress = stack.enter_context(_progress_bar(as_json))
         task = progress.add_task("training", total=None)
 
@@ -133,6 +145,7 @@ def train(
                 policy=policy,
                 state_dir=state,
                 on_event=on_event,
+                sim_roots=sim_roots,
             )
         except JobFailed as exc:
             raise JobFailed(exc.reason_class, f"training failed: {exc.reason_class}") from None
@@ -148,7 +161,8 @@ def train(
         title="held-out confusion matrix",
     )
     atomic_write(out, outcome.model)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     summary = {
         "model": str(out),
         "model_id": report["model_id"],
@@ -189,6 +203,7 @@ def _unlocked_session(
     provider_key: Path,
     local: bool,
     url: str | None,
+    token: str | None,
     allow_simulation: bool,
     policy_file: Path | None,
     state_dir: Path | None,
@@ -200,10 +215,22 @@ def _unlocked_session(
     owner = load_identity(owner_key)
     provider = load_identity(provider_key)
     if url is not None:
-        raise InputError("remote queries are not available yet")
-    session = stack.enter_context(LocalEnclaveSession("query", state))
+        client = stack.enter_context(ServiceClient(url, token))
+        session: EnclaveSession = stack.enter_context(
+            RemoteQuerySession.for_model_file(client, model_path, progress=False)
+        )
+        sim_roots = service_sim_roots(client, state, policy)
+    else:
+        session = stack.enter_context(LocalEnclaveSession("query", state))
+        sim_roots = None
     return unlock_model(
-        session, model=model, owner=owner, provider=provider, policy=policy, state_dir=state
+        session,
+        model=model,
+        owner=owner,
+        provider=provider,
+        policy=policy,
+        state_dir=state,
+        sim_roots=sim_roots,
     )
 
 
@@ -232,6 +259,7 @@ def evaluate_command(
             provider_key=provider_key,
             local=local,
             url=url,
+            token=token,
             allow_simulation=allow_simulation,
             policy_file=policy_file,
             state_dir=state_dir,
@@ -285,6 +313,7 @@ def query_command(
             provider_key=provider_key,
             local=local,
             url=url,
+            token=token,
             allow_simulation=allow_simulation,
             policy_file=policy_file,
             state_dir=state_dir,

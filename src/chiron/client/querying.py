@@ -19,7 +19,7 @@ import numpy as np
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from chiron.client.attestation import verify_enclave
+from chiron.client.attestation import SimRootSource, verify_enclave
 from chiron.client.sessions import EnclaveSession
 from chiron.core import modelfile, purposes
 from chiron.core.attestation import Policy
@@ -82,10 +82,11 @@ def unlock_model(
     provider: Identity | None,
     policy: Policy,
     state_dir: Path,
+    sim_roots: SimRootSource | None = None,
 ) -> UnlockedModel:
     """Attest the query enclave, load the model, release the shares we hold."""
     header = modelfile.read_model_header(model)
-    attested = verify_enclave(session.evidence, policy, state_dir=state_dir)
+    attested = verify_enclave(session.evidence, policy, state_dir=state_dir, sim_roots=sim_roots)
     session.call("load_model", {"model": model})
     _release_share(session, header, "owner", owner, attested.identity)
     if provider is not None:

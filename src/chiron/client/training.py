@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chiron.client.attestation import verify_enclave
+from chiron.client.attestation import SimRootSource, verify_enclave
 from chiron.client.sessions import EnclaveSession
 from chiron.core import purposes
 from chiron.core.attestation import Policy
@@ -67,8 +67,9 @@ def run_training(
     policy: Policy,
     state_dir: Path,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    sim_roots: SimRootSource | None = None,
 ) -> TrainOutcome:
-    attested = verify_enclave(session.evidence, policy, state_dir=state_dir)
+    attested = verify_enclave(session.evidence, policy, state_dir=state_dir, sim_roots=sim_roots)
     sealed_key = seal(
         attested.identity.hpke_key,
         data_key.key,

@@ -1,0 +1,176 @@
+"""Training overhead: the CNN recipe through the confidential path vs plain PyTorch.
+
+One run measures both, on the same machine, data, recipe, plan and thread count:
+
+- enclave: the same flow `chiron train --local` runs (attest, seal the key, enclave
+  process, sandboxed recipe, sealed checkpoints, held-out evaluation, escrow), with the
+  fixed start-up (enclave + sandbox start, decryption, declaration) timed apart from the
+  training steps;
+- plain: `chiron.recipes.sdk.train_plain`, the same SDK loop in this process, no enclave.
+
+Prints the wall-time ratio of the training part (goal <= 1.05), the start-up time, and
+the peak-memory ratio (goal <= 1.5; resident memory of the whole process tree).
+
+    .venv/bin/python benchmarks/training_overhead.py [--epochs 1] [--records 60000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+class PeakRss:
+    """Polls the resident memory of a process and all its descendants."""
+
+    def __init__(self, pid: int) -> None:
+        self._root = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                procs = [self._root, *self._root.children(recursive=True)]
+                total = sum(p.memory_info().rss for p in procs if p.is_running())
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+PLAIN = """
+import json, sys, time
+import numpy as np
+from chiron.core.container import load_dataset
+from chiron.core.keys import load_data_key
+from chiron.core.recipe_protocol import TrainingPlan, holdout_split
+from chiron.recipes.sdk import train_plain
+dataset, key, recipe, epochs, seed = sys.argv[1:6]
+header, x, y = load_dataset(dataset, load_data_key(key).key)
+train, _ = holdout_split(len(y), int(seed))
+plan = TrainingPlan.fixed(num_train=len(train), batch_size=128, epochs=int(epochs),
+                          seed=int(seed), checkpoint_every=200)
+source = open(recipe).read()
+start = time.perf_counter()
+train_plain(source, header.schema, x[train], y[train], plan)
+print(json.dumps({"seconds": time.perf_counter() - start}))
+"""
+
+ENCLAVE = """
+import json, sys, time
+from pathlib import Path
+from chiron.client.attestation import load_policy
+from chiron.client.sessions import LocalEnclaveSession
+from chiron.client.training import run_training
+from chiron.core.container import read_dataset_header
+from chiron.core.keys import Identity, load_data_key
+dataset, key, recipe, epochs, seed, state = sys.argv[1:7]
+owner, provider = Identity.generate(), Identity.generate()
+source = Path(recipe).read_bytes()
+data_key = load_data_key(key)
+marks = {}
+def on_event(event):
+    if event.get("event") != "progress":
+        return
+    now = time.perf_counter()
+    marks.setdefault("first", now)
+    marks["last"] = now
+start = time.perf_counter()
+host = {"recipe_source": source, "recipe_name": "cnn.py", "dataset_path": dataset,
+        "checkpoint_dir": state + "/ckpt"}
+with LocalEnclaveSession("train", Path(state), extra_args={"train": host}) as session:
+    run_training(session, job_id="bench", data_key=data_key, owner=owner,
+                 provider=provider.public, epochs=int(epochs), seed=int(seed),
+                 policy=load_policy(None, allow_simulation=True), state_dir=Path(state),
+                 on_event=on_event)
+end = time.perf_counter()
+print(json.dumps({"startup": marks["first"] - start, "training": marks["last"] - marks["first"],
+                  "total": end - start}))
+"""
+
+
+def run_measured(code: str, args: list[str]) -> tuple[dict, int]:
+    import json
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True
+    )
+    with PeakRss(process.pid) as peak:
+        out, _ = process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(f"benchmark step failed ({process.returncode})")
+    return json.loads(out.strip().splitlines()[-1]), peak.peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    if not FASHION.exists():
+        raise SystemExit("needs Debian's dataset-fashion-mnist (make datasets)")
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        chd, key = root / "fm.chd", root / "fm.key"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "chiron",
+                "dataset",
+                "encrypt",
+                str(FASHION),
+                "--split",
+                "train",
+                "--out",
+                str(chd),
+                "--key",
+                str(key),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        recipe = str(REPO / "examples" / "recipes" / "cnn.py")
+        common = [str(chd), str(key), recipe, str(args.epochs), str(args.seed)]
+        plain, plain_peak = run_measured(PLAIN, common)
+        enclave, enclave_peak = run_measured(ENCLAVE, [*common, str(root / "state")])
+    threads = os.cpu_count()
+    print(f"machine: {threads} CPU threads; CNN recipe, {args.epochs} epoch(s) of Fashion-MNIST")
+    print(
+        f"plain PyTorch training      {plain['seconds']:8.2f} s   peak RSS {plain_peak / 2**20:7.0f} MiB"
+    )
+    print(
+        f"enclave training (steps)    {enclave['training']:8.2f} s   peak RSS {enclave_peak / 2**20:7.0f} MiB"
+    )
+    print(
+        f"enclave fixed start-up      {enclave['startup']:8.2f} s   (enclave, sandbox, decrypt, declare)"
+    )
+    print(
+        f"wall-time ratio (training)  {enclave['training'] / plain['seconds']:8.3f}   goal <= 1.05"
+    )
+    print(f"peak-memory ratio           {enclave_peak / plain_peak:8.3f}   goal <= 1.5")
+
+
+if __name__ == "__main__":
+    main()
