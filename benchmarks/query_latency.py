@@ -1,0 +1,172 @@
+"""Query latency and throughput: through the query enclave vs the same model in-process.
+
+One run: trains a small model of the CNN recipe (a short run on part of Fashion-MNIST;
+the weights do not matter for timing), unlocks it in a query enclave the way
+`chiron query --local` does, then measures
+
+- single-input latency p50/p99 through the enclave (seal, sign, relay, sandbox, seal
+  back, open) against calling the same recipe's `predict` in this process, and prints
+  the added milliseconds (goal: p50 added <= 2 ms once warm);
+- batch-of-256 throughput as a ratio to in-process inference (goal >= 0.8).
+
+    .venv/bin/python benchmarks/query_latency.py [--singles 300] [--batches 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from chiron.client.attestation import load_policy
+from chiron.client.querying import query, unlock_model
+from chiron.client.sessions import LocalEnclaveSession
+from chiron.core.keys import load_identity
+
+REPO = Path(__file__).resolve().parents[1]
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+RECIPE = REPO / "examples" / "recipes" / "cnn.py"
+
+
+def _images(count: int) -> tuple[np.ndarray, np.ndarray]:
+    with gzip.open(FASHION / "t10k-images-idx3-ubyte.gz", "rb") as handle:
+        handle.read(16)
+        x = np.frombuffer(handle.read(count * 784), dtype=np.uint8).reshape(count, 1, 28, 28)
+    with gzip.open(FASHION / "t10k-labels-idx1-ubyte.gz", "rb") as handle:
+        handle.read(8)
+        y = np.frombuffer(handle.read(count), dtype=np.uint8).astype(np.int64)
+    return x, y
+
+
+def _train_model(root: Path) -> Path:
+    x, y = _images(3000)
+    np.savez(root / "small.npz", x=x, y=y)
+
+    def chiron(*args: str) -> None:
+        subprocess.run(
+            [sys.executable, "-m", "chiron", *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env={"CHIRON_HOME": str(root / "home"), "PATH": "/usr/bin:/bin"},
+        )
+
+    chiron("keygen", "--out", str(root / "owner.key"))
+    chiron("keygen", "--out", str(root / "provider.key"))
+    chiron(
+        "dataset",
+        "encrypt",
+        str(root / "small.npz"),
+        "--out",
+        str(root / "small.chd"),
+        "--key",
+        str(root / "small.key"),
+    )
+    chiron(
+        "train",
+        "--local",
+        "--allow-simulation",
+        "--recipe",
+        str(RECIPE),
+        "--dataset",
+        str(root / "small.chd"),
+        "--data-key",
+        str(root / "small.key"),
+        "--owner",
+        str(root / "owner.key"),
+        "--provider",
+        str(root / "provider.key.pub"),
+        "--out",
+        str(root / "model.chm"),
+        "--epochs",
+        "1",
+    )
+    return root / "model.chm"
+
+
+def _in_process_predictor(model: Path, owner: Path, provider: Path):
+    """The same recipe and weights, loaded in this process (what the enclave protects)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from chiron.core import modelfile
+    from chiron.recipes.hooks import load_recipe
+    from chiron.recipes.loop import declare
+    from e2e.model_access import open_model
+
+    payload = open_model(model, owner, provider)
+    schema = modelfile.read_model_header(model.read_bytes()).schema
+    _, run = declare(load_recipe(payload.recipe_source), schema)
+    run.load_weights(payload.weights)
+    return run.predict
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    return float(np.percentile(np.array(samples) * 1000, q))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--singles", type=int, default=300)
+    parser.add_argument("--batches", type=int, default=30)
+    args = parser.parse_args()
+    x, _ = _images(1024)
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        model = _train_model(root)
+        predict = _in_process_predictor(model, root / "owner.key", root / "provider.key")
+        owner, provider = load_identity(root / "owner.key"), load_identity(root / "provider.key")
+        with LocalEnclaveSession("query", root / "home") as session:
+            unlocked = unlock_model(
+                session,
+                model=model.read_bytes(),
+                owner=owner,
+                provider=provider,
+                policy=load_policy(None, allow_simulation=True),
+                state_dir=root / "home",
+            )
+            results: dict[str, dict[str, float]] = {}
+            for name, call in (
+                ("enclave", lambda batch: query(unlocked, batch)),
+                ("in-process", predict),
+            ):
+                for i in range(20):  # warm up both paths
+                    call(x[i : i + 1])
+                singles = []
+                for i in range(args.singles):
+                    batch = x[i % 1024 : i % 1024 + 1]
+                    start = time.perf_counter()
+                    call(batch)
+                    singles.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                for i in range(args.batches):
+                    offset = (i * 256) % (1024 - 256)
+                    call(x[offset : offset + 256])
+                elapsed = time.perf_counter() - start
+                results[name] = {
+                    "p50_ms": _percentile(singles, 50),
+                    "p99_ms": _percentile(singles, 99),
+                    "batch256_per_s": args.batches * 256 / elapsed,
+                }
+    enclave, local = results["enclave"], results["in-process"]
+    print(json.dumps(results, indent=2))
+    print(
+        f"single input p50: enclave {enclave['p50_ms']:.2f} ms, in-process {local['p50_ms']:.2f} ms"
+        f" -> added {enclave['p50_ms'] - local['p50_ms']:.2f} ms (goal <= 2 ms)"
+    )
+    print(
+        f"single input p99: enclave {enclave['p99_ms']:.2f} ms, in-process {local['p99_ms']:.2f} ms"
+        f" -> added {enclave['p99_ms'] - local['p99_ms']:.2f} ms"
+    )
+    print(
+        f"batch of 256: {enclave['batch256_per_s']:.0f} vs {local['batch256_per_s']:.0f} inputs/s"
+        f" -> ratio {enclave['batch256_per_s'] / local['batch256_per_s']:.3f} (goal >= 0.8)"
+    )
+
+
+if __name__ == "__main__":
+    main()
