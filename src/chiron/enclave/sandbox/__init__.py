@@ -1,0 +1,9 @@
+"""The sandbox that confines a provider's recipe (Ryoan's role in Chiron).
+
+Enclave-side API: `Sandbox`, `SandboxLimits`, `SandboxFailure`. The child side is the
+bootstrap `python -m chiron.enclave.sandbox.child`; docs/sandbox.md explains each layer.
+"""
+
+from chiron.enclave.sandbox.supervisor import Sandbox, SandboxFailure, SandboxLimits
+
+__all__ = ["Sandbox", "SandboxFailure", "SandboxLimits"]

@@ -1,0 +1,77 @@
+"""Namespaces: the child's private view of users, network, mounts, processes, IPC, host name.
+
+`enter_namespaces` runs in the single-threaded bootstrap before anything else is imported
+and before the fork that makes the worker PID 1 of its own PID namespace (a PID namespace
+only applies to children of the process that creates it, and forking is safe only while
+the interpreter has one thread). `mount_private_proc` runs in the worker after that fork.
+"""
+
+from __future__ import annotations
+
+import os
+
+from chiron.enclave.sandbox import _linux
+
+NAMESPACES = (
+    _linux.CLONE_NEWUSER
+    | _linux.CLONE_NEWNS
+    | _linux.CLONE_NEWNET
+    | _linux.CLONE_NEWPID
+    | _linux.CLONE_NEWIPC
+    | _linux.CLONE_NEWUTS
+    | _linux.CLONE_NEWCGROUP
+)
+
+# Host directories replaced by an empty, read-only tmpfs: shared scratch space where
+# other processes leave sockets, shared memory and secrets (/tmp, /dev/shm, /run).
+HIDDEN_DIRECTORIES = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/dev/mqueue")  # noqa: S108
+
+HOSTNAME = "chiron-sandbox"
+
+
+def enter_namespaces() -> None:
+    """Move this process into new user, mount, network, IPC, UTS and cgroup namespaces.
+
+    Its future children land in a new PID namespace. The only user mapped is this
+    process's own (as 0 inside), so nothing can gain an identity it did not have. The
+    new network namespace holds only a loopback interface that stays down.
+    """
+    uid, gid = os.geteuid(), os.getegid()
+    _linux.unshare(NAMESPACES)
+    _write("/proc/self/setgroups", "deny")
+    _write("/proc/self/uid_map", f"0 {uid} 1")
+    _write("/proc/self/gid_map", f"0 {gid} 1")
+    _linux.sethostname(HOSTNAME)
+    # Nothing mounted here may propagate back to the host's mount namespace.
+    _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE, None)
+    for directory in HIDDEN_DIRECTORIES:
+        if os.path.isdir(directory) and not os.path.islink(directory):
+            _linux.mount(
+                "tmpfs",
+                directory,
+                "tmpfs",
+                _linux.MS_RDONLY | _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC,
+                "size=4k,mode=0555",
+            )
+    # Every mount, including those just made, becomes read-only. (Not nodev: torch
+    # needs /dev/urandom; Landlock lets through only a few harmless devices.)
+    _linux.mount_setattr_recursive("/", _linux.MOUNT_ATTR_RDONLY | _linux.MOUNT_ATTR_NOSUID)
+
+
+def mount_private_proc() -> None:
+    """Replace the host's /proc by one that shows only this PID namespace (the worker).
+
+    The host's /proc would show the enclave's environment and command lines.
+    """
+    _linux.mount(
+        "proc",
+        "/proc",
+        "proc",
+        _linux.MS_RDONLY | _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC,
+        None,
+    )
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(text)

@@ -1,0 +1,435 @@
+"""Enclave side of the sandbox: start a confined child, speak the recipe protocol, judge it.
+
+The enclave process is torch-free and single-purpose, so it may start the child with
+subprocess; the child confines itself (`chiron.enclave.sandbox.child`) before any
+provider code runs and only then reports on a separate "ready" pipe.
+
+Every frame from the child is checked against what the enclave expects next: its kind,
+its exact size (or a maximum), and a deadline. Anything else kills the child. Failures
+become `SandboxFailure(reason_class)` whose message is fixed text per class: nothing the
+child wrote, no exit status, no signal number crosses into it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import importlib.util
+import json
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import chiron
+from chiron.core.errors import EnclaveError, JobFailed
+from chiron.core.framing import HEADER_BYTES
+from chiron.core.recipe_protocol import FromChild, ReasonClass, ToChild
+
+_HEADER = struct.Struct(">BI")
+_PIPE_BYTES = 1 << 20  # F_SETPIPE_SZ: fewer wake-ups when data or models cross
+_F_SETPIPE_SZ = 1031
+_CHUNK = 1 << 20
+# How long a child that closed its pipe or was told to shut down may take to exit.
+_EXIT_GRACE_SECONDS = 5.0
+_READY = b"confined"
+
+_MESSAGES = {
+    ReasonClass.RECIPE_ERROR: "the recipe raised an error or stopped",
+    ReasonClass.POLICY_VIOLATION: "the recipe attempted an operation the sandbox forbids",
+    ReasonClass.RESOURCE_LIMIT: "the recipe exceeded its memory or CPU limit",
+    ReasonClass.TIMEOUT: "the recipe did not answer in time",
+    ReasonClass.BAD_OUTPUT: "the recipe sent output the protocol does not allow",
+}
+
+
+class SandboxFailure(JobFailed):
+    """The sandboxed recipe failed; `reason_class` is all anyone learns about why."""
+
+    def __init__(self, reason_class: ReasonClass) -> None:
+        self.reason = ReasonClass(reason_class)
+        super().__init__(
+            self.reason.value, f"job failed: {self.reason.value} ({_MESSAGES[self.reason]})"
+        )
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Resources of one sandboxed child.
+
+    `memory_bytes` bounds the address space (torch reserves far more than it touches,
+    hence the generous default); `cpu_seconds` is CPU time across all threads after
+    the warm-up; `wall_timeout_seconds` bounds each send() and expect().
+    """
+
+    memory_bytes: int = 8 * 2**30
+    cpu_seconds: int = 24 * 3600
+    open_files: int = 64
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    wall_timeout_seconds: float = 600.0
+    startup_timeout_seconds: float = 120.0
+
+    def __post_init__(self) -> None:
+        for name in ("memory_bytes", "cpu_seconds", "open_files", "threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"sandbox limit {name} must be a positive integer")
+        if self.wall_timeout_seconds <= 0 or self.startup_timeout_seconds <= 0:
+            raise ValueError("sandbox timeouts must be positive")
+
+
+class Sandbox:
+    """One confined recipe process and the enclave's end of its two pipes."""
+
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        to_child: int,
+        from_child: int,
+        limits: SandboxLimits,
+        output_relay: threading.Thread | None,
+    ) -> None:
+        self._process = process
+        self._to_child = to_child
+        self._from_child = from_child
+        self._limits = limits
+        self._output_relay = output_relay
+        self._killed = False
+        self._closed = False
+        self.startup_seconds = 0.0
+
+    @classmethod
+    def spawn(
+        cls,
+        *,
+        limits: SandboxLimits,
+        entry: str = "chiron.recipes.runtime",
+        dry_run: bool = False,
+        output: Callable[[bytes], None] | None = None,
+    ) -> Sandbox:
+        """Start a child and return once it is confined and ready for SETUP.
+
+        `dry_run` connects the child's stdout and stderr to `output` (default: this
+        process's stderr) for a provider debugging on synthetic data; otherwise they
+        are /dev/null. Raises EnclaveError if confinement could not be set up.
+        """
+        started = time.monotonic()
+        to_child_r, to_child_w = os.pipe2(os.O_CLOEXEC)
+        from_child_r, from_child_w = os.pipe2(os.O_CLOEXEC)
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        log_r = log_w = None
+        if dry_run:
+            log_r, log_w = os.pipe2(os.O_CLOEXEC)
+        for fd in (to_child_w, from_child_w):
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
+        command = [
+            sys.executable, "-s", "-P", "-B", "-m", "chiron.enclave.sandbox.child",
+            "--in-fd", str(to_child_r), "--out-fd", str(from_child_w),
+            "--ready-fd", str(ready_w),
+            "--limits", json.dumps(dataclasses.asdict(limits)),
+            "--entry", entry,
+        ]  # fmt: skip
+        if dry_run:
+            command.append("--dry-run")
+        child_side = (to_child_r, from_child_w, ready_w, *((log_w,) if log_w is not None else ()))
+        try:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_w if dry_run else subprocess.DEVNULL,
+                stderr=log_w if dry_run else subprocess.DEVNULL,
+                pass_fds=(to_child_r, from_child_w, ready_w),
+                env=_child_environment(entry, limits),
+                cwd="/",
+                # Its own session and process group: no terminal signals, and close()
+                # can kill the bootstrap and the worker together.
+                start_new_session=True,
+            )
+        except OSError as exc:
+            for fd in (to_child_r, to_child_w, from_child_r, from_child_w, ready_r, ready_w):
+                os.close(fd)
+            raise EnclaveError(f"could not start the sandbox: {exc.strerror}") from None
+        finally:
+            for fd in child_side:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        relay = None
+        if log_r is not None:
+            relay = threading.Thread(
+                target=_relay_output, args=(log_r, output or _write_stderr), daemon=True
+            )
+            relay.start()
+        sandbox = cls(process, to_child_w, from_child_r, limits, relay)
+        try:
+            sandbox._await_confinement(ready_r, started + limits.startup_timeout_seconds)
+        except BaseException:
+            sandbox.close()
+            raise
+        finally:
+            os.close(ready_r)
+        sandbox.startup_seconds = time.monotonic() - started
+        return sandbox
+
+    @property
+    def pid(self) -> int:
+        """Host PID of the child's bootstrap process (the worker is its only child)."""
+        return self._process.pid
+
+    def send(self, kind: ToChild, payload: bytes | memoryview = b"") -> None:
+        """Send one frame; the child must read it within the wall timeout.
+
+        The child may not speak while the enclave sends: if it does, or dies, the
+        child is killed and SandboxFailure says why.
+        """
+        self._require_open()
+        header = memoryview(_HEADER.pack(int(kind), len(payload)))
+        deadline = time.monotonic() + self._limits.wall_timeout_seconds
+        for part in (header, memoryview(payload).cast("B")):
+            while part:
+                ready = self._poll(
+                    {self._to_child: select.POLLOUT, self._from_child: select.POLLIN}, deadline
+                )
+                if ready.get(self._from_child):
+                    self._fail(self._out_of_turn_reason())
+                if ready.get(self._to_child, 0) & (select.POLLERR | select.POLLHUP):
+                    self._fail(self._death_reason())
+                try:
+                    written = os.write(self._to_child, part[:_CHUNK])
+                except BlockingIOError:
+                    continue
+                except BrokenPipeError:
+                    self._fail(self._death_reason())
+                part = part[written:]
+
+    def expect(
+        self,
+        kind: FromChild,
+        *,
+        size: int | None = None,
+        max_size: int | None = None,
+        timeout: float | None = None,
+    ) -> bytes:
+        """Read the next frame, which must be of `kind` and of the allowed size.
+
+        `size` demands an exact payload length, `max_size` an upper bound; with
+        neither the payload must be empty. RECIPE_ERROR and RESOURCE_EXHAUSTED
+        frames (empty) end the job as `recipe_error` and `resource_limit`.
+        """
+        self._require_open()
+        if size is not None and max_size is not None:
+            raise ValueError("give size or max_size, not both")
+        wait = self._limits.wall_timeout_seconds if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        kind_byte, length = _HEADER.unpack(self._read_exact(HEADER_BYTES, deadline))
+        if kind_byte != kind:
+            if kind_byte == FromChild.RECIPE_ERROR and length == 0:
+                self._fail(ReasonClass.RECIPE_ERROR)
+            if kind_byte == FromChild.RESOURCE_EXHAUSTED and length == 0:
+                self._fail(ReasonClass.RESOURCE_LIMIT)
+            self._fail(ReasonClass.BAD_OUTPUT)
+        allowed = length == size if size is not None else length <= (max_size or 0)
+        if not allowed:
+            self._fail(ReasonClass.BAD_OUTPUT)
+        return self._read_exact(length, deadline) if length else b""
+
+    def end(self, timeout: float | None = None) -> None:
+        """Send SHUTDOWN and require the child to exit cleanly without another byte.
+
+        Call after the last expected frame: bytes after the end, or a child that
+        then dies of anything but a clean exit, fail the job like any other deviation.
+        """
+        self.send(ToChild.SHUTDOWN)
+        wait = self._limits.wall_timeout_seconds if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        ready = self._poll({self._from_child: select.POLLIN}, deadline)
+        if not ready:
+            self._fail(ReasonClass.TIMEOUT)
+        if os.read(self._from_child, 1):
+            self._fail(ReasonClass.BAD_OUTPUT)
+        reason = self._death_reason(clean_exit_ok=True)
+        if reason is not None:
+            self._fail(reason)
+        self.close()
+
+    def close(self) -> None:
+        """Ask the child to shut down, kill it if it does not; idempotent, never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._process.poll() is None and not self._killed:
+            with contextlib.suppress(OSError):
+                os.set_blocking(self._to_child, False)
+                os.write(self._to_child, _HEADER.pack(int(ToChild.SHUTDOWN), 0))
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=_EXIT_GRACE_SECONDS)
+        self._kill()
+        for fd in (self._to_child, self._from_child):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self._output_relay is not None:
+            self._output_relay.join(timeout=_EXIT_GRACE_SECONDS)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ---------------------------------------------------------------
+
+    def _await_confinement(self, ready_fd: int, deadline: float) -> None:
+        report = b""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise EnclaveError("the sandbox did not start in time")
+            readable, _, _ = select.select([ready_fd], [], [], remaining)
+            if not readable:
+                continue
+            chunk = os.read(ready_fd, 256)
+            if not chunk:
+                break
+            report += chunk
+        if report != _READY:
+            # Written by the bootstrap before any provider code ran: our own text.
+            detail = report.decode("ascii", "replace").strip() or "no report"
+            detail = "".join(c if c.isprintable() else "?" for c in detail)[:200]
+            raise EnclaveError(f"the sandbox could not be set up ({detail})")
+        os.set_blocking(self._to_child, False)
+
+    def _require_open(self) -> None:
+        if self._closed or self._killed:
+            raise EnclaveError("the sandbox is closed")
+
+    def _poll(self, events: dict[int, int], deadline: float) -> dict[int, int]:
+        poller = select.poll()
+        for fd, mask in events.items():
+            poller.register(fd, mask)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            self._fail(ReasonClass.TIMEOUT)
+        ready = dict(poller.poll(remaining * 1000))
+        if not ready:
+            self._fail(ReasonClass.TIMEOUT)
+        return ready
+
+    def _read_exact(self, count: int, deadline: float) -> bytes:
+        buffer = bytearray(count)
+        view = memoryview(buffer)
+        got = 0
+        while got < count:
+            self._poll({self._from_child: select.POLLIN}, deadline)
+            n = os.readv(self._from_child, [view[got:]])
+            if n == 0:
+                self._fail(self._death_reason())
+            got += n
+        return bytes(buffer)
+
+    def _out_of_turn_reason(self) -> ReasonClass:
+        """The child spoke while the enclave was sending: why, in one reason class."""
+        header = b""
+        deadline = time.monotonic() + _EXIT_GRACE_SECONDS
+        while len(header) < HEADER_BYTES and time.monotonic() < deadline:
+            ready = select.select([self._from_child], [], [], deadline - time.monotonic())[0]
+            if not ready:
+                break
+            chunk = os.read(self._from_child, HEADER_BYTES - len(header))
+            if not chunk:
+                return self._death_reason() if not header else ReasonClass.BAD_OUTPUT
+            header += chunk
+        if len(header) == HEADER_BYTES:
+            kind_byte, length = _HEADER.unpack(header)
+            if length == 0 and kind_byte == FromChild.RECIPE_ERROR:
+                return ReasonClass.RECIPE_ERROR
+            if length == 0 and kind_byte == FromChild.RESOURCE_EXHAUSTED:
+                return ReasonClass.RESOURCE_LIMIT
+        return ReasonClass.BAD_OUTPUT
+
+    def _death_reason(self, *, clean_exit_ok: bool = False) -> ReasonClass | None:
+        """Why the child closed its pipe, from how its process ended.
+
+        A child that closed the pipe but does not exit is killed (bad_output). With
+        `clean_exit_ok`, a zero exit status returns None.
+        """
+        try:
+            status = self._process.wait(timeout=_EXIT_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            return ReasonClass.BAD_OUTPUT
+        if status == 0 and clean_exit_ok:
+            return None
+        if status >= 0:
+            return ReasonClass.RECIPE_ERROR  # exited on its own before the end
+        number = -status
+        if number == signal.SIGSYS:
+            return ReasonClass.POLICY_VIOLATION  # killed by the seccomp filter
+        if number == signal.SIGXFSZ:
+            return ReasonClass.POLICY_VIOLATION  # tried to grow a file
+        if number in (signal.SIGKILL, signal.SIGXCPU):
+            return ReasonClass.RESOURCE_LIMIT  # CPU limit or out-of-memory killer
+        return ReasonClass.RECIPE_ERROR  # crashed (segfault, abort, ...)
+
+    def _fail(self, reason: ReasonClass) -> None:
+        self._kill()
+        raise SandboxFailure(reason)
+
+    def _kill(self) -> None:
+        if self._process.poll() is None:
+            self._killed = True
+            # The bootstrap leads the process group; the worker is in it too.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+        self._process.wait()
+
+
+def _child_environment(entry: str, limits: SandboxLimits) -> dict[str, str]:
+    """Nothing of the enclave's environment: just where to find Chiron and the runtime."""
+    roots = [str(Path(chiron.__file__).resolve().parent.parent)]
+    entry_root = _module_root(entry)
+    if entry_root not in roots:
+        roots.append(entry_root)
+    return {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": os.pathsep.join(roots),
+        "OMP_NUM_THREADS": str(limits.threads),
+        # torch._dynamo (imported by every optimizer) creates a cache directory at
+        # import unless this names one that exists: the empty, read-only /tmp.
+        "TORCHINDUCTOR_CACHE_DIR": "/tmp",  # noqa: S108  (hidden by an empty tmpfs)
+    }
+
+
+def _module_root(name: str) -> str:
+    """The sys.path entry from which `name` is imported (found without running it)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or spec.origin is None:
+        raise EnclaveError(f"the sandbox entry module {name} is not installed")
+    origin = Path(spec.origin).resolve()
+    depth = name.count(".") + (2 if origin.name == "__init__.py" else 1)
+    return str(origin.parents[depth - 1])
+
+
+def _relay_output(fd: int, sink: Callable[[bytes], None]) -> None:
+    try:
+        while chunk := os.read(fd, 65536):
+            sink(chunk)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_stderr(chunk: bytes) -> None:
+    with contextlib.suppress(OSError):
+        os.write(2, chunk)
