@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -159,3 +160,30 @@ def test_query_sessions_relay_calls_and_enforce_who_may_make_them(tmp_path, live
     client.close_query_session(session["id"])
     with pytest.raises(NotFound, match="no query session"):
         client.query_session_evidence(session["id"], os.urandom(32))
+
+
+def test_idle_enclaves_are_stopped_and_unstarted_jobs_abandoned(tmp_path):
+    config = ServiceConfig(state_dir=tmp_path / "service")
+    with running_service(config) as (service, url):
+        token = create_account(service.db, service.pepper, name="alice", role="owner")
+        operator = service.operator_token_path.read_text().strip()
+        with ServiceClient(url, operator) as provider, ServiceClient(url, token) as client:
+            provider.register_recipe(
+                "mlp", source=RECIPE_SOURCE, provider=Identity.generate().public
+            )
+            dataset = tmp_path / "data.chd"
+            make_dataset(dataset)
+            job = client.create_job(
+                recipe="mlp", dataset=client.upload_dataset(dataset, progress=False)["id"]
+            )
+            model_path = tmp_path / "model.chm"
+            model_path.write_bytes(make_model_file(Identity.generate(), Identity.generate()))
+            session = client.open_query_session(
+                client.upload_model(model_path, progress=False)["id"]
+            )
+            later = time.monotonic() + 3600
+            service.jobs.reap_idle(60, later)
+            service.queries.reap_idle(60, later)
+            assert client.job(job["id"])["status"] == "failed (abandoned)"
+            with pytest.raises(NotFound):
+                client.query_session(session["id"])

@@ -100,6 +100,7 @@ def account_create(
 ) -> None:
     """Create an account and print its token (shown this once; stored only hashed)."""
     from chiron.host.accounts import PEPPER_FILE, create_account, load_pepper
+    from chiron.host.config import ServiceConfig
     from chiron.host.db import Database
 
     directory = _service_state(state)
@@ -108,7 +109,7 @@ def account_create(
             f"{directory} holds no Chiron service state; run `chiron serve --state {directory}` "
             "once first"
         )
-    database = Database(db or f"sqlite:///{directory / 'chiron.db'}")
+    database = Database(ServiceConfig(state_dir=directory, db_url=db).database_url)
     try:
         token = create_account(database, load_pepper(directory), name=name, role=role)
     finally:

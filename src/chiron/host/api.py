@@ -61,7 +61,6 @@ _STATUS: tuple[tuple[type[ChironError], int], ...] = (
     (ChironError, 400),
 )
 _HEX64 = r"^[0-9a-f]{64}$"
-_ID = Field(max_length=64)
 
 
 class ErrorOut(BaseModel):
@@ -156,7 +155,7 @@ class ModelOut(BaseModel):
 
 
 class JobIn(BaseModel):
-    recipe: str = _ID
+    recipe: str = Field(max_length=64, description="a registered recipe's name")
     dataset: str = Field(max_length=64, description="id of one of your datasets")
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_PORT = 8470
-DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
 MAX_CHUNK_BYTES = 64 * 1024 * 1024
 MAX_UPLOAD_BYTES = 64 * 1024**3
 QUERY_SESSION_IDLE_SECONDS = 30 * 60.0
@@ -38,3 +36,8 @@ class ServiceConfig:
     @property
     def enclave_state_dir(self) -> Path:
         return self.state_dir / "enclave"
+
+    @property
+    def logs_dir(self) -> Path:
+        """Each enclave process's stderr (the enclave's own log, never a party's secret)."""
+        return self.state_dir / "logs"

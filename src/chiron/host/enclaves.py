@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from chiron.core.errors import ChironError, EnclaveError, InputError
+from chiron.core.errors import EnclaveError, InputError
 from chiron.enclave.boundary import EnclaveProcess
 
 EventHandler = Callable[[dict[str, Any]], None]
@@ -121,10 +121,3 @@ class ServiceEnclave:
             enclave, self._enclave = self._enclave, None
         if enclave is not None:
             enclave.close()
-
-
-def close_quietly(enclave: ManagedEnclave) -> None:
-    try:
-        enclave.close()
-    except ChironError:
-        pass

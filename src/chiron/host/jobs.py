@@ -104,7 +104,9 @@ class Jobs:
         db: Database,
         store: ArtifactStore,
         *,
-        state_dir: Path,
+        enclave_dir: Path,
+        checkpoints_dir: Path,
+        logs_dir: Path,
         instance_id: str,
         platform: str,
         concurrency: int,
@@ -112,10 +114,9 @@ class Jobs:
         self._db = db
         self._instance_id = instance_id
         self._store = store
-        self._enclave_dir = state_dir / "enclave"
-        self._checkpoints = state_dir / "checkpoints"
-        self._logs = state_dir / "logs"
-        self._logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._enclave_dir = enclave_dir
+        self._checkpoints = checkpoints_dir
+        self._logs = logs_dir
         self._platform = platform
         self._enclaves: dict[str, ManagedEnclave] = {}
         self._guard = threading.Lock()

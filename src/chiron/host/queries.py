@@ -33,12 +33,18 @@ class QuerySessions:
     """Live sessions (held in memory: an enclave does not outlive the service)."""
 
     def __init__(
-        self, db: Database, store: ArtifactStore, *, state_dir: Path, platform: str
+        self,
+        db: Database,
+        store: ArtifactStore,
+        *,
+        enclave_dir: Path,
+        logs_dir: Path,
+        platform: str,
     ) -> None:
         self._db = db
         self._store = store
-        self._enclave_dir = state_dir / "enclave"
-        self._logs = state_dir / "logs"
+        self._enclave_dir = enclave_dir
+        self._logs = logs_dir
         self._platform = platform
         self._sessions: dict[str, QuerySession] = {}
         self._guard = threading.Lock()

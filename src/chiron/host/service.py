@@ -46,6 +46,7 @@ class Service:
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock_fd = _lock_state_dir(state)
         self.instance_id = _instance_id(state)
+        config.logs_dir.mkdir(exist_ok=True, mode=0o700)
         self.pepper = load_pepper(state)
         self.db = Database(config.database_url)
         self.store: ArtifactStore = open_store(config.store_url, state, endpoint=config.s3_endpoint)
@@ -57,16 +58,24 @@ class Service:
         self.jobs = Jobs(
             self.db,
             self.store,
-            state_dir=state,
+            enclave_dir=config.enclave_state_dir,
+            checkpoints_dir=state / "checkpoints",
+            logs_dir=config.logs_dir,
             instance_id=self.instance_id,
             platform=config.platform,
             concurrency=config.concurrency,
         )
-        self.queries = QuerySessions(self.db, self.store, state_dir=state, platform=config.platform)
+        self.queries = QuerySessions(
+            self.db,
+            self.store,
+            enclave_dir=config.enclave_state_dir,
+            logs_dir=config.logs_dir,
+            platform=config.platform,
+        )
         self.attestation = ServiceEnclave(
             config.enclave_state_dir,
             platform=config.platform,
-            log_path=state / "logs" / "service-enclave.log",
+            log_path=config.logs_dir / "service-enclave.log",
         )
         self.uploads.recover()
         failed = self.jobs.recover()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from chiron.core.errors import Conflict, InputError, IntegrityError, NotFound
+from chiron.core.errors import AccessDenied, Conflict, InputError, IntegrityError, NotFound
 from chiron.host import headers
 from chiron.host.db import UPLOAD_KINDS, Account, Database, Dataset, Model, Upload, now
 from chiron.host.store import ArtifactStore, file_sha256
@@ -66,7 +66,7 @@ class Uploads:
 
     def create(self, account: Account, *, kind: str, size: int, sha256: str) -> Upload:
         if account.role != "owner":
-            raise InputError("only data owners upload datasets and models")
+            raise AccessDenied("only data owners upload datasets and models")
         if kind not in UPLOAD_KINDS:
             raise InputError(f"kind must be one of {', '.join(UPLOAD_KINDS)}")
         if not 0 < size <= self._max_bytes:
