@@ -76,6 +76,25 @@ def local_sim_roots(state_dir: Path) -> tuple[SimRoot, ...]:
     return () if root is None else (root,)
 
 
+def known_sim_roots(state_dir: Path) -> tuple[SimRoot, ...]:
+    """Every simulation root this client trusts: its own and the services' it met.
+
+    Offline checks (a receipt of a model trained on a service) have no service to ask;
+    they accept the roots trusted earlier, and no other.
+    """
+    roots = list(local_sim_roots(state_dir))
+    directory = state_dir / KNOWN_SIM_ROOTS_DIRECTORY
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else ():
+        raw = read_input_file(path, what="known simulation root", limit=MAX_ROOT_DOCUMENT_BYTES)
+        try:
+            document = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise AttestationError(f"{path} is not a valid simulation root record") from None
+        root = document.get("root") if isinstance(document, dict) else None
+        roots.append(SimRoot.from_document(root, source=str(path)))
+    return tuple(roots)
+
+
 def appraise_evidence(
     evidence: bytes,
     nonce: bytes,

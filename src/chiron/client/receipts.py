@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from chiron.client.attestation import accept, appraise_evidence
+from chiron.client.attestation import accept, appraise_evidence, known_sim_roots
 from chiron.client.training import check_receipt_signature
 from chiron.core.attestation import Policy
 from chiron.core.encoding import b64decode, canonical_json
@@ -36,7 +36,11 @@ def verify_receipt_offline(
     # clock: a receipt stays verifiable long after the job ended.
     timeless = dataclasses.replace(policy, max_age_seconds=None)
     report = appraise_evidence(
-        evidence, receipt_nonce(canonical_json(statement)), timeless, state_dir=state_dir
+        evidence,
+        receipt_nonce(canonical_json(statement)),
+        timeless,
+        state_dir=state_dir,
+        sim_roots=lambda: known_sim_roots(state_dir),
     )
     attested = accept(report)
     if attested.identity != signer:
