@@ -232,3 +232,10 @@ def test_a_protocol_violation_by_the_enclave_is_raised(enclave):
     child.send(ToChild.RUN, encode_json({"until_step": 99, "checkpoint": False}))
     assert child.receive() is None
     assert isinstance(child.close(), ProtocolError)
+
+    child = enclave()
+    child.declare(TINY_RECIPE)
+    plan = make_plan(40, 16, 2).to_dict() | {"batch_size": 0}
+    child.send(ToChild.PLAN, encode_json(plan))
+    assert child.receive() is None
+    assert isinstance(child.close(), ProtocolError)

@@ -71,8 +71,8 @@ class _Channel:
         received, payload = self.receive(max_payload=max_payload)
         if received != kind:
             raise ProtocolError(f"expected {kind.name}, got {received.name}")
-        if size is not None and len(payload) != size:
-            raise ProtocolError(f"{kind.name} has {len(payload)} bytes instead of {size}")
+        if size is not None:
+            _exact(kind, payload, size)
         return payload
 
     def send(self, kind: FromChild, payload: bytes = b"") -> None:
@@ -142,7 +142,9 @@ def _start_run(channel: _Channel, recipe: Recipe, schema: DatasetSchema) -> Trai
         plan = TrainingPlan.from_dict(plan_doc)
     except (KeyError, TypeError, ValueError):
         raise ProtocolError("malformed PLAN") from None
-    if plan.num_train <= 0 or plan.steps_per_epoch != -(-plan.num_train // plan.batch_size):
+    if min(plan.num_train, plan.batch_size, plan.epochs) <= 0 or plan.steps_per_epoch != -(
+        -plan.num_train // plan.batch_size
+    ):
         raise ProtocolError("inconsistent PLAN")
     n = plan.num_train
     x = _records(
@@ -194,6 +196,15 @@ def _serve_training(channel: _Channel, run: TrainingRun, declaration: Declaratio
             started = True
             weights = run.model_weights()
             channel.send(FromChild.MODEL, check_size("model", weights, declaration.model_nbytes))
+        elif kind == ToChild.GET_PARAMS:
+            started = True
+            weights = run.model_weights()
+            channel.send(FromChild.PARAMS, check_size("model", weights, declaration.model_nbytes))
+        elif kind == ToChild.SET_PARAMS:
+            started = True
+            _exact(kind, payload, declaration.model_nbytes)
+            run.load_weights(payload)
+            channel.send(FromChild.READY)
         else:
             _unexpected(kind)
 
