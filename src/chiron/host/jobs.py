@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -128,8 +129,7 @@ class Jobs:
 
         Their enclaves died with the service, and the data key was sealed to the dead
         enclave's ephemeral key, which no new enclave can open: resuming needs the owner
-        to attest a new enclave, i.e. a new job (its sealed checkpoints are bound to the
-        job id, so they are not reused by accident).
+        to attest a new enclave, i.e. a new job.
         """
         with self._db.transaction() as session:
             result = session.execute(
@@ -137,7 +137,11 @@ class Jobs:
                 .where(Job.runner == self._instance_id, Job.state.in_(ACTIVE_JOB_STATES))
                 .values(state="failed", reason=HOST_RESTART, updated=now())
             )
-            return int(result.rowcount or 0)
+            failed = int(result.rowcount or 0)
+        # Nothing of this instance runs now, and a failed job's sealed checkpoints can
+        # never be used again (a new job has a new id): drop them.
+        shutil.rmtree(self._checkpoints, ignore_errors=True)
+        return failed
 
     # --- records -------------------------------------------------------------
 
@@ -285,6 +289,7 @@ class Jobs:
             with self._guard:
                 self._enclaves.pop(job_id, None)
             enclave.close()
+            shutil.rmtree(self._checkpoints / job_id, ignore_errors=True)
 
     def _on_event(self, job_id: str, event: dict[str, Any]) -> None:
         if event.get("event") != "progress":
