@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint bench clean datasets
+.PHONY: install test demo lint clean datasets services
 
 install: $(STAMP)
 
@@ -22,7 +22,14 @@ datasets:
 		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) || \
 		echo "note: could not install dataset-fashion-mnist; the demo needs it"; fi
 
-test: install datasets
+# PostgreSQL server programs for the service's database tests (they skip without them).
+services:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v apt-get >/dev/null; then \
+		(apt-get install -y -q postgresql >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q postgresql >/dev/null 2>&1)) || \
+		echo "note: could not install postgresql; its tests will be skipped"; fi
+
+test: install datasets services
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
