@@ -11,7 +11,7 @@ Order, before any provider code runs:
     1. close every descriptor but stdio (/dev/null, or the dry-run log pipe) and the pipes;
     2. enter new user, mount (read-only, empty /tmp, /dev/shm, /run), network, IPC, UTS,
        cgroup namespaces, then fork the worker into a new PID namespace and only wait
-       for it, mirroring how it ended;
+       for it, mirroring how it ended (SIGTERM: kill the worker, reap it, end);
   worker (PID 1 of its namespace):
     3. mount a /proc that shows only itself; import pyseccomp;
     4. drop every capability, set no_new_privs, apply Landlock (while still one thread:
@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
     limits = json.loads(options.limits)
     pipes = (options.in_fd, options.out_fd, options.ready_fd)
 
+    # SIGTERM is how the enclave stops a sandbox: this process kills the worker and
+    # collects it (so no orphan is left for someone else to reap), then ends.
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(SETUP_FAILED_EXIT))
     stage = "descriptors"
     try:
         _close_descriptors_except({0, 1, 2, *pipes})
@@ -81,7 +84,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except BaseException as exc:
         _setup_failed(options.ready_fd, stage, exc, options.dry_run)
     if worker:
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(worker, signal.SIGKILL))
         _wait_and_mirror(worker, pipes)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _run_worker(options, limits)
 
 
@@ -143,14 +148,11 @@ def _wait_and_mirror(worker: int, pipes: tuple[int, ...]) -> NoReturn:
     for fd in pipes:
         os.close(fd)  # otherwise the enclave would not see EOF when the worker dies
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    while True:
-        try:
-            _, status = os.waitpid(worker, 0)
-            break
-        except ChildProcessError:
-            os._exit(SETUP_FAILED_EXIT)
-        except InterruptedError:
-            continue
+    # Wait without reaping, then block SIGTERM, then reap: the handler's kill can only
+    # ever reach the worker, never a process that reused its PID.
+    os.waitid(os.P_PID, worker, os.WEXITED | os.WNOWAIT)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    _, status = os.waitpid(worker, 0)
     if os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
         if number != signal.SIGKILL:

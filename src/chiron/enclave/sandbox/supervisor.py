@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import chiron
 from chiron.core.errors import EnclaveError, JobFailed
@@ -148,7 +149,7 @@ class Sandbox:
                 stdout=log_w if dry_run else subprocess.DEVNULL,
                 stderr=log_w if dry_run else subprocess.DEVNULL,
                 pass_fds=(to_child_r, from_child_w, ready_w),
-                env=_child_environment(entry, limits),
+                env=_child_environment(entry, limits, dry_run=dry_run),
                 cwd="/",
                 # Its own session and process group: no terminal signals, and close()
                 # can kill the bootstrap and the worker together.
@@ -307,7 +308,7 @@ class Sandbox:
         os.set_blocking(self._to_child, False)
 
     def _require_open(self) -> None:
-        if self._closed or self._killed:
+        if self._closed:
             raise EnclaveError("the sandbox is closed")
 
     def _poll(self, events: dict[int, int], deadline: float) -> dict[int, int]:
@@ -366,31 +367,45 @@ class Sandbox:
             return ReasonClass.BAD_OUTPUT
         if status == 0 and clean_exit_ok:
             return None
-        if status >= 0:
-            return ReasonClass.RECIPE_ERROR  # exited on its own before the end
-        number = -status
-        if number == signal.SIGSYS:
-            return ReasonClass.POLICY_VIOLATION  # killed by the seccomp filter
-        if number == signal.SIGXFSZ:
-            return ReasonClass.POLICY_VIOLATION  # tried to grow a file
-        if number in (signal.SIGKILL, signal.SIGXCPU):
-            return ReasonClass.RESOURCE_LIMIT  # CPU limit or out-of-memory killer
-        return ReasonClass.RECIPE_ERROR  # crashed (segfault, abort, ...)
+        return reason_for_exit(status)
 
-    def _fail(self, reason: ReasonClass) -> None:
+    def _fail(self, reason: ReasonClass) -> NoReturn:
         self._kill()
+        self.close()
         raise SandboxFailure(reason)
 
     def _kill(self) -> None:
         if self._process.poll() is None:
             self._killed = True
-            # The bootstrap leads the process group; the worker is in it too.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._process.pid, signal.SIGKILL)
+            # The bootstrap kills and reaps the worker on SIGTERM, then ends itself;
+            # if it does not, SIGKILL the whole process group (the worker dies of its
+            # parent-death signal).
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._process.pid, signal.SIGTERM)
+            try:
+                self._process.wait(timeout=_EXIT_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self._process.pid, signal.SIGKILL)
         self._process.wait()
 
 
-def _child_environment(entry: str, limits: SandboxLimits) -> dict[str, str]:
+def reason_for_exit(returncode: int) -> ReasonClass:
+    """The reason class of a child that ended on its own (a Popen returncode).
+
+    The bootstrap ends the way its worker did, so this sees the worker's signal.
+    """
+    if returncode >= 0:
+        return ReasonClass.RECIPE_ERROR  # exited, at a moment the protocol did not allow
+    number = -returncode
+    if number in (signal.SIGSYS, signal.SIGXFSZ):
+        return ReasonClass.POLICY_VIOLATION  # the seccomp filter; growing a file
+    if number in (signal.SIGKILL, signal.SIGXCPU):
+        return ReasonClass.RESOURCE_LIMIT  # the CPU limit, or the out-of-memory killer
+    return ReasonClass.RECIPE_ERROR  # crashed: segfault, abort...
+
+
+def _child_environment(entry: str, limits: SandboxLimits, *, dry_run: bool) -> dict[str, str]:
     """Nothing of the enclave's environment: just where to find Chiron and the runtime."""
     roots = [str(Path(chiron.__file__).resolve().parent.parent)]
     entry_root = _module_root(entry)
@@ -404,6 +419,9 @@ def _child_environment(entry: str, limits: SandboxLimits) -> dict[str, str]:
         # torch._dynamo (imported by every optimizer) creates a cache directory at
         # import unless this names one that exists: the empty, read-only /tmp.
         "TORCHINDUCTOR_CACHE_DIR": "/tmp",  # noqa: S108  (hidden by an empty tmpfs)
+        # A dry run's output must reach the provider even when the child is killed
+        # right after a failure: no buffering.
+        **({"PYTHONUNBUFFERED": "1"} if dry_run else {}),
     }
 
 

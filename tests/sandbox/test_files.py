@@ -1,0 +1,240 @@
+"""File attacks: nothing is created, changed or removed anywhere, and no host file is read."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from tests.sandbox.conftest import recipe
+
+
+def _targets(host_dir: Path) -> dict[str, tuple[str, Path]]:
+    """(path the recipe writes to, where the host would find it)."""
+    name = f"chiron-red-team-{uuid.uuid4().hex}"
+    return {
+        "relative": (name, Path("/") / name),  # the child's working directory is /
+        "parent": (f"../../{name}", Path("/") / name),
+        "home": (str(Path.home() / name), Path.home() / name),
+        "tmp": (f"/tmp/{name}", Path("/tmp") / name),
+        "dev-shm": (f"/dev/shm/{name}", Path("/dev/shm") / name),
+        "host-dir": (str(host_dir / name), host_dir / name),
+    }
+
+
+@pytest.mark.parametrize("where", ["relative", "parent", "home", "tmp", "dev-shm", "host-dir"])
+def test_create_a_file(run_attack, host_dir, marker, where):
+    written, seen = _targets(host_dir)[where]
+    outcome = run_attack(
+        recipe(
+            f"""
+            with open({written!r}, "w") as handle:
+                handle.write("{marker}")
+            """
+        )
+    )
+    assert outcome.reason == "policy_violation"
+    assert not seen.exists()
+
+
+def test_create_directories_links_and_fifos(run_attack, host_dir):
+    existing = host_dir / "existing"
+    existing.write_text("keep me")
+    outcome = run_attack(
+        recipe(
+            f"""
+            for attempt in (
+                lambda: os.mkdir("{host_dir}/made"),
+                lambda: os.symlink("/etc/passwd", "{host_dir}/link"),
+                lambda: os.link("{existing}", "{host_dir}/hard"),
+                lambda: os.mkfifo("{host_dir}/fifo"),
+            ):
+                try:
+                    attempt()
+                except OSError:
+                    pass
+            """
+        )
+    )
+    assert outcome.reason == "policy_violation"
+    assert sorted(p.name for p in host_dir.iterdir()) == ["existing"]
+
+
+def test_remove_rename_and_chmod_a_host_file(run_attack, host_dir):
+    victim = host_dir / "victim"
+    victim.write_text("keep me")
+    victim.chmod(0o600)
+    outcome = run_attack(
+        recipe(
+            f"""
+            for attempt in (
+                lambda: os.chmod("{victim}", 0o777),
+                lambda: os.rename("{victim}", "{host_dir}/renamed"),
+                lambda: os.truncate("{victim}", 0),
+                lambda: os.unlink("{victim}"),
+            ):
+                try:
+                    attempt()
+                except OSError:
+                    pass
+            """
+        )
+    )
+    assert outcome.reason == "policy_violation"
+    assert victim.read_text() == "keep me"
+    assert victim.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in host_dir.iterdir()) == ["victim"]
+
+
+def test_open_a_readable_file_for_writing(run_attack):
+    # A file the sandbox may read (the recipe runtime itself) must not be writable.
+    import chiron.recipes.runtime as runtime
+
+    path = Path(runtime.__file__)
+    before = path.read_bytes()
+    outcome = run_attack(
+        recipe(
+            f"""
+            os.open("{path}", os.O_RDWR)
+            """
+        )
+    )
+    assert outcome.reason == "policy_violation"
+    assert path.read_bytes() == before
+
+
+def _read_attack(*paths: str) -> bytes:
+    """Read whatever of `paths` can be read, keep it in the model, and train on."""
+    return recipe(
+        f"""
+        stolen = b""
+        for path in {list(paths)!r}:
+            try:
+                with open(path, "rb") as handle:
+                    stolen += handle.read(100)
+            except OSError as error:
+                stolen += type(error).__name__.encode()
+        keep(stolen)
+        """
+    )
+
+
+def test_read_a_key_file_outside_tmp(run_attack, host_dir, marker):
+    key = host_dir / "owner.key"
+    key.write_text(marker)
+    key.chmod(0o600)
+    outcome = run_attack(_read_attack(str(key)))
+    assert outcome.reason is None  # the attempt failed; the recipe trained on
+    assert b"PermissionError" in outcome.loot()  # Landlock refused, not "not found"
+    assert marker.encode() not in outcome.all_bytes()
+
+
+def test_read_a_key_file_in_tmp(run_attack, tmp_path, marker):
+    key = tmp_path / "owner.key"
+    key.write_text(marker)
+    outcome = run_attack(_read_attack(str(key)))
+    assert outcome.reason is None
+    assert marker.encode() not in outcome.all_bytes()
+
+
+def test_read_the_state_directory(run_attack, host_dir, marker, monkeypatch):
+    state = host_dir / "state"
+    state.mkdir()
+    (state / "sim-root.key").write_text(marker)
+    (state / "jobs.db").write_text(marker)
+    monkeypatch.setenv("CHIRON_HOME", str(state))
+    outcome = run_attack(
+        recipe(
+            f"""
+            stolen = b""
+            for base in ("{state}", os.environ.get("CHIRON_HOME", "")):
+                try:
+                    for name in os.listdir(base):
+                        stolen += open(os.path.join(base, name), "rb").read(64)
+                except OSError as error:
+                    stolen += type(error).__name__.encode()
+            keep(stolen)
+            """
+        )
+    )
+    assert outcome.reason is None
+    assert marker.encode() not in outcome.all_bytes()
+
+
+def test_read_the_enclave_processes_environment_and_memory(run_attack, marker, monkeypatch):
+    # The enclave side (this test process) holds a secret in its environment; /proc
+    # would show it to anyone who can see this process.
+    monkeypatch.setenv("CHIRON_RED_TEAM_SECRET", marker)
+    pid = os.getpid()
+    outcome = run_attack(
+        _read_attack(
+            f"/proc/{pid}/environ",
+            f"/proc/{pid}/cmdline",
+            f"/proc/{pid}/mem",
+            "/proc/1/environ",
+            "/proc/self/environ",
+            "/proc/1/root/etc/shadow",
+        )
+    )
+    assert outcome.reason is None
+    assert marker.encode() not in outcome.all_bytes()
+
+
+def test_the_childs_environment_is_clean(run_attack, marker, monkeypatch):
+    monkeypatch.setenv("CHIRON_RED_TEAM_SECRET", marker)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://{marker}@proxy.invalid")
+    outcome = run_attack(recipe("keep(repr(sorted(os.environ)).encode())"))
+    assert outcome.reason is None
+    assert marker.encode() not in outcome.all_bytes()
+    names = outcome.loot().rstrip(b"\0").decode()
+    assert names == repr(
+        sorted(["LANG", "OMP_NUM_THREADS", "PATH", "PYTHONPATH", "TORCHINDUCTOR_CACHE_DIR"])
+    )
+
+
+def test_read_system_secrets(run_attack):
+    outcome = run_attack(_read_attack("/etc/shadow", "/root/.bashrc", "/etc/hostname"))
+    assert outcome.reason is None
+    assert outcome.loot().rstrip(b"\0") == b"PermissionError" * 3
+
+
+def test_mmap_a_host_file(run_attack, host_dir, marker):
+    key = host_dir / "mapped.key"
+    key.write_text(marker)
+    outcome = run_attack(
+        recipe(
+            f"""
+            try:
+                fd = os.open("{key}", os.O_RDONLY)
+                keep(mmap.mmap(fd, 0, prot=mmap.PROT_READ)[:100])
+            except OSError as error:
+                keep(type(error).__name__.encode())
+            """
+        )
+    )
+    assert outcome.reason is None
+    assert marker.encode() not in outcome.all_bytes()
+
+
+def test_mmap_a_library_shared_and_writable(run_attack):
+    # MAP_SHARED with PROT_WRITE needs a descriptor open for writing: refused.
+    import chiron.recipes.runtime as runtime
+
+    path = Path(runtime.__file__)
+    before = path.read_bytes()
+    outcome = run_attack(
+        recipe(
+            f"""
+            fd = os.open("{path}", os.O_RDONLY)
+            try:
+                view = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+                view[:4] = b"PWND"
+            except OSError as error:
+                keep(type(error).__name__.encode())
+            """
+        )
+    )
+    assert outcome.reason is None
+    assert outcome.loot().rstrip(b"\0") == b"PermissionError"
+    assert path.read_bytes() == before

@@ -1,0 +1,143 @@
+"""The enclave-side API: limits, confinement on return, failure semantics, closing."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from tests.sandbox.conftest import SCHEMA, recipe
+
+from chiron.core.errors import EnclaveError, JobFailed
+from chiron.core.recipe_protocol import FromChild, ReasonClass, ToChild, encode_json
+from chiron.enclave.sandbox import Sandbox, SandboxFailure, SandboxLimits
+from chiron.enclave.sandbox.supervisor import reason_for_exit
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"memory_bytes": 0},
+        {"cpu_seconds": -1},
+        {"open_files": 0},
+        {"threads": 0},
+        {"wall_timeout_seconds": 0},
+        {"startup_timeout_seconds": -1.0},
+    ],
+)
+def test_limits_must_be_positive(bad):
+    with pytest.raises(ValueError):
+        SandboxLimits(**bad)
+
+
+@pytest.mark.parametrize(
+    ("returncode", "reason"),
+    [
+        (0, ReasonClass.RECIPE_ERROR),
+        (3, ReasonClass.RECIPE_ERROR),
+        (-signal.SIGSYS, ReasonClass.POLICY_VIOLATION),
+        (-signal.SIGXFSZ, ReasonClass.POLICY_VIOLATION),
+        (-signal.SIGKILL, ReasonClass.RESOURCE_LIMIT),
+        (-signal.SIGXCPU, ReasonClass.RESOURCE_LIMIT),
+        (-signal.SIGSEGV, ReasonClass.RECIPE_ERROR),
+        (-signal.SIGABRT, ReasonClass.RECIPE_ERROR),
+    ],
+)
+def test_how_a_child_ended_becomes_a_reason_class(returncode, reason):
+    assert reason_for_exit(returncode) is reason
+
+
+@pytest.mark.parametrize("reason", list(ReasonClass))
+def test_failures_carry_a_fixed_message_per_class(reason):
+    failure = SandboxFailure(reason)
+    assert isinstance(failure, JobFailed)
+    assert failure.reason_class == reason.value
+    assert str(failure).startswith(f"job failed: {reason.value} (")
+    assert "\n" not in str(failure)
+
+
+def test_an_entry_module_that_is_not_installed():
+    with pytest.raises(EnclaveError, match="not installed"):
+        Sandbox.spawn(limits=SandboxLimits(), entry="chiron.no_such_module")
+
+
+def test_an_entry_module_that_fails_inside_the_sandbox():
+    with pytest.raises(EnclaveError, match=r"could not be set up \(warm-up: RuntimeError\)"):
+        Sandbox.spawn(limits=SandboxLimits(threads=1), entry="tests.sandbox.failing_entry")
+
+
+def _worker_pid(sandbox: Sandbox) -> int:
+    children = Path(f"/proc/{sandbox.pid}/task/{sandbox.pid}/children").read_text().split()
+    assert len(children) == 1
+    return int(children[0])
+
+
+def test_spawn_returns_a_confined_child():
+    limits = SandboxLimits(memory_bytes=6 << 30, open_files=32, threads=2)
+    with Sandbox.spawn(limits=limits) as sandbox:
+        worker = _worker_pid(sandbox)
+        status = dict(
+            line.split(":\t", 1) for line in Path(f"/proc/{worker}/status").read_text().splitlines()
+        )
+        assert status["Seccomp"].strip() == "2"  # filter mode
+        assert status["NoNewPrivs"].strip() == "1"
+        assert status["CapEff"].strip() == status["CapBnd"].strip() == "0000000000000000"
+        assert status["Threads"].strip() != "1"  # torch's pool exists, filtered by TSYNC
+        assert status["Seccomp_filters"].strip() == "1"
+        for namespace in ("user", "mnt", "net", "pid_for_children", "ipc", "uts", "cgroup"):
+            ours = os.readlink(f"/proc/self/ns/{namespace}")
+            assert os.readlink(f"/proc/{worker}/ns/{namespace}") != ours, namespace
+        assert os.readlink(f"/proc/{worker}/ns/pid") != os.readlink("/proc/self/ns/pid")
+        limit_lines = Path(f"/proc/{worker}/limits").read_text().splitlines()
+        limits_seen = {line[:26].strip(): line[26:].split()[:2] for line in limit_lines[1:]}
+        assert limits_seen["Max address space"] == [str(6 << 30)] * 2
+        assert limits_seen["Max file size"] == ["0", "0"]
+        assert limits_seen["Max open files"] == ["32", "32"]
+        assert limits_seen["Max core file size"] == ["0", "0"]
+        fds = sorted(int(fd) for fd in os.listdir(f"/proc/{worker}/fd"))
+        assert fds == [0, 1, 2, *fds[3:]] and len(fds) == 5  # stdio and the two pipes
+    assert sandbox._process.poll() is not None
+
+
+def test_a_failed_sandbox_is_closed_for_good():
+    sandbox = Sandbox.spawn(limits=SandboxLimits(threads=1))
+    try:
+        with pytest.raises(ValueError):
+            sandbox.expect(FromChild.DECLARE, size=1, max_size=1)
+        # A SETUP the runtime cannot parse makes it quit: the child exits, unasked.
+        sandbox.send(ToChild.SETUP, b"not json")
+        with pytest.raises(SandboxFailure) as failure:
+            sandbox.expect(FromChild.DECLARE, max_size=1024)
+        assert failure.value.reason_class == "recipe_error"
+        with pytest.raises(EnclaveError, match="closed"):
+            sandbox.send(ToChild.SOURCE, b"")
+        with pytest.raises(EnclaveError, match="closed"):
+            sandbox.expect(FromChild.DECLARE, max_size=1024)
+    finally:
+        sandbox.close()
+        sandbox.close()  # idempotent
+
+
+def test_end_accepts_a_child_that_exits_cleanly():
+    with Sandbox.spawn(limits=SandboxLimits(threads=1)) as sandbox:
+        sandbox.send(
+            ToChild.SETUP,
+            encode_json(
+                {"mode": "train", "schema": SCHEMA.to_dict(), "recipe_filename": "r.py",
+                 "overrides": {}}
+            ),
+        )  # fmt: skip
+        sandbox.send(ToChild.SOURCE, recipe(""))
+        sandbox.expect(FromChild.DECLARE, max_size=64 * 1024)
+        sandbox.end()
+        assert sandbox._process.returncode == 0
+
+
+def test_the_harness_finds_what_a_recipe_keeps(run_attack, marker):
+    # The control for every "no marker" assertion of the attack suite: a marker the
+    # recipe may legitimately put in its model is found in the MODEL frame.
+    outcome = run_attack(recipe(f"keep(b'{marker}')"))
+    assert outcome.reason is None
+    assert outcome.loot().startswith(marker.encode())
+    assert marker.encode() in outcome.all_bytes()
