@@ -36,4 +36,3 @@ def build_model(schema):
         nn.ReLU(),
         nn.Linear(128, schema.num_classes),
     )
-
