@@ -199,6 +199,12 @@ if attempt == "socket in an earlier thread":
             "prctl dumpable": "libc.prctl(4, 1, 0, 0, 0)",
             "memfd": "os.memfd_create('x')",
             "tgkill another process": "libc.syscall(234, os.getppid(), os.getppid(), 0)",
+            "fcntl F_SETOWN": "import fcntl; fcntl.fcntl(0, fcntl.F_SETOWN, os.getppid())",
+            "io_uring": "libc.syscall(425, 8, ctypes.create_string_buffer(120))",
+            "bpf": "libc.syscall(321, 0, None, 0)",
+            "perf_event_open": "libc.syscall(298, None, 0, -1, -1, 0)",
+            "mount": "libc.mount(b'none', b'/mnt', b'tmpfs', 0, None)",
+            "setsid": "os.setsid()",
         }.items()
     )
     + """
@@ -230,6 +236,12 @@ thread.join()
         "prctl dumpable",
         "memfd",
         "tgkill another process",
+        "fcntl F_SETOWN",
+        "io_uring",
+        "bpf",
+        "perf_event_open",
+        "mount",
+        "setsid",
     ],
 )
 def test_seccomp_alone_kills(attempt):

@@ -30,7 +30,7 @@ ALLOWED = (
     # Memory. Mapping files is harmless: only read-only descriptors can be opened.
     "brk", "mmap", "munmap", "mremap", "mprotect", "madvise",
     # I/O on descriptors that are already open, and reading what Landlock allows.
-    "read", "readv", "pread64", "write", "writev", "lseek", "close", "fcntl",
+    "read", "readv", "pread64", "write", "writev", "lseek", "close",
     "fstat", "newfstatat", "stat", "lstat", "statx", "getdents64",
     "readlink", "readlinkat", "access", "faccessat", "faccessat2", "getcwd",
     # Threads and their synchronization (thread creation: see `clone` below).
@@ -61,6 +61,16 @@ _IOCTL_ALLOWED = (
     0x5451,  # FIOCLEX: os.set_inheritable(fd, False)
 )
 _PRCTL_ALLOWED = (15, 16)  # PR_SET_NAME, PR_GET_NAME: naming threads
+# fcntl on this process's own descriptors; not F_SETOWN/F_SETSIG (signals to others on
+# I/O), leases, or locks.
+_FCNTL_ALLOWED = (
+    0,  # F_DUPFD
+    1,  # F_GETFD
+    2,  # F_SETFD
+    3,  # F_GETFL
+    4,  # F_SETFL
+    1030,  # F_DUPFD_CLOEXEC
+)
 
 
 def build_filter() -> seccomp.SyscallFilter:
@@ -93,6 +103,8 @@ def build_filter() -> seccomp.SyscallFilter:
         policy.add_rule(seccomp.ALLOW, "ioctl", seccomp.Arg(1, seccomp.EQ, request))
     for option in _PRCTL_ALLOWED:
         policy.add_rule(seccomp.ALLOW, "prctl", seccomp.Arg(0, seccomp.EQ, option))
+    for command in _FCNTL_ALLOWED:
+        policy.add_rule(seccomp.ALLOW, "fcntl", seccomp.Arg(1, seccomp.EQ, command))
     return policy
 
 
