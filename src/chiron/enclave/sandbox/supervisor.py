@@ -40,7 +40,7 @@ _PIPE_BYTES = 1 << 20  # F_SETPIPE_SZ: fewer wake-ups when data or models cross
 _F_SETPIPE_SZ = 1031
 _CHUNK = 1 << 20
 # How long a child that closed its pipe or was told to shut down may take to exit.
-_EXIT_GRACE_SECONDS = 5.0
+_EXIT_GRACE_SECONDS = 3.0
 _READY = b"confined"
 
 _MESSAGES = {
@@ -156,13 +156,12 @@ class Sandbox:
                 start_new_session=True,
             )
         except OSError as exc:
-            for fd in (to_child_r, to_child_w, from_child_r, from_child_w, ready_r, ready_w):
+            for fd in (to_child_w, from_child_r, ready_r, *((log_r,) if log_r is not None else ())):
                 os.close(fd)
             raise EnclaveError(f"could not start the sandbox: {exc.strerror}") from None
         finally:
             for fd in child_side:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+                os.close(fd)
         relay = None
         if log_r is not None:
             relay = threading.Thread(
@@ -192,9 +191,10 @@ class Sandbox:
         child is killed and SandboxFailure says why.
         """
         self._require_open()
-        header = memoryview(_HEADER.pack(int(kind), len(payload)))
+        body = memoryview(payload).cast("B")
+        header = memoryview(_HEADER.pack(int(kind), len(body)))
         deadline = time.monotonic() + self._limits.wall_timeout_seconds
-        for part in (header, memoryview(payload).cast("B")):
+        for part in (header, body):
             while part:
                 ready = self._poll(
                     {self._to_child: select.POLLOUT, self._from_child: select.POLLIN}, deadline
@@ -251,9 +251,7 @@ class Sandbox:
         self.send(ToChild.SHUTDOWN)
         wait = self._limits.wall_timeout_seconds if timeout is None else timeout
         deadline = time.monotonic() + wait
-        ready = self._poll({self._from_child: select.POLLIN}, deadline)
-        if not ready:
-            self._fail(ReasonClass.TIMEOUT)
+        self._poll({self._from_child: select.POLLIN}, deadline)  # or fails with timeout
         if os.read(self._from_child, 1):
             self._fail(ReasonClass.BAD_OUTPUT)
         reason = self._death_reason(clean_exit_ok=True)
