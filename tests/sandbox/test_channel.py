@@ -14,6 +14,8 @@ def test_print_and_raise_with_data_in_the_text(run_attack, marker):
         recipe(
             f"""
             def train_step(model, optimizer, x, y, hp):
+                if not x.any():
+                    return  # the declaration's probe: wait for the owner's records
                 secret = "{marker}" + x.numpy().tobytes().hex()
                 print(secret)
                 print(secret, file=sys.stderr)
@@ -24,6 +26,7 @@ def test_print_and_raise_with_data_in_the_text(run_attack, marker):
         )
     )
     assert outcome.reason == "recipe_error"
+    assert FromChild.READY in [kind for kind, _ in outcome.received]  # it had the data
     assert marker not in outcome.message
     assert marker not in outcome.host_output
     assert marker.encode() not in outcome.all_bytes()

@@ -7,6 +7,8 @@ import uuid
 
 from tests.sandbox.conftest import nothing_arrived, recipe
 
+from chiron.core.recipe_protocol import FromChild
+
 
 def test_tcp_connect_to_a_loopback_listener(run_attack, tcp_listener, marker):
     port = tcp_listener.getsockname()[1]
@@ -28,13 +30,15 @@ def test_tcp_from_train_step_with_the_data(run_attack, tcp_listener):
         recipe(
             f"""
             def train_step(model, optimizer, x, y, hp):
-                socket.create_connection(("127.0.0.1", {port}), timeout=5).sendall(
-                    x.numpy().tobytes()
-                )
+                if x.any():  # the owner's records, not the declaration's probe
+                    socket.create_connection(("127.0.0.1", {port}), timeout=5).sendall(
+                        x.numpy().tobytes()
+                    )
             """
         )
     )
     assert outcome.reason == "policy_violation"
+    assert FromChild.READY in [kind for kind, _ in outcome.received]  # it had the data
     assert nothing_arrived(tcp_listener)
 
 
