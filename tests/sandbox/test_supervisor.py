@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -67,8 +71,8 @@ def test_an_entry_module_that_fails_inside_the_sandbox():
         Sandbox.spawn(limits=SandboxLimits(threads=1), entry="tests.sandbox.failing_entry")
 
 
-def _worker_pid(sandbox: Sandbox) -> int:
-    children = Path(f"/proc/{sandbox.pid}/task/{sandbox.pid}/children").read_text().split()
+def _worker_pid_of(bootstrap: int) -> int:
+    children = Path(f"/proc/{bootstrap}/task/{bootstrap}/children").read_text().split()
     assert len(children) == 1
     return int(children[0])
 
@@ -76,7 +80,7 @@ def _worker_pid(sandbox: Sandbox) -> int:
 def test_spawn_returns_a_confined_child():
     limits = SandboxLimits(memory_bytes=6 << 30, open_files=32, threads=2)
     with Sandbox.spawn(limits=limits) as sandbox:
-        worker = _worker_pid(sandbox)
+        worker = _worker_pid_of(sandbox.pid)
         status = dict(
             line.split(":\t", 1) for line in Path(f"/proc/{worker}/status").read_text().splitlines()
         )
@@ -141,3 +145,43 @@ def test_the_harness_finds_what_a_recipe_keeps(run_attack, marker):
     assert outcome.reason is None
     assert outcome.loot().startswith(marker.encode())
     assert marker.encode() in outcome.all_bytes()
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_the_sandbox_ends_when_the_enclave_dies():
+    # An enclave process killed outright (no close(), no SIGTERM): the bootstrap sees
+    # its pipe hang up and kills the worker, even one busy in an endless loop.
+    script = textwrap.dedent(
+        f"""
+        import time
+        from chiron.core.recipe_protocol import ToChild, encode_json
+        from chiron.enclave.sandbox import Sandbox, SandboxLimits
+        sandbox = Sandbox.spawn(limits=SandboxLimits(threads=1))
+        setup = {{"mode": "train", "schema": {SCHEMA.to_dict()!r}, "recipe_filename": "r.py"}}
+        sandbox.send(ToChild.SETUP, encode_json(setup))
+        sandbox.send(ToChild.SOURCE, b"while True: pass")
+        print(sandbox.pid, flush=True)
+        time.sleep(600)
+        """
+    )
+    enclave = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        bootstrap = int(enclave.stdout.readline())
+        worker = _worker_pid_of(bootstrap)
+        assert _running(worker)
+    finally:
+        enclave.kill()
+        enclave.wait()
+    for _ in range(600):
+        if not _running(worker) and not _running(bootstrap):
+            break
+        time.sleep(0.1)
+    assert not _running(worker)
+    assert not _running(bootstrap)

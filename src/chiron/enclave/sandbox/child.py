@@ -11,7 +11,8 @@ Order, before any provider code runs:
     1. close every descriptor but stdio (/dev/null, or the dry-run log pipe) and the pipes;
     2. enter new user, mount (read-only, empty /tmp, /dev/shm, /run), network, IPC, UTS,
        cgroup namespaces, then fork the worker into a new PID namespace and only wait
-       for it, mirroring how it ended (SIGTERM: kill the worker, reap it, end);
+       for it, mirroring how it ended (SIGTERM, or the enclave's end of the pipe
+       closing: kill the worker, reap it, end);
   worker (PID 1 of its namespace):
     3. mount a /proc that shows only itself; import pyseccomp;
     4. drop every capability, set no_new_privs, apply Landlock (while still one thread:
@@ -36,6 +37,7 @@ import json
 import math
 import os
 import resource
+import select
 import signal
 import sys
 import traceback
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         _setup_failed(options.ready_fd, stage, exc, options.dry_run)
     if worker:
         signal.signal(signal.SIGTERM, lambda *_: os.kill(worker, signal.SIGKILL))
-        _wait_and_mirror(worker, pipes)
+        _wait_and_mirror(worker, options.in_fd, (options.out_fd, options.ready_fd))
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _run_worker(options, limits)
 
@@ -143,14 +145,24 @@ def _run_worker(options: argparse.Namespace, limits: dict[str, int]) -> NoReturn
     os._exit(status)
 
 
-def _wait_and_mirror(worker: int, pipes: tuple[int, ...]) -> NoReturn:
-    """Wait for the worker and end the same way, so the enclave sees how it ended."""
-    for fd in pipes:
+def _wait_and_mirror(worker: int, in_fd: int, other_fds: tuple[int, ...]) -> NoReturn:
+    """Wait for the worker and end the same way, so the enclave sees how it ended.
+
+    The worker is also killed if the enclave goes away: this process keeps the read
+    end of the enclave's pipe (never reading it) and watches for its hang-up.
+    """
+    for fd in other_fds:
         os.close(fd)  # otherwise the enclave would not see EOF when the worker dies
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    # Wait without reaping, then block SIGTERM, then reap: the handler's kill can only
-    # ever reach the worker, never a process that reused its PID.
-    os.waitid(os.P_PID, worker, os.WEXITED | os.WNOWAIT)
+    exited = os.pidfd_open(worker)
+    watch = select.poll()
+    watch.register(exited, select.POLLIN)
+    watch.register(in_fd, 0)  # only POLLHUP: every writer (the enclave) is gone
+    while not any(fd == exited for fd, _ in watch.poll()):
+        os.kill(worker, signal.SIGKILL)  # not reaped yet: the PID is still the worker's
+        watch.unregister(in_fd)
+    # Block SIGTERM before reaping: the handler's kill can only ever reach the worker,
+    # never a process that reused its PID.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     _, status = os.waitpid(worker, 0)
     if os.WIFSIGNALED(status):
