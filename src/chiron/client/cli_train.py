@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,13 @@ from rich.table import Table
 
 from chiron.client import plots
 from chiron.client.attestation import load_policy, service_sim_roots
+from chiron.client.distributed import (
+    DEFAULT_EXCHANGE_EVERY,
+    MAX_WORKERS,
+    ExchangeOptions,
+    train_locally,
+    train_through_rendezvous,
+)
 from chiron.client.inputs import load_query_inputs
 from chiron.client.options import (
     ALLOW_SIMULATION,
@@ -33,7 +41,7 @@ from chiron.client.remote import RemoteJobSession, RemoteQuerySession, ServiceCl
 from chiron.client.sessions import EnclaveSession, LocalEnclaveSession
 from chiron.client.training import local_job_id, run_training
 from chiron.core import container
-from chiron.core.errors import InputError, JobFailed
+from chiron.core.errors import InputError, JobFailed, UsageError
 from chiron.core.fileio import atomic_write, read_input_file
 from chiron.core.keys import load_data_key, load_identity, load_public_identity
 
@@ -63,8 +71,11 @@ def _check_dataset_key(dataset: Path, data_key_path: Path) -> tuple[Any, Any]:
 
 
 def train(
-    recipe: str = typer.Option(
-        ..., "--recipe", help="the recipe file (.py); with --url, a recipe registered there"
+    recipe: str | None = typer.Option(
+        None,
+        "--recipe",
+        help="the recipe file (.py); with --url, a recipe registered there "
+        "(with --rendezvous, the node agents hold it)",
     ),
     dataset: Path = typer.Option(..., "--dataset", help="encrypted dataset (.chd)"),
     data_key_path: Path = typer.Option(..., "--data-key", help="the dataset's key file"),
@@ -83,9 +94,51 @@ def train(
     state_dir: Path | None = STATE_DIR,
     as_json: bool = JSON,
     force: bool = typer.Option(False, "--force", help="overwrite an existing model file"),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=1,
+        max=MAX_WORKERS,
+        help="training enclaves, each on its shard; more than 1 adds a parameter-server enclave",
+    ),
+    exchange_every: int = typer.Option(
+        DEFAULT_EXCHANGE_EVERY,
+        "--exchange-every",
+        min=1,
+        help="with several workers: optimizer steps between parameter exchanges",
+    ),
+    async_staleness: int | None = typer.Option(
+        None,
+        "--async-staleness",
+        min=0,
+        help="with several workers: asynchronous updates, no worker more than N rounds "
+        "ahead of the slowest (default: synchronous averaging)",
+    ),
+    rendezvous: str | None = typer.Option(
+        None,
+        "--rendezvous",
+        help="HOST:PORT of the torchrun store where node agents run the job's enclaves "
+        "(see docs/distributed.md)",
+    ),
+    wire_trace: Path | None = typer.Option(
+        None,
+        "--wire-trace",
+        help="with several workers: write what each enclave sent and "
+        "received (time, size, type) as JSON",
+    ),
 ) -> None:
     """Train a provider's recipe on an encrypted dataset inside an attested enclave."""
-    require_one_target(local, url)
+    distributed = workers > 1 or rendezvous is not None
+    if rendezvous is None:
+        require_one_target(local, url)
+    elif local or url is not None:
+        raise UsageError("give exactly one of --local, --url URL or --rendezvous HOST:PORT")
+    if recipe is None and rendezvous is None:
+        raise UsageError("--recipe is required (with --rendezvous, the node agents hold it)")
+    if distributed and url is not None:
+        raise UsageError("several workers run with --local or --rendezvous, not --url")
+    if not distributed and (wire_trace is not None or async_staleness is not None):
+        raise UsageError("--wire-trace and --async-staleness need --workers 2 or more")
     if out.exists() and not force:
         raise InputError(f"{out} already exists (use --force to overwrite)")
     if not out.parent.is_dir():
@@ -96,8 +149,35 @@ def train(
     provider = load_public_identity(provider_key)
     header, data_key = _check_dataset_key(dataset, data_key_path)
     checkpoint_dir: Path | None = None
+    wire_traces = None
     with ExitStack() as stack:
-        if url is not None:
+        if distributed:
+            options = ExchangeOptions(
+                workers=workers,
+                exchange_every=exchange_every,
+                mode="sync" if async_staleness is None else "async",
+                staleness=async_staleness or 0,
+            )
+            common = {
+                "data_key": data_key,
+                "owner": owner,
+                "provider": provider,
+                "epochs": epochs,
+                "seed": seed,
+                "options": options,
+                "policy": policy,
+                "state_dir": state,
+                "on_event": _progress_events(stack, as_json),
+            }
+            try:
+                if rendezvous is not None:
+                    result = train_through_rendezvous(rendezvous, **common)
+                else:
+                    result = train_locally(recipe_path=Path(str(recipe)), dataset=dataset, **common)
+            except JobFailed as exc:
+                raise JobFailed(exc.reason_class, f"training failed: {exc.reason_class}") from None
+            outcome, wire_traces = result.training, result.wire_traces
+        elif url is not None:
             # The service holds the provider's registered recipes: --recipe names one.
             client = stack.enter_context(ServiceClient(url, token))
             uploaded = client.upload_dataset(dataset, progress=not as_json)
@@ -126,29 +206,23 @@ def train(
                 LocalEnclaveSession("train", state, extra_args={"train": host_args})
             )
             sim_roots = None
-        progress = stack.enter_context(_progress_bar(as_json))
-        task = progress.add_task("training", total=None)
-
-        def on_event(event: dict[str, Any]) -> None:
-            if event.get("event") == "progress":
-                progress.update(task, completed=event["step"], total=event["total"])
-
-        try:
-            outcome = run_training(
-                session,
-                job_id=job_id,
-                data_key=data_key,
-                owner=owner,
-                provider=provider,
-                epochs=epochs,
-                seed=seed,
-                policy=policy,
-                state_dir=state,
-                on_event=on_event,
-                sim_roots=sim_roots,
-            )
-        except JobFailed as exc:
-            raise JobFailed(exc.reason_class, f"training failed: {exc.reason_class}") from None
+        if not distributed:
+            try:
+                outcome = run_training(
+                    session,
+                    job_id=job_id,
+                    data_key=data_key,
+                    owner=owner,
+                    provider=provider,
+                    epochs=epochs,
+                    seed=seed,
+                    policy=policy,
+                    state_dir=state,
+                    on_event=_progress_events(stack, as_json),
+                    sim_roots=sim_roots,
+                )
+            except JobFailed as exc:
+                raise JobFailed(exc.reason_class, f"training failed: {exc.reason_class}") from None
     paths = _outputs(out)
     report = outcome.report
     atomic_write(paths["receipt"], outcome.receipt)
@@ -160,6 +234,8 @@ def train(
         paths["confusion"],
         title="held-out confusion matrix",
     )
+    if wire_traces is not None and wire_trace is not None:
+        atomic_write(wire_trace, (json.dumps(wire_traces, indent=1) + "\n").encode())
     atomic_write(out, outcome.model)
     if checkpoint_dir is not None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -178,6 +254,18 @@ def train(
         typer.echo(f"held-out accuracy {report['final_holdout_accuracy']:.4f}")
         for name, path in paths.items():
             typer.echo(f"{name:<9} {path}")
+
+
+def _progress_events(stack: ExitStack, quiet: bool) -> Callable[[dict[str, Any]], None]:
+    """A progress bar for the rest of `stack`, and the event handler that drives it."""
+    progress = stack.enter_context(_progress_bar(quiet))
+    task = progress.add_task("training", total=None)
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("event") == "progress":
+            progress.update(task, completed=event["step"], total=event["total"])
+
+    return on_event
 
 
 def _progress_bar(quiet: bool) -> Progress:

@@ -47,11 +47,15 @@ class LocalEnclaveSession:
         self, name: str, args: dict[str, Any], on_event: EventHandler | None = None
     ) -> dict[str, Any]:
         merged = {**self._extra_args.get(name, {}), **args}
-        timeout = TRAIN_SILENCE_SECONDS if name == "train" else 600.0
+        timeout = TRAIN_SILENCE_SECONDS if name in ("train", "exchange") else 600.0
         return self._process.call(name, merged, on_event=on_event, timeout=timeout)
 
     def close(self) -> None:
         self._process.close()
+
+    def kill(self) -> None:
+        """Stop the enclave at once, even in the middle of a call (another thread's)."""
+        self._process.kill()
 
     def __enter__(self) -> LocalEnclaveSession:
         return self

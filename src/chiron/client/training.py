@@ -70,17 +70,11 @@ def run_training(
     sim_roots: SimRootSource | None = None,
 ) -> TrainOutcome:
     attested = verify_enclave(session.evidence, policy, state_dir=state_dir, sim_roots=sim_roots)
-    sealed_key = seal(
-        attested.identity.hpke_key,
-        data_key.key,
-        purpose=purposes.DATASET_KEY,
-        context={"job_id": job_id, "dataset_id": data_key.dataset_id},
-    )
     result = session.call(
         "train",
         {
             "job_id": job_id,
-            "sealed_data_key": sealed_key,
+            "sealed_data_key": seal_data_key(attested.identity, data_key, job_id),
             "owner_public": owner.public.to_bytes(),
             "provider_public": provider.to_bytes(),
             "epochs": epochs,
@@ -89,16 +83,31 @@ def run_training(
         on_event,
     )
     check_receipt_signature(result["receipt"], result["model"], attested.identity)
-    report = json.loads(
+    report = open_owner_report(owner, result["owner_report"], job_id)
+    return TrainOutcome(result["model"], result["receipt"], report)
+
+
+def seal_data_key(enclave: PublicIdentity, data_key: DataKey, job_id: str) -> bytes:
+    """The data key for one job, sealed to an enclave key the caller has just attested."""
+    return seal(
+        enclave.hpke_key,
+        data_key.key,
+        purpose=purposes.DATASET_KEY,
+        context={"job_id": job_id, "dataset_id": data_key.dataset_id},
+    )
+
+
+def open_owner_report(owner: Identity, sealed_report: bytes, job_id: str) -> dict[str, Any]:
+    """The owner's metrics of a job, which the training enclave sealed to the owner."""
+    return json.loads(
         open_sealed(
             owner.hpke_key,
-            result["owner_report"],
+            sealed_report,
             purpose=purposes.OWNER_REPORT,
             context={"job_id": job_id},
             what="owner report",
         )
     )
-    return TrainOutcome(result["model"], result["receipt"], report)
 
 
 def check_receipt_signature(

@@ -47,6 +47,13 @@ class EnclaveError(ChironError):
     """The enclave process failed, refused a call, or did not answer."""
 
 
+class PeerFailure(EnclaveError):
+    """A distributed job stopped because another of its enclaves failed or refused.
+
+    The other enclave's own error is the cause; this one only says that it ended the job.
+    """
+
+
 class JobFailed(ChironError):
     """A training or query job ended without a result.
 

@@ -26,3 +26,8 @@ EVALUATION_REPORT = "evaluation-report"
 SIM_PLATFORM_CERTIFICATE = "sim-platform-certificate"
 # Signature: a certified simulated-platform key signing attestation evidence.
 SIM_EVIDENCE = "sim-evidence"
+# HPKE: a distributed job's group key, sealed by the parameter-server enclave to one
+# attested training enclave.
+EXCHANGE_GROUP_KEY = "exchange-group-key"
+# Signature: the parameter-server enclave vouching for the group key it sealed.
+EXCHANGE_GROUP_KEY_GRANT = "exchange-group-key-grant"

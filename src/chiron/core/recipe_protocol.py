@@ -27,6 +27,11 @@ Conversation (E = enclave runtime, C = sandboxed child), all frames from core.fr
       C→E CHECKPOINT exactly checkpoint_nbytes (only if "checkpoint" was true)
       E→C PREDICT    n records (held-out evaluation), same layout as DATA_X
       C→E PREDICTIONS exactly n * num_outputs float32 little-endian
+      (distributed training, at each exchange point of the fixed schedule:)
+      E→C GET_PARAMS empty
+      C→E PARAMS     exactly model_nbytes: the current weights, laid out like MODEL
+      E→C SET_PARAMS exactly model_nbytes: weights to load (the group's average)
+      C→E READY      empty
     E→C FINISH       empty
     C→E MODEL        exactly model_nbytes: the weights as safetensors
   query:
@@ -62,6 +67,8 @@ class ToChild(enum.IntEnum):
     FINISH = 9
     WEIGHTS = 10
     SHUTDOWN = 11
+    GET_PARAMS = 12
+    SET_PARAMS = 13
 
 
 class FromChild(enum.IntEnum):
@@ -73,6 +80,7 @@ class FromChild(enum.IntEnum):
     MODEL = 69
     RECIPE_ERROR = 70
     RESOURCE_EXHAUSTED = 71
+    PARAMS = 72
 
 
 MAX_DECLARE_BYTES = 64 * 1024

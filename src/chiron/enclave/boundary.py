@@ -34,6 +34,7 @@ from chiron.core.errors import (
     InputError,
     IntegrityError,
     JobFailed,
+    PeerFailure,
 )
 from chiron.core.framing import FramingError, read_frame, write_frame
 
@@ -44,7 +45,7 @@ ROLES = ("train", "query", "paramserver")
 CALLS: Mapping[str, tuple[str, ...]] = {
     "train": ("attest", "train", "shutdown"),
     "query": ("attest", "load_model", "provision_share", "query", "evaluate", "shutdown"),
-    "paramserver": ("attest", "shutdown"),
+    "paramserver": ("attest", "exchange", "shutdown"),
 }
 
 REQUEST, EVENT, RESULT, FAILURE = 1, 2, 3, 4
@@ -53,7 +54,14 @@ MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 # Errors that may cross the boundary by class name; anything else becomes EnclaveError.
 _ERROR_CLASSES: dict[str, type[ChironError]] = {
     cls.__name__: cls
-    for cls in (ChironError, EnclaveError, InputError, IntegrityError, AttestationError)
+    for cls in (
+        ChironError,
+        EnclaveError,
+        InputError,
+        IntegrityError,
+        AttestationError,
+        PeerFailure,
+    )
 }
 
 
@@ -188,7 +196,7 @@ class EnclaveProcess:
             elif frame.kind == RESULT:
                 return message
             elif frame.kind == FAILURE:
-                raise _rebuild_error(message)
+                raise rebuild_error(message)
             else:
                 self.kill()
                 raise EnclaveError("the enclave sent an unknown message kind")
@@ -220,7 +228,15 @@ class EnclaveProcess:
         self.close()
 
 
-def _rebuild_error(message: dict[str, Any]) -> ChironError:
+def failure_document(error: ChironError) -> dict[str, Any]:
+    """The FAILURE message for `error`; `rebuild_error` turns it back into an exception."""
+    if isinstance(error, JobFailed):
+        return {"error": "JobFailed", "message": str(error), "reason_class": error.reason_class}
+    return {"error": type(error).__name__, "message": str(error), "reason_class": None}
+
+
+def rebuild_error(message: dict[str, Any]) -> ChironError:
+    """The exception a FAILURE message stands for (unknown classes become EnclaveError)."""
     text = str(message.get("message", "enclave call failed"))
     reason = message.get("reason_class")
     if reason:

@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from chiron.core.errors import ChironError, JobFailed
+from chiron.core.errors import ChironError
 from chiron.core.framing import FramingError, read_frame, write_frame
 from chiron.enclave.boundary import (
     CALLS,
@@ -27,6 +27,7 @@ from chiron.enclave.boundary import (
     ROLES,
     decode_message,
     encode_message,
+    failure_document,
 )
 from chiron.enclave.context import EnclaveContext
 
@@ -38,6 +39,7 @@ HANDLERS: dict[str, str] = {
     "provision_share": "chiron.enclave.query:handle_provision_share",
     "query": "chiron.enclave.query:handle_query",
     "evaluate": "chiron.enclave.query:handle_evaluate",
+    "exchange": "chiron.enclave.distributed.paramserver:handle_exchange",
 }
 
 Handler = Callable[
@@ -71,22 +73,8 @@ def serve(context: EnclaveContext, in_fd: int, out_fd: int) -> None:
                 return
             result = _resolve(HANDLERS[name])(context, dict(request.get("args") or {}), emit)
             write_frame(out_fd, RESULT, encode_message(result))
-        except JobFailed as exc:
-            write_frame(
-                out_fd,
-                FAILURE,
-                encode_message(
-                    {"error": "JobFailed", "message": str(exc), "reason_class": exc.reason_class}
-                ),
-            )
         except ChironError as exc:
-            write_frame(
-                out_fd,
-                FAILURE,
-                encode_message(
-                    {"error": type(exc).__name__, "message": str(exc), "reason_class": None}
-                ),
-            )
+            write_frame(out_fd, FAILURE, encode_message(failure_document(exc)))
         except Exception:
             # Internal faults: the details go to the enclave's own log only; the
             # message crossing the boundary is fixed text.

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -42,12 +42,20 @@ from chiron.enclave.recipe_session import (
     send_records,
     spawn_recipe,
 )
+from chiron.enclave.sandbox import Sandbox
 from chiron.enclave.sealing import SealingKey
 
 MAX_RECIPE_BYTES = 1024 * 1024
 MAX_EPOCHS = 1000
 CHECKPOINT_EVERY_STEPS = 200
 _JOB_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def check_job_id(job_id: str) -> str:
+    """A job id as the host may choose it: it names files and store keys, so it is plain."""
+    if not _JOB_ID.match(job_id):
+        raise InputError("job id must be 1-128 letters, digits, '.', '_' or '-'")
+    return job_id
 
 
 @dataclass(frozen=True)
@@ -88,8 +96,7 @@ class TrainRequest:
             )
         except (KeyError, TypeError, ValueError):
             raise InputError("malformed train request") from None
-        if not _JOB_ID.match(job_id):
-            raise InputError("job id must be 1-128 letters, digits, '.', '_' or '-'")
+        check_job_id(job_id)
         if not isinstance(source, bytes) or not 0 < len(source) <= MAX_RECIPE_BYTES:
             raise InputError(f"recipe must be between 1 byte and {MAX_RECIPE_BYTES} bytes")
         if not isinstance(request.sealed_data_key, bytes):
@@ -159,10 +166,58 @@ class _Checkpoints:
         atomic_write(self._directory / self.FILE, self._key.seal(plain, self._binding), mode=0o600)
 
 
+class ParameterExchange(Protocol):
+    """A training enclave's part in a distributed job (chiron.enclave.distributed.worker).
+
+    The loop below calls it at fixed points only: which records this worker trains on,
+    the plan once it is fixed, and the exchange points of a schedule fixed with it.
+    """
+
+    @property
+    def lead(self) -> bool:
+        """Whether this worker escrows the group's model and writes the owner's report."""
+
+    def shard(self, train_index: np.ndarray, seed: int) -> np.ndarray:
+        """This worker's share of the training indices."""
+
+    def begin(self, plan: TrainingPlan, declaration: Declaration) -> None:
+        """Agree on the plan with the group; afterwards the schedule is fixed."""
+
+    def next_exchange(self, step: int) -> int:
+        """The first exchange point after `step`."""
+
+    def due(self, step: int) -> bool:
+        """Whether `step` is an exchange point (step 0 always is)."""
+
+    def synchronize(self, sandbox: Sandbox, step: int, declaration: Declaration) -> None:
+        """Exchange the child's parameters with the group and load the result into it."""
+
+    def describe(self) -> dict[str, Any]:
+        """The group, for the receipt and the owner's report."""
+
+    def summary(self) -> dict[str, Any]:
+        """What this worker's call returns besides the model (the wire trace, timings)."""
+
+
 def handle_train(
     context: EnclaveContext, args: dict[str, Any], emit: Callable[[dict[str, Any]], None]
 ) -> dict[str, Any]:
     request = TrainRequest.parse(args)
+    if args.get("distributed") is not None:
+        # One training enclave of a distributed job: torch (for gloo) loads only here.
+        from chiron.enclave.distributed.worker import train_worker
+
+        return train_worker(context, request, args, emit)
+    return train(context, request, emit)
+
+
+def train(
+    context: EnclaveContext,
+    request: TrainRequest,
+    emit: Callable[[dict[str, Any]], None],
+    exchange: ParameterExchange | None = None,
+) -> dict[str, Any]:
+    """Train `request`'s recipe on its dataset; with `exchange`, as one worker of a group."""
     header = container.read_dataset_header(request.dataset_path)
     data_key = open_sealed(
         context.identity.hpke_key,
@@ -174,6 +229,8 @@ def handle_train(
     header, x, y = container.load_dataset(request.dataset_path, data_key)
     schema = header.schema
     train_index, holdout_index = holdout_split(len(y), request.seed)
+    if exchange is not None:
+        train_index = exchange.shard(train_index, request.seed)
     x_holdout, y_holdout = x[holdout_index], y[holdout_index]
     x, y = x[train_index], y[train_index]
 
@@ -214,6 +271,12 @@ def handle_train(
         if resumed:
             sandbox.send(ToChild.STATE, resumed[1])
         sandbox.expect(FromChild.READY, size=0)
+        # A worker of a group checkpoints nothing (a job that loses a worker fails) and
+        # stops at every exchange point instead.
+        checkpointing = exchange is None
+        if exchange is not None:
+            exchange.begin(plan, declaration)
+            exchange.synchronize(sandbox, 0, declaration)
 
         total = plan.total_steps
         emit({"event": "progress", "step": progress.step, "total": total})
@@ -221,24 +284,38 @@ def handle_train(
         while progress.step < total:
             epoch_end = (progress.step // plan.steps_per_epoch + 1) * plan.steps_per_epoch
             next_checkpoint = (progress.step // plan.checkpoint_every + 1) * plan.checkpoint_every
-            target = min(epoch_end, next_checkpoint, total)
-            sandbox.send(ToChild.RUN, encode_json({"until_step": target, "checkpoint": True}))
+            if exchange is None:
+                target = min(epoch_end, next_checkpoint, total)
+            else:
+                target = min(epoch_end, exchange.next_exchange(progress.step), total)
+            sandbox.send(
+                ToChild.RUN, encode_json({"until_step": target, "checkpoint": checkpointing})
+            )
             for step in range(progress.step + 1, target + 1):
                 sandbox.expect(FromChild.TICK, size=0)
                 if step % report_every == 0 or step == target:
                     emit({"event": "progress", "step": step, "total": total})
-            child_state = sandbox.expect(FromChild.CHECKPOINT, size=declaration.checkpoint_nbytes)
+            if checkpointing:
+                child_state = sandbox.expect(
+                    FromChild.CHECKPOINT, size=declaration.checkpoint_nbytes
+                )
             progress.step = target
+            if exchange is not None and exchange.due(target):
+                exchange.synchronize(sandbox, target, declaration)
             if target == epoch_end:
                 logits = predict_logits(sandbox, x_holdout, schema, declaration.num_outputs)
                 progress.epoch_accuracy.append(float(np.mean(logits.argmax(1) == y_holdout)))
-            checkpoints.save(progress, child_state)
+            if checkpointing:
+                checkpoints.save(progress, child_state)
 
         sandbox.send(ToChild.FINISH, b"")
         weights = sandbox.expect(FromChild.MODEL, size=declaration.model_nbytes)
         escrow.check_weights(weights)
         final_logits = predict_logits(sandbox, x_holdout, schema, declaration.num_outputs)
 
+    if exchange is not None and not exchange.lead:
+        return exchange.summary()
+    group = {"distributed": exchange.describe()} if exchange is not None else {}
     model = escrow.seal_model(
         context,
         schema=schema,
@@ -263,6 +340,7 @@ def handle_train(
         "steps": plan.total_steps,
         "epochs": plan.epochs,
         "resumed_from_step": resumed_from_step,
+        **group,
     }
     receipt = escrow.sign_receipt(
         context,
@@ -283,9 +361,11 @@ def handle_train(
             },
             "owner_fingerprint": request.owner.fingerprint,
             "provider_fingerprint": request.provider.fingerprint,
+            **group,
         },
     )
     return {
+        **(exchange.summary() if exchange is not None else {}),
         "model": model.file_bytes,
         "receipt": receipt,
         "owner_report": seal(

@@ -1,0 +1,101 @@
+"""Parameter vectors as the sandboxed child sends them (safetensors bytes), averaged in numpy.
+
+The parameter server never imports torch for arithmetic: it parses the safetensors
+layout once, checks every vector against it byte for byte, and averages the floating
+tensors in float64. Integer tensors (BatchNorm's batch counters) are not averaged: they
+are the same in every worker, which runs the same number of steps, and are taken from
+one of them. The result keeps the layout exactly, so the child can load it as is.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from chiron.core.errors import IntegrityError
+
+_NUMPY_FLOATS = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
+_FLOAT_DTYPES = {*_NUMPY_FLOATS, "BF16"}
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    dtype: str
+    start: int
+    stop: int
+
+    @property
+    def elements(self) -> int:
+        width = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}[self.dtype]
+        return (self.stop - self.start) // width
+
+
+class ParameterLayout:
+    """The tensor layout of one recipe's parameter vectors, fixed by its first vector."""
+
+    def __init__(self, template: bytes) -> None:
+        try:
+            (header_len,) = struct.unpack_from("<Q", template)
+            header = json.loads(template[8 : 8 + header_len].decode("utf-8"))
+            base = 8 + header_len
+            self._floats = [
+                _Tensor(
+                    entry["dtype"], base + entry["data_offsets"][0], base + entry["data_offsets"][1]
+                )
+                for name, entry in sorted(header.items(), key=lambda item: str(item[0]))
+                if name != "__metadata__" and entry["dtype"] in _FLOAT_DTYPES
+            ]
+        except (struct.error, ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
+            raise IntegrityError("a parameter vector is not a safetensors file") from None
+        self._prefix = template[:base]
+        self.nbytes = len(template)
+        self.float_elements = sum(tensor.elements for tensor in self._floats)
+
+    def check(self, vector: bytes, *, who: str) -> None:
+        """Refuse a vector whose layout differs from the template's in any byte."""
+        if len(vector) != self.nbytes or not vector.startswith(self._prefix):
+            raise IntegrityError(f"the parameters of {who} do not have the job's layout")
+
+    def to_floats(self, vector: bytes) -> np.ndarray:
+        """All floating tensors of `vector`, concatenated, as float64."""
+        parts = [_read(vector, tensor) for tensor in self._floats]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def with_floats(self, template: bytes, values: np.ndarray) -> bytes:
+        """`template` with its floating tensors replaced by `values` (in their own dtypes)."""
+        out = bytearray(template)
+        offset = 0
+        for tensor in self._floats:
+            part = values[offset : offset + tensor.elements]
+            out[tensor.start : tensor.stop] = _encode(part, tensor.dtype)
+            offset += tensor.elements
+        return bytes(out)
+
+    def average(self, vectors: list[bytes]) -> bytes:
+        """The element-wise mean of the floating tensors; other tensors from the first."""
+        total = np.zeros(self.float_elements)
+        for vector in vectors:
+            total += self.to_floats(vector)
+        return self.with_floats(vectors[0], total / len(vectors))
+
+
+def _read(vector: bytes, tensor: _Tensor) -> np.ndarray:
+    raw = np.frombuffer(
+        vector, dtype=np.uint8, count=tensor.stop - tensor.start, offset=tensor.start
+    )
+    if tensor.dtype == "BF16":
+        widened = raw.view("<u2").astype(np.uint32) << 16
+        return widened.view(np.float32).astype(np.float64)
+    return raw.view(_NUMPY_FLOATS[tensor.dtype]).astype(np.float64)
+
+
+def _encode(values: np.ndarray, dtype: str) -> bytes:
+    if dtype == "BF16":
+        bits = values.astype(np.float32).view(np.uint32)
+        # Round to nearest even, as torch does when it narrows float32 to bfloat16.
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        return rounded.astype("<u2").tobytes()
+    return values.astype(_NUMPY_FLOATS[dtype]).tobytes()

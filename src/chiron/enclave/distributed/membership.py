@@ -1,0 +1,205 @@
+"""Mutual attestation and the group key: which enclaves take part, and the key they share.
+
+Over the rendezvous store (untrusted: what is posted there is public or sealed):
+
+  1. every member posts a fresh nonce;
+  2. the parameter server posts evidence over each worker's nonce, and each worker
+     evidence over the server's nonce;
+  3. each side verifies the other's with the peer policy: the measurement must be this
+     enclave's own, simulated evidence is accepted only by an enclave that itself runs
+     on the simulated platform, and the attested identity must be the one the members
+     list names for that rank (the enclave the owner's client attested);
+  4. the server draws a fresh group key and posts to each worker a grant: the key
+     HPKE-sealed to the worker's attested key, signed with the server's attested key
+     (or, if it refuses any worker, the reason);
+  5. each worker checks the grant's signature, opens the key and posts its verdict on the
+     server: accepted, or why not.
+
+A refusal fails the job on every member, with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from chiron.core import purposes
+from chiron.core.attestation import Policy, VerificationReport, load_sim_root, verify_evidence
+from chiron.core.crypto import open_sealed, random_key, seal, sign, verify_signature
+from chiron.core.encoding import b64decode, b64encode, canonical_json
+from chiron.core.errors import AttestationError, IntegrityError, PeerFailure
+from chiron.core.keys import PublicIdentity
+from chiron.enclave.context import EnclaveContext
+from chiron.enclave.distributed.group import Board
+from chiron.enclave.distributed.messages import member_name
+from chiron.enclave.distributed.settings import GroupSettings
+
+NONCE_BYTES = 32
+_ACCEPTED = {"accepted": True}
+
+
+def peer_policy(context: EnclaveContext) -> Policy:
+    """What an enclave accepts of a peer: its own runtime, simulated only if it is itself."""
+    return Policy(
+        measurements=(context.measurement,),
+        UNSAFE_allow_simulation=context.platform_name == "sim",
+    )
+
+
+def admit_workers(context: EnclaveContext, board: Board, settings: GroupSettings) -> bytes:
+    """The parameter server's side: attest every worker, grant each the group key."""
+    timeout = settings.handshake_timeout
+    workers = range(1, settings.workers + 1)
+    nonce = os.urandom(NONCE_BYTES)
+    for worker in workers:
+        board.post(f"nonce/0/{worker}", nonce, to=worker, kind="nonce")
+    for worker in workers:
+        theirs = board.fetch(f"nonce/{worker}", sender=worker, kind="nonce", timeout=timeout)
+        board.post(f"evidence/0/{worker}", _evidence(context, theirs), to=worker, kind="evidence")
+    refusal = None
+    for worker in workers:
+        evidence = board.fetch(
+            f"evidence/{worker}/0", sender=worker, kind="evidence", timeout=timeout
+        )
+        problem = _appraise(context, evidence, nonce, settings.members[worker])
+        if problem and refusal is None:
+            refusal = f"{member_name(worker)} failed attestation: {problem}"
+    if refusal is not None:
+        for worker in workers:
+            board.post(
+                f"grant/{worker}", canonical_json({"refused": refusal}), to=worker, kind="grant"
+            )
+        raise AttestationError(refusal)
+    key = random_key()
+    for worker in workers:
+        board.post(
+            f"grant/{worker}", _grant(context, settings, worker, key), to=worker, kind="grant"
+        )
+    for worker in workers:
+        verdict = _document(
+            board.fetch(f"ack/{worker}", sender=worker, kind="ack", timeout=timeout)
+        )
+        if verdict != _ACCEPTED:
+            raise PeerFailure(
+                f"worker {worker} refused the parameter server: "
+                f"{str(verdict.get('refused', 'no reason given'))[:512]}"
+            )
+    return key
+
+
+def join_server(context: EnclaveContext, board: Board, settings: GroupSettings) -> bytes:
+    """A worker's side: attest the parameter server, receive the group key from it."""
+    timeout = settings.handshake_timeout
+    rank = settings.rank
+    nonce = os.urandom(NONCE_BYTES)
+    board.post(f"nonce/{rank}", nonce, to=0, kind="nonce")
+    theirs = board.fetch(f"nonce/0/{rank}", sender=0, kind="nonce", timeout=timeout)
+    board.post(f"evidence/{rank}/0", _evidence(context, theirs), to=0, kind="evidence")
+    evidence = board.fetch(f"evidence/0/{rank}", sender=0, kind="evidence", timeout=timeout)
+    problem = _appraise(context, evidence, nonce, settings.members[0])
+    grant = board.fetch(f"grant/{rank}", sender=0, kind="grant", timeout=timeout)
+    try:
+        if problem:
+            raise AttestationError(f"the parameter server failed attestation: {problem}")
+        document = _document(grant)
+        if "refused" in document:
+            raise PeerFailure(
+                f"the parameter server refused the job: {str(document['refused'])[:512]}"
+            )
+        key = _open_grant(context, settings, document)
+    except (AttestationError, IntegrityError) as exc:
+        board.post(f"ack/{rank}", canonical_json({"refused": str(exc)}), to=0, kind="ack")
+        raise
+    board.post(f"ack/{rank}", canonical_json(_ACCEPTED), to=0, kind="ack")
+    return key
+
+
+def _evidence(context: EnclaveContext, nonce: bytes) -> bytes:
+    if len(nonce) != NONCE_BYTES:
+        raise IntegrityError("a peer's attestation nonce has the wrong length")
+    return context.platform.evidence(
+        measurement=context.measurement, identity=context.identity.public, nonce=nonce
+    )
+
+
+def _appraise(
+    context: EnclaveContext, evidence: bytes, nonce: bytes, expected: PublicIdentity
+) -> str | None:
+    """Why the peer's evidence is refused, or None if it is accepted."""
+    root = load_sim_root(context.state_dir)
+    try:
+        report = verify_evidence(
+            evidence, peer_policy(context), nonce=nonce, sim_roots=(root,) if root else ()
+        )
+    except AttestationError as exc:
+        return str(exc)
+    if not report.ok:
+        return _failures(report)
+    if report.identity != expected:
+        return "it is not the enclave the owner's client attested for its place in the job"
+    return None
+
+
+def _failures(report: VerificationReport) -> str:
+    listed = "; ".join(f"{check.name}: {check.reason}" for check in report.failures)
+    return listed or "the evidence does not authenticate the enclave"
+
+
+def _grant_context(settings: GroupSettings, worker: int) -> dict[str, object]:
+    return {
+        "job_id": settings.job_id,
+        "rank": worker,
+        "members": [member.fingerprint for member in settings.members],
+    }
+
+
+def _grant(context: EnclaveContext, settings: GroupSettings, worker: int, key: bytes) -> bytes:
+    binding = _grant_context(settings, worker)
+    sealed = seal(
+        settings.members[worker].hpke_key,
+        key,
+        purpose=purposes.EXCHANGE_GROUP_KEY,
+        context=binding,
+    )
+    signature = sign(
+        context.identity.signing_key,
+        canonical_json({**binding, "sealed": b64encode(sealed)}),
+        purpose=purposes.EXCHANGE_GROUP_KEY_GRANT,
+    )
+    return canonical_json({"sealed": b64encode(sealed), "signature": b64encode(signature)})
+
+
+def _open_grant(context: EnclaveContext, settings: GroupSettings, grant: dict[str, Any]) -> bytes:
+    binding = _grant_context(settings, settings.rank)
+    try:
+        sealed = b64decode(grant["sealed"])
+        signature = b64decode(grant["signature"])
+    except (KeyError, TypeError, ValueError):
+        raise IntegrityError("the group key grant is malformed") from None
+    # Anyone can seal a key to this enclave's public key; only the attested server's
+    # signature says the key is the group's, and not one the host chose to read along.
+    verify_signature(
+        settings.members[0].signing_key,
+        signature,
+        canonical_json({**binding, "sealed": b64encode(sealed)}),
+        purpose=purposes.EXCHANGE_GROUP_KEY_GRANT,
+        what="the group key grant's signature",
+    )
+    return open_sealed(
+        context.identity.hpke_key,
+        sealed,
+        purpose=purposes.EXCHANGE_GROUP_KEY,
+        context=binding,
+        what="the group key",
+    )
+
+
+def _document(raw: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        document = None
+    if not isinstance(document, dict):
+        raise IntegrityError("a peer posted a malformed handshake message")
+    return document

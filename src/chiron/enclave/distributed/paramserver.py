@@ -1,0 +1,299 @@
+"""The parameter-server enclave: the `exchange` call.
+
+Rank 0 of a job. It attests every worker and grants them the group key (`membership`),
+checks that all of them agree on the job and the plan (HELLO), starts them (START), and
+then serves the exchange rounds of the fixed schedule over gloo:
+
+  sync   (default) each round, the PARAMS of every worker, in rank order; then the
+         average of all of them to every worker (AVERAGE);
+  async  each worker's PARAMS as it comes; the server adds the worker's progress since
+         its last answer (its parameters minus that answer, over the number of workers)
+         to the global parameters and answers with them, but holds the answer while any
+         worker is more than `staleness` rounds behind (`schedule.StalenessGate`).
+
+The parameter server never sees data, only parameter vectors, which it checks against
+the layout the workers declared. If anything fails, every worker still waiting for an
+answer gets an ABORT in its place, and the server closes every connection, so no
+member waits for a message that will not come.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from chiron.core.errors import InputError, IntegrityError
+from chiron.enclave.context import EnclaveContext
+from chiron.enclave.distributed.averaging import ParameterLayout
+from chiron.enclave.distributed.group import Board, Transport, rendezvous_store, store_port
+from chiron.enclave.distributed.membership import admit_workers
+from chiron.enclave.distributed.messages import (
+    CONTROL_SLOT_BYTES,
+    MessageKind,
+    SecureChannel,
+    WireTrace,
+    abort_error,
+    abort_payload,
+    header_sender,
+    parameter_slot_bytes,
+    wire_bytes,
+)
+from chiron.enclave.distributed.schedule import SYNC, ExchangeSchedule, StalenessGate
+from chiron.enclave.distributed.settings import GroupSettings
+from chiron.enclave.trainer import check_job_id
+
+
+def handle_exchange(
+    context: EnclaveContext, args: dict[str, Any], emit: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    """args: {"job_id", "distributed", "rendezvous"} (see `settings`).
+
+    Events: {"event": "rendezvous", "host", "port"} once the store it hosts listens;
+    {"event": "progress", "step": rounds done, "total": rounds} after every round.
+    Result: {"rounds": int, "wire_trace": [...], "exchange_seconds": float}.
+    """
+    try:
+        job_id = check_job_id(str(args["job_id"]))
+    except KeyError:
+        raise InputError("malformed exchange request") from None
+    settings = GroupSettings.parse(job_id, args, own=context.identity.public)
+    if settings.rank != 0:
+        raise InputError("the parameter server is rank 0 of its job")
+    trace = WireTrace()
+    started = time.monotonic()
+    with rendezvous_store(settings.rendezvous, rank=0, timeout=settings.handshake_timeout) as store:
+        if settings.rendezvous.host_store:
+            emit(
+                {"event": "rendezvous", "host": settings.rendezvous.host, "port": store_port(store)}
+            )
+        board = Board(store, job_id=job_id, trace=trace)
+        key = admit_workers(context, board, settings)
+        server = _Server(settings, board, SecureChannel(key, job_id=job_id, rank=0), trace, emit)
+        try:
+            rounds = server.run()
+        except BaseException as exc:
+            server.abort(exc)
+            raise
+        finally:
+            server.close()
+    return {
+        "rounds": rounds,
+        "wire_trace": trace.entries,
+        "exchange_seconds": time.monotonic() - started,
+    }
+
+
+class _Server:
+    def __init__(
+        self,
+        settings: GroupSettings,
+        board: Board,
+        channel: SecureChannel,
+        trace: WireTrace,
+        emit: Callable[[dict[str, Any]], None],
+    ) -> None:
+        self._settings = settings
+        self._board = board
+        self._channel = channel
+        self._trace = trace
+        self._emit = emit
+        self._workers = tuple(range(1, settings.workers + 1))
+        self._transport: Transport | None = None
+        self._slot = 0
+        # Workers owed a START (before training) or an answer to their PARAMS (during):
+        # on failure, each gets an ABORT there instead.
+        self._owed_start: set[int] = set(self._workers)
+        self._owed_answer: dict[int, int] = {}
+
+    def run(self) -> int:
+        schedule, model_nbytes = self._agree()
+        self._slot = parameter_slot_bytes(model_nbytes)
+        for worker in self._workers:
+            self._post_start(worker, MessageKind.START, b"{}")
+        self._transport = Transport(
+            self._board,
+            rank=0,
+            world_size=len(self._settings.members),
+            address=self._settings.rendezvous.address,
+            timeout=self._settings.exchange_timeout,
+            trace=self._trace,
+        )
+        if self._settings.mode == SYNC:
+            self._synchronous(schedule)
+        else:
+            self._asynchronous(schedule)
+        return schedule.rounds
+
+    def _agree(self) -> tuple[ExchangeSchedule, int]:
+        """Every worker's HELLO: the same job, members and plan, the same parameter size."""
+        expected = self._settings.agreement()
+        first: dict[str, Any] | None = None
+        for worker in self._workers:
+            kind, payload = self._channel.open(
+                self._board.fetch(
+                    f"hello/{worker}",
+                    sender=worker,
+                    kind="HELLO",
+                    timeout=self._settings.handshake_timeout,
+                ),
+                sender=worker,
+                kinds=(MessageKind.HELLO, MessageKind.ABORT),
+                round_number=0,
+                slot_bytes=CONTROL_SLOT_BYTES,
+            )
+            if kind == MessageKind.ABORT:
+                self._owed_start.discard(worker)
+                raise abort_error(payload, worker)
+            try:
+                hello = json.loads(payload.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                hello = None
+            if not isinstance(hello, dict) or hello.get("agreement") != expected:
+                raise IntegrityError(
+                    f"worker {worker} was given other job settings than the parameter server"
+                )
+            plan = {"plan": hello.get("plan"), "model_nbytes": hello.get("model_nbytes")}
+            if first is None:
+                first = plan
+            elif plan != first:
+                raise IntegrityError(
+                    f"worker {worker} declared another plan or model size than worker 1"
+                )
+        try:
+            total_steps = int(first["plan"]["steps_per_epoch"]) * int(first["plan"]["epochs"])  # type: ignore[index]
+            model_nbytes = int(first["model_nbytes"])  # type: ignore[index]
+        except (KeyError, TypeError, ValueError):
+            raise IntegrityError("worker 1 sent a malformed HELLO") from None
+        if model_nbytes <= 0:
+            raise IntegrityError("worker 1 sent a malformed HELLO")
+        return ExchangeSchedule(self._settings.exchange_every, total_steps), model_nbytes
+
+    def _synchronous(self, schedule: ExchangeSchedule) -> None:
+        layout: ParameterLayout | None = None
+        for round_number in range(schedule.rounds):
+            vectors = []
+            for worker in self._workers:
+                vector = self._receive_params(worker, round_number)
+                if layout is None:
+                    layout = ParameterLayout(vector)
+                layout.check(vector, who=f"worker {worker}")
+                vectors.append(vector)
+            assert layout is not None
+            average = layout.average(vectors)
+            for worker in self._workers:
+                self._answer(worker, round_number, average)
+            self._emit({"event": "progress", "step": round_number + 1, "total": schedule.rounds})
+
+    def _asynchronous(self, schedule: ExchangeSchedule) -> None:
+        gate = StalenessGate(
+            self._settings.workers,
+            staleness=self._settings.staleness,
+            final_round=schedule.final_round,
+        )
+        count = len(self._workers)
+        layout: ParameterLayout | None = None
+        initial: dict[int, bytes] = {}
+        latest = b""  # the last vector received: integer tensors are taken from it
+        global_floats = np.zeros(0)
+        # What each worker was last answered (float64): its progress since is its update.
+        answered: dict[int, np.ndarray] = {}
+        while not gate.finished:
+            assert self._transport is not None
+            message = self._transport.receive_any(wire_bytes(self._slot))
+            worker = header_sender(message)
+            if worker not in self._workers:
+                raise IntegrityError("a message claims a sender that is not a worker of the job")
+            round_number = gate.next_round(worker)
+            vector = self._open_params(worker, round_number, message)
+            if layout is None:
+                layout = ParameterLayout(vector)
+            layout.check(vector, who=f"worker {worker}")
+            latest = vector
+            if round_number == 0:
+                initial[worker] = vector
+                if len(initial) == count:
+                    start = layout.average([initial[w] for w in self._workers])
+                    global_floats = layout.to_floats(start)
+            else:
+                global_floats = (
+                    global_floats + (layout.to_floats(vector) - answered[worker]) / count
+                )
+            gate.submit(worker, round_number)
+            self._owed_answer[worker] = round_number
+            for ready, ready_round in gate.release():
+                answer = layout.with_floats(latest, global_floats)
+                answered[ready] = layout.to_floats(answer)
+                self._answer(ready, ready_round, answer)
+            done = min(gate.next_round(w) for w in self._workers)
+            self._emit({"event": "progress", "step": done, "total": schedule.rounds})
+
+    def _receive_params(self, worker: int, round_number: int) -> bytes:
+        assert self._transport is not None
+        message = self._transport.receive(worker, wire_bytes(self._slot))
+        vector = self._open_params(worker, round_number, message)
+        self._owed_answer[worker] = round_number
+        return vector
+
+    def _open_params(self, worker: int, round_number: int, message: bytes) -> bytes:
+        kind, payload = self._channel.open(
+            message,
+            sender=worker,
+            kinds=(MessageKind.PARAMS, MessageKind.ABORT),
+            round_number=round_number,
+            slot_bytes=self._slot,
+        )
+        if kind == MessageKind.ABORT:
+            raise abort_error(payload, worker)
+        return payload
+
+    def _answer(self, worker: int, round_number: int, payload: bytes) -> None:
+        assert self._transport is not None
+        message = self._channel.seal(
+            MessageKind.AVERAGE,
+            receiver=worker,
+            round_number=round_number,
+            payload=payload,
+            slot_bytes=self._slot,
+        )
+        self._transport.send(worker, message)
+        del self._owed_answer[worker]
+
+    def _post_start(self, worker: int, kind: MessageKind, payload: bytes) -> None:
+        message = self._channel.seal(
+            kind,
+            receiver=worker,
+            round_number=0,
+            payload=payload,
+            slot_bytes=CONTROL_SLOT_BYTES,
+        )
+        self._board.post(f"start/{worker}", message, to=worker, kind=kind.name)
+        self._owed_start.discard(worker)
+
+    def abort(self, error: BaseException) -> None:
+        """Send every worker still owed a message an ABORT in its place (best effort)."""
+        payload = abort_payload(error)
+        with contextlib.suppress(Exception):
+            for worker in sorted(self._owed_start):
+                self._post_start(worker, MessageKind.ABORT, payload)
+        if self._transport is None:
+            return
+        for worker, round_number in sorted(self._owed_answer.items()):
+            with contextlib.suppress(Exception):
+                message = self._channel.seal(
+                    MessageKind.ABORT,
+                    receiver=worker,
+                    round_number=round_number,
+                    payload=payload,
+                    slot_bytes=self._slot,
+                )
+                self._transport.send(worker, message)
+        self._owed_answer.clear()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()

@@ -1,0 +1,231 @@
+"""A training enclave's side of a distributed job: the `train` call with `distributed` args.
+
+The enclave attests the parameter server and receives the group key (`membership`), then
+trains exactly like a single enclave (`trainer.train`) on its shard, with this module's
+`WorkerExchange` as the loop's exchange hook. At every exchange point it asks its child
+for the parameters, sends them sealed to the server, and loads the answer into the child.
+
+If anything fails here, the other members learn it at once: an ABORT goes out in place
+of the next message this worker owes the server, padded to the same size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from chiron.core.encoding import canonical_json
+from chiron.core.errors import InputError, IntegrityError
+from chiron.core.recipe_protocol import FromChild, ToChild, TrainingPlan
+from chiron.enclave import escrow
+from chiron.enclave.context import EnclaveContext
+from chiron.enclave.distributed.group import Board, Transport, rendezvous_store
+from chiron.enclave.distributed.membership import join_server
+from chiron.enclave.distributed.messages import (
+    CONTROL_SLOT_BYTES,
+    MessageKind,
+    SecureChannel,
+    WireTrace,
+    abort_error,
+    abort_payload,
+    parameter_slot_bytes,
+    wire_bytes,
+)
+from chiron.enclave.distributed.schedule import ExchangeSchedule, shard_indices
+from chiron.enclave.distributed.settings import GroupSettings
+from chiron.enclave.recipe_session import Declaration
+from chiron.enclave.sandbox import Sandbox
+from chiron.enclave.trainer import TrainRequest, train
+
+
+def train_worker(
+    context: EnclaveContext,
+    request: TrainRequest,
+    args: dict[str, Any],
+    emit: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    settings = GroupSettings.parse(request.job_id, args, own=context.identity.public)
+    if settings.rank == 0:
+        raise InputError("rank 0 of a job is the parameter server, not a training enclave")
+    trace = WireTrace()
+    with rendezvous_store(
+        settings.rendezvous, rank=settings.rank, timeout=settings.handshake_timeout
+    ) as store:
+        board = Board(store, job_id=settings.job_id, trace=trace)
+        key = join_server(context, board, settings)
+        channel = SecureChannel(key, job_id=settings.job_id, rank=settings.rank)
+        exchange = WorkerExchange(settings, board, channel, trace)
+        try:
+            # Checkpoints are a single enclave's: a group that loses a member fails.
+            return train(context, dataclasses.replace(request, checkpoint_dir=None), emit, exchange)
+        except BaseException as exc:
+            exchange.abort(exc)
+            raise
+        finally:
+            exchange.close()
+
+
+class WorkerExchange:
+    """The trainer's exchange hook (`trainer.ParameterExchange`) for one training enclave."""
+
+    def __init__(
+        self, settings: GroupSettings, board: Board, channel: SecureChannel, trace: WireTrace
+    ) -> None:
+        self._settings = settings
+        self._board = board
+        self._channel = channel
+        self._trace = trace
+        self._schedule: ExchangeSchedule | None = None
+        self._transport: Transport | None = None
+        self._slot = 0
+        # Where an ABORT would go: "hello" (the store), "params" (gloo), or nowhere.
+        self._stage = "hello"
+        self._next_round = 0
+        self._started = time.monotonic()
+        self._exchange_seconds = 0.0
+
+    @property
+    def lead(self) -> bool:
+        return self._settings.rank == 1
+
+    def shard(self, train_index: np.ndarray, seed: int) -> np.ndarray:
+        return shard_indices(
+            train_index, worker=self._settings.rank, workers=self._settings.workers, seed=seed
+        )
+
+    def begin(self, plan: TrainingPlan, declaration: Declaration) -> None:
+        """HELLO with what this worker will exchange; START once every member agrees."""
+        settings = self._settings
+        hello = {
+            "agreement": settings.agreement(),
+            "plan": plan.to_dict(),
+            "model_nbytes": declaration.model_nbytes,
+        }
+        self._board.post(
+            f"hello/{settings.rank}",
+            self._channel.seal(
+                MessageKind.HELLO,
+                receiver=0,
+                round_number=0,
+                payload=canonical_json(hello),
+                slot_bytes=CONTROL_SLOT_BYTES,
+            ),
+            to=0,
+            kind="HELLO",
+        )
+        self._stage = "none"
+        kind, payload = self._channel.open(
+            self._board.fetch(
+                f"start/{settings.rank}",
+                sender=0,
+                kind="START",
+                timeout=settings.handshake_timeout,
+            ),
+            sender=0,
+            kinds=(MessageKind.START, MessageKind.ABORT),
+            round_number=0,
+            slot_bytes=CONTROL_SLOT_BYTES,
+        )
+        if kind == MessageKind.ABORT:
+            raise abort_error(payload, 0)
+        self._schedule = ExchangeSchedule(settings.exchange_every, plan.total_steps)
+        self._slot = parameter_slot_bytes(declaration.model_nbytes)
+        self._transport = Transport(
+            self._board,
+            rank=settings.rank,
+            world_size=len(settings.members),
+            address=settings.rendezvous.address,
+            timeout=settings.exchange_timeout,
+            trace=self._trace,
+        )
+        self._stage = "params"
+
+    def next_exchange(self, step: int) -> int:
+        return self._fixed().next_step(step)
+
+    def due(self, step: int) -> bool:
+        return self._fixed().round_at(step) is not None
+
+    def synchronize(self, sandbox: Sandbox, step: int, declaration: Declaration) -> None:
+        schedule = self._fixed()
+        round_number = schedule.round_at(step)
+        if self._transport is None or round_number != self._next_round:
+            raise InputError(f"step {step} is not the next exchange point")
+        started = time.monotonic()
+        sandbox.send(ToChild.GET_PARAMS)
+        params = sandbox.expect(FromChild.PARAMS, size=declaration.model_nbytes)
+        escrow.check_weights(params)
+        message = self._channel.seal(
+            MessageKind.PARAMS,
+            receiver=0,
+            round_number=round_number,
+            payload=params,
+            slot_bytes=self._slot,
+        )
+        self._transport.send(0, message)
+        self._next_round += 1
+        kind, payload = self._channel.open(
+            self._transport.receive(0, wire_bytes(self._slot)),
+            sender=0,
+            kinds=(MessageKind.AVERAGE, MessageKind.ABORT),
+            round_number=round_number,
+            slot_bytes=self._slot,
+        )
+        if kind == MessageKind.ABORT:
+            self._stage = "none"
+            raise abort_error(payload, 0)
+        if len(payload) != declaration.model_nbytes:
+            raise IntegrityError("the parameter server sent parameters of the wrong size")
+        sandbox.send(ToChild.SET_PARAMS, payload)
+        sandbox.expect(FromChild.READY, size=0)
+        if round_number == schedule.final_round:
+            self._stage = "none"
+        self._exchange_seconds += time.monotonic() - started
+
+    def abort(self, error: BaseException) -> None:
+        """Tell the server why this worker stops, in the slot of the message it owes."""
+        stage, self._stage = self._stage, "none"
+        # Best effort: the job fails either way, and with this worker's own error.
+        with contextlib.suppress(Exception):
+            if stage == "hello":
+                message = self._channel.seal(
+                    MessageKind.ABORT,
+                    receiver=0,
+                    round_number=0,
+                    payload=abort_payload(error),
+                    slot_bytes=CONTROL_SLOT_BYTES,
+                )
+                self._board.post(f"hello/{self._settings.rank}", message, to=0, kind="ABORT")
+            elif stage == "params" and self._transport is not None:
+                message = self._channel.seal(
+                    MessageKind.ABORT,
+                    receiver=0,
+                    round_number=self._next_round,
+                    payload=abort_payload(error),
+                    slot_bytes=self._slot,
+                )
+                self._transport.send(0, message)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def describe(self) -> dict[str, Any]:
+        return self._settings.describe()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "wire_trace": self._trace.entries,
+            "exchange_seconds": self._exchange_seconds,
+            "training_seconds": time.monotonic() - self._started,
+        }
+
+    def _fixed(self) -> ExchangeSchedule:
+        if self._schedule is None:
+            raise InputError("the exchange schedule is not fixed yet")
+        return self._schedule
