@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import struct
+
 import numpy as np
 import pytest
 import safetensors.numpy
 
 from chiron.core.errors import IntegrityError
-from chiron.enclave.distributed.averaging import ParameterLayout
+from chiron.enclave.distributed.averaging import AsynchronousModel, ParameterLayout
 
 
 def vector(weight: np.ndarray, bias: np.ndarray, count: int) -> bytes:
@@ -49,9 +52,6 @@ def test_bfloat16_tensors_are_averaged_too():
         return (values.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
 
     # safetensors.numpy has no bfloat16: write the header by hand.
-    import json
-    import struct
-
     def blob(values: np.ndarray) -> bytes:
         data = bf16(values).astype("<u2").tobytes()
         header = json.dumps(
@@ -70,3 +70,36 @@ def test_a_vector_of_another_layout_is_refused():
         layout.check(vector(np.zeros((4, 3)), np.zeros(4), 0), who="worker 2")
     with pytest.raises(IntegrityError, match="not a safetensors file"):
         ParameterLayout(b"\xff" * 16)
+
+
+def test_asynchronous_updates_add_each_workers_progress():
+    start = [vector(np.full((3, 4), v), np.zeros(4), 0) for v in (1.0, 3.0)]
+    model = AsynchronousModel(ParameterLayout(start[0]), workers=2)
+    for worker, initial in enumerate(start, 1):
+        model.start(worker, initial)
+    first = [safetensors.numpy.load(model.answer(w))["layer.weight"] for w in (1, 2)]
+    assert all(np.all(w == 2.0) for w in first)
+    # Worker 1 moved its weights by +4, worker 2 by -2: each counts for half.
+    model.update(1, vector(np.full((3, 4), 6.0), np.zeros(4), 5))
+    after_one = safetensors.numpy.load(model.answer(1))
+    assert np.all(after_one["layer.weight"] == 4.0)
+    assert after_one["norm.num_batches_tracked"] == 5
+    model.update(2, vector(np.full((3, 4), 0.0), np.zeros(4), 5))
+    assert np.all(safetensors.numpy.load(model.answer(2))["layer.weight"] == 3.0)
+
+
+def test_one_update_from_everyone_is_the_synchronous_average():
+    rng = np.random.default_rng(1)
+    initial = vector(rng.normal(size=(3, 4)), rng.normal(size=4), 0)
+    layout = ParameterLayout(initial)
+    model = AsynchronousModel(layout, workers=3)
+    for worker in (1, 2, 3):
+        model.start(worker, initial)
+    for worker in (1, 2, 3):
+        model.answer(worker)
+    updates = [vector(rng.normal(size=(3, 4)), rng.normal(size=4), 1) for _ in range(3)]
+    for worker, update in enumerate(updates, 1):
+        model.update(worker, update)
+    np.testing.assert_allclose(
+        layout.to_floats(model.answer(1)), layout.to_floats(layout.average(updates)), atol=1e-3
+    )

@@ -16,7 +16,7 @@ from chiron.core.crypto import seal, sign
 from chiron.core.encoding import b64encode, canonical_json
 from chiron.core.errors import AttestationError, IntegrityError, PeerFailure
 from chiron.enclave.context import EnclaveContext
-from chiron.enclave.distributed.membership import admit_workers, join_server
+from chiron.enclave.distributed.membership import admit_workers, await_verdicts, join_server
 from chiron.enclave.distributed.settings import GroupSettings, Rendezvous
 
 
@@ -62,13 +62,16 @@ def handshake(members: list[EnclaveContext], board=None, listed=None):
     """Run the server's and every worker's side at once; (outcome or error) per rank."""
     board = board or MemoryBoard()
     listed = listed or members
+
+    def admit(member: EnclaveContext, board, settings: GroupSettings) -> bytes:
+        key = admit_workers(member, board, settings)
+        await_verdicts(board, settings)
+        return key
+
     with ThreadPoolExecutor(len(members)) as pool:
         futures = [
             pool.submit(
-                admit_workers if rank == 0 else join_server,
-                member,
-                board,
-                settings_for(listed, rank),
+                admit if rank == 0 else join_server, member, board, settings_for(listed, rank)
             )
             for rank, member in enumerate(members)
         ]

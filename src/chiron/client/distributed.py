@@ -114,7 +114,8 @@ class DistributedOutcome:
     training: TrainOutcome
     # Per member ("parameter server", "worker 1", ...): what it sent and received.
     wire_traces: dict[str, list[dict[str, Any]]]
-    # Per worker: seconds spent in the exchange and in the whole training call.
+    # Per worker: seconds of its training loop, of exchanging within it (round 0 aside),
+    # and of that, waiting for the server's answer (for the other workers, the average).
     timings: dict[str, dict[str, float]]
 
 
@@ -206,8 +207,8 @@ def run_distributed_training(
         wire_traces={member_label(rank): results[rank]["wire_trace"] for rank in results},
         timings={
             member_label(rank): {
-                "exchange_seconds": float(results[rank]["exchange_seconds"]),
-                "training_seconds": float(results[rank]["training_seconds"]),
+                name: float(results[rank][name])
+                for name in ("training_seconds", "exchange_seconds", "waiting_seconds")
             }
             for rank in results
             if rank > 0

@@ -82,6 +82,45 @@ class ParameterLayout:
         return self.with_floats(vectors[0], total / len(vectors))
 
 
+class AsynchronousModel:
+    """The parameter server's global parameters under asynchronous updates.
+
+    Round 0 sets them to the average of every worker's initial vector. Afterwards each
+    worker's vector counts for its progress since its last answer: the server adds that
+    difference, divided by the number of workers, to the global parameters. When every
+    worker was answered the same parameters, one update from each is exactly the
+    synchronous average.
+    """
+
+    def __init__(self, layout: ParameterLayout, workers: int) -> None:
+        self.layout = layout
+        self._workers = workers
+        self._initial: dict[int, bytes] = {}
+        self._global = np.zeros(layout.float_elements)
+        self._answered: dict[int, np.ndarray] = {}
+        self._latest = b""  # integer tensors are taken from the last vector received
+
+    def start(self, worker: int, vector: bytes) -> None:
+        """A worker's initial vector (round 0); all of them before any answer."""
+        self._initial[worker] = vector
+        self._latest = vector
+        if len(self._initial) == self._workers:
+            self._global = self.layout.to_floats(
+                self.layout.average([self._initial[w] for w in sorted(self._initial)])
+            )
+
+    def update(self, worker: int, vector: bytes) -> None:
+        progress = self.layout.to_floats(vector) - self._answered[worker]
+        self._global = self._global + progress / self._workers
+        self._latest = vector
+
+    def answer(self, worker: int) -> bytes:
+        """The current global parameters, remembered as what `worker` continues from."""
+        answer = self.layout.with_floats(self._latest, self._global)
+        self._answered[worker] = self.layout.to_floats(answer)
+        return answer
+
+
 def _read(vector: bytes, tensor: _Tensor) -> np.ndarray:
     raw = np.frombuffer(
         vector, dtype=np.uint8, count=tensor.stop - tensor.start, offset=tensor.start

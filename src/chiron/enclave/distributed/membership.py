@@ -48,7 +48,11 @@ def peer_policy(context: EnclaveContext) -> Policy:
 
 
 def admit_workers(context: EnclaveContext, board: Board, settings: GroupSettings) -> bytes:
-    """The parameter server's side: attest every worker, grant each the group key."""
+    """The parameter server's side: attest every worker, grant each the group key.
+
+    Returns the key once the grants are posted; `await_verdicts` then collects the
+    workers' verdicts on the server.
+    """
     timeout = settings.handshake_timeout
     workers = range(1, settings.workers + 1)
     nonce = os.urandom(NONCE_BYTES)
@@ -76,16 +80,26 @@ def admit_workers(context: EnclaveContext, board: Board, settings: GroupSettings
         board.post(
             f"grant/{worker}", _grant(context, settings, worker, key), to=worker, kind="grant"
         )
-    for worker in workers:
+    return key
+
+
+def await_verdicts(board: Board, settings: GroupSettings) -> None:
+    """The parameter server's last step: every worker accepted it and holds the key.
+
+    Separate from `admit_workers` because by now the workers that accepted are loading
+    their data: if another refused, the caller must tell them (it holds the key to).
+    """
+    for worker in range(1, settings.workers + 1):
         verdict = _document(
-            board.fetch(f"ack/{worker}", sender=worker, kind="ack", timeout=timeout)
+            board.fetch(
+                f"ack/{worker}", sender=worker, kind="ack", timeout=settings.handshake_timeout
+            )
         )
         if verdict != _ACCEPTED:
             raise PeerFailure(
                 f"worker {worker} refused the parameter server: "
                 f"{str(verdict.get('refused', 'no reason given'))[:512]}"
             )
-    return key
 
 
 def join_server(context: EnclaveContext, board: Board, settings: GroupSettings) -> bytes:

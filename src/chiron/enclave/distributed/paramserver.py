@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from chiron.core.errors import InputError, IntegrityError
 from chiron.enclave.context import EnclaveContext
-from chiron.enclave.distributed.averaging import ParameterLayout
+from chiron.enclave.distributed.averaging import AsynchronousModel, ParameterLayout
 from chiron.enclave.distributed.group import Board, Transport, rendezvous_store, store_port
-from chiron.enclave.distributed.membership import admit_workers
+from chiron.enclave.distributed.membership import admit_workers, await_verdicts
 from chiron.enclave.distributed.messages import (
     CONTROL_SLOT_BYTES,
     MessageKind,
@@ -55,7 +52,7 @@ def handle_exchange(
 
     Events: {"event": "rendezvous", "host", "port"} once the store it hosts listens;
     {"event": "progress", "step": rounds done, "total": rounds} after every round.
-    Result: {"rounds": int, "wire_trace": [...], "exchange_seconds": float}.
+    Result: {"rounds": int, "wire_trace": [...]} (what it sent and received).
     """
     try:
         job_id = check_job_id(str(args["job_id"]))
@@ -65,7 +62,6 @@ def handle_exchange(
     if settings.rank != 0:
         raise InputError("the parameter server is rank 0 of its job")
     trace = WireTrace()
-    started = time.monotonic()
     with rendezvous_store(settings.rendezvous, rank=0, timeout=settings.handshake_timeout) as store:
         if settings.rendezvous.host_store:
             emit(
@@ -81,14 +77,12 @@ def handle_exchange(
             raise
         finally:
             server.close()
-    return {
-        "rounds": rounds,
-        "wire_trace": trace.entries,
-        "exchange_seconds": time.monotonic() - started,
-    }
+    return {"rounds": rounds, "wire_trace": trace.entries}
 
 
 class _Server:
+    """One job's parameter server once the group key is granted: agreement, then rounds."""
+
     def __init__(
         self,
         settings: GroupSettings,
@@ -111,6 +105,7 @@ class _Server:
         self._owed_answer: dict[int, int] = {}
 
     def run(self) -> int:
+        await_verdicts(self._board, self._settings)
         schedule, model_nbytes = self._agree()
         self._slot = parameter_slot_bytes(model_nbytes)
         for worker in self._workers:
@@ -195,13 +190,7 @@ class _Server:
             staleness=self._settings.staleness,
             final_round=schedule.final_round,
         )
-        count = len(self._workers)
-        layout: ParameterLayout | None = None
-        initial: dict[int, bytes] = {}
-        latest = b""  # the last vector received: integer tensors are taken from it
-        global_floats = np.zeros(0)
-        # What each worker was last answered (float64): its progress since is its update.
-        answered: dict[int, np.ndarray] = {}
+        model: AsynchronousModel | None = None
         while not gate.finished:
             assert self._transport is not None
             message = self._transport.receive_any(wire_bytes(self._slot))
@@ -210,25 +199,17 @@ class _Server:
                 raise IntegrityError("a message claims a sender that is not a worker of the job")
             round_number = gate.next_round(worker)
             vector = self._open_params(worker, round_number, message)
-            if layout is None:
-                layout = ParameterLayout(vector)
-            layout.check(vector, who=f"worker {worker}")
-            latest = vector
+            if model is None:
+                model = AsynchronousModel(ParameterLayout(vector), len(self._workers))
+            model.layout.check(vector, who=f"worker {worker}")
             if round_number == 0:
-                initial[worker] = vector
-                if len(initial) == count:
-                    start = layout.average([initial[w] for w in self._workers])
-                    global_floats = layout.to_floats(start)
+                model.start(worker, vector)
             else:
-                global_floats = (
-                    global_floats + (layout.to_floats(vector) - answered[worker]) / count
-                )
+                model.update(worker, vector)
             gate.submit(worker, round_number)
             self._owed_answer[worker] = round_number
             for ready, ready_round in gate.release():
-                answer = layout.with_floats(latest, global_floats)
-                answered[ready] = layout.to_floats(answer)
-                self._answer(ready, ready_round, answer)
+                self._answer(ready, ready_round, model.answer(ready))
             done = min(gate.next_round(w) for w in self._workers)
             self._emit({"event": "progress", "step": done, "total": schedule.rounds})
 

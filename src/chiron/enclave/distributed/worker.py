@@ -86,8 +86,13 @@ class WorkerExchange:
         # Where an ABORT would go: "hello" (the store), "params" (gloo), or nowhere.
         self._stage = "hello"
         self._next_round = 0
-        self._started = time.monotonic()
+        # The training loop's time (from the end of round 0 to the end of the last
+        # round) and the part of it spent exchanging, for the owner and benchmarks.
+        self._loop_started = 0.0
+        self._loop_seconds = 0.0
         self._exchange_seconds = 0.0
+        # Of which waiting for the server's answer: the other workers and the averaging.
+        self._waiting_seconds = 0.0
 
     @property
     def lead(self) -> bool:
@@ -169,8 +174,12 @@ class WorkerExchange:
         )
         self._transport.send(0, message)
         self._next_round += 1
+        waiting = time.monotonic()
+        answer = self._transport.receive(0, wire_bytes(self._slot))
+        if round_number > 0:
+            self._waiting_seconds += time.monotonic() - waiting
         kind, payload = self._channel.open(
-            self._transport.receive(0, wire_bytes(self._slot)),
+            answer,
             sender=0,
             kinds=(MessageKind.AVERAGE, MessageKind.ABORT),
             round_number=round_number,
@@ -183,9 +192,14 @@ class WorkerExchange:
             raise IntegrityError("the parameter server sent parameters of the wrong size")
         sandbox.send(ToChild.SET_PARAMS, payload)
         sandbox.expect(FromChild.READY, size=0)
+        finished = time.monotonic()
+        if round_number == 0:
+            self._loop_started = finished
+        else:
+            self._exchange_seconds += finished - started
         if round_number == schedule.final_round:
             self._stage = "none"
-        self._exchange_seconds += time.monotonic() - started
+            self._loop_seconds = finished - self._loop_started
 
     def abort(self, error: BaseException) -> None:
         """Tell the server why this worker stops, in the slot of the message it owes."""
@@ -222,7 +236,8 @@ class WorkerExchange:
         return {
             "wire_trace": self._trace.entries,
             "exchange_seconds": self._exchange_seconds,
-            "training_seconds": time.monotonic() - self._started,
+            "waiting_seconds": self._waiting_seconds,
+            "training_seconds": self._loop_seconds,
         }
 
     def _fixed(self) -> ExchangeSchedule:
