@@ -17,6 +17,7 @@ def test_a_working_recipe_passes_with_a_summary(run_chiron):
     assert "dry run passed: mlp.py" in result.stdout
     assert "model " in result.stdout and "bytes, as declared" in result.stdout
     assert "steps (2 epoch(s), batch size 128)" in result.stdout
+    assert "Warning" not in result.stderr  # a quiet recipe: nothing but the progress bar
 
 
 @pytest.mark.slow

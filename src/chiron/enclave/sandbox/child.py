@@ -44,8 +44,8 @@ import traceback
 from typing import NoReturn
 
 from chiron.enclave.sandbox import _linux, namespaces
+from chiron.enclave.sandbox.supervisor import READY
 
-READY = b"confined"
 SETUP_FAILED_EXIT = 70
 
 # What torch and the dynamic loader read besides sys.path and the libraries already
@@ -96,7 +96,7 @@ def _run_worker(options: argparse.Namespace, limits: dict[str, int]) -> NoReturn
     keep = {0, 1, 2, options.in_fd, options.out_fd, options.ready_fd}
     stage = "proc"
     try:
-        # If the bootstrap process dies (the enclave killed it), so does the worker.
+        # If the bootstrap process dies, so does the worker.
         _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
         namespaces.mount_private_proc()
         stage = "imports"

@@ -41,7 +41,8 @@ _F_SETPIPE_SZ = 1031
 _CHUNK = 1 << 20
 # How long a child that closed its pipe or was told to shut down may take to exit.
 _EXIT_GRACE_SECONDS = 3.0
-_READY = b"confined"
+# What the child writes on its ready pipe once confined (anything else: why it failed).
+READY = b"confined"
 
 _MESSAGES = {
     ReasonClass.RECIPE_ERROR: "the recipe raised an error or stopped",
@@ -298,7 +299,7 @@ class Sandbox:
             if not chunk:
                 break
             report += chunk
-        if report != _READY:
+        if report != READY:
             # Written by the bootstrap before any provider code ran: our own text.
             detail = report.decode("ascii", "replace").strip() or "no report"
             detail = "".join(c if c.isprintable() else "?" for c in detail)[:200]
