@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from chiron.core.errors import InputError
+from chiron.core.encoding import canonical_json, sha256_hex
+from chiron.core.errors import InputError, KeyFileError
 from chiron.core.keys import PublicIdentity
 from chiron.enclave.distributed.schedule import MODES
 
@@ -96,7 +97,7 @@ class GroupSettings:
                 ),
                 rendezvous=Rendezvous.parse(args["rendezvous"]),
             )
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except (KeyError, TypeError, ValueError, AttributeError, KeyFileError):
             raise InputError("malformed distributed job settings") from None
         if not 2 <= len(members) <= MAX_WORKERS + 1:
             raise InputError(f"a distributed job has 1 to {MAX_WORKERS} workers")
@@ -126,10 +127,10 @@ class GroupSettings:
         }
 
     def agreement(self) -> dict[str, Any]:
-        """What every member must hold identically (checked in HELLO)."""
+        """What every member must hold identically (checked in HELLO; of one size)."""
         return {
             "job_id": self.job_id,
-            "members": [member.fingerprint for member in self.members],
+            "members": sha256_hex(canonical_json([m.fingerprint for m in self.members])),
             "exchange_every": self.exchange_every,
             "mode": self.mode,
             "staleness": self.staleness,
