@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from chiron.core.crypto import KEY_BYTES, NONCE_BYTES, aead_decrypt, aead_encrypt, random_key
 from chiron.core.encoding import canonical_json
-from chiron.core.errors import EnclaveError, IntegrityError
+from chiron.core.errors import EnclaveError, InputError, IntegrityError
 from chiron.core.fileio import atomic_write
 
 _SEALED_MAGIC = b"CHIRON-SEALED-1\n"
@@ -32,11 +32,15 @@ def _platform_secret(state_dir: Path, platform_name: str) -> bytes:
     directory = state_dir / "sim-sealing"
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / "fuse.key"
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        atomic_write(path, random_key(), mode=0o600, overwrite=False)
-        return path.read_bytes()
+    if not path.exists():
+        try:
+            atomic_write(path, random_key(), mode=0o600, overwrite=False)
+        except InputError:
+            pass  # another enclave process created it first: use theirs
+    secret = path.read_bytes()
+    if len(secret) != KEY_BYTES:
+        raise EnclaveError(f"the simulated sealing secret {path} is corrupt")
+    return secret
 
 
 class SealingKey:
