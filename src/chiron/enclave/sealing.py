@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from chiron.core.crypto import KEY_BYTES, NONCE_BYTES, aead_decrypt, aead_encrypt, random_key
 from chiron.core.encoding import canonical_json
-from chiron.core.errors import EnclaveError, InputError, IntegrityError
+from chiron.core.errors import EnclaveError, IntegrityError
 from chiron.core.fileio import atomic_write
 
 _SEALED_MAGIC = b"CHIRON-SEALED-1\n"
@@ -33,10 +33,16 @@ def _platform_secret(state_dir: Path, platform_name: str) -> bytes:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / "fuse.key"
     if not path.exists():
+        # Write aside, then link into place: link never replaces an existing file, so
+        # enclaves starting together all end up with the first one's secret, whole.
+        candidate = directory / f".fuse.key.{os.getpid()}"
+        atomic_write(candidate, random_key(), mode=0o600)
         try:
-            atomic_write(path, random_key(), mode=0o600, overwrite=False)
-        except InputError:
-            pass  # another enclave process created it first: use theirs
+            os.link(candidate, path)
+        except FileExistsError:
+            pass
+        finally:
+            candidate.unlink()
     secret = path.read_bytes()
     if len(secret) != KEY_BYTES:
         raise EnclaveError(f"the simulated sealing secret {path} is corrupt")
