@@ -19,8 +19,10 @@ Conversation (E = enclave runtime, C = sandboxed child), all frames from core.fr
     E→C PLAN         JSON TrainingPlan.to_dict()
     E→C DATA_X       num_train records, C-order, schema dtype, little-endian
     E→C DATA_Y       num_train labels, int64 little-endian
-    E→C STATE        (only when resuming) a checkpoint previously sent by the child
     C→E READY        empty
+    E→C STATE        (only when resuming, before the first RUN) a checkpoint the child
+                     sent earlier; the child cannot know whether one comes, so it
+                     answers READY first and accepts STATE until the first RUN
     repeat:
       E→C RUN        JSON {"until_step": int, "checkpoint": bool}
       C→E TICK       empty, exactly once per optimizer step, up to until_step

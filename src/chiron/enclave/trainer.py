@@ -268,9 +268,9 @@ def train(
         sandbox.send(ToChild.PLAN, encode_json(plan.to_dict()))
         send_records(sandbox, ToChild.DATA_X, x, schema)
         sandbox.send(ToChild.DATA_Y, np.ascontiguousarray(y, dtype=LABEL_DTYPE).tobytes())
+        sandbox.expect(FromChild.READY, size=0)
         if resumed:
             sandbox.send(ToChild.STATE, resumed[1])
-        sandbox.expect(FromChild.READY, size=0)
         # A worker of a group checkpoints nothing (a job that loses a worker fails) and
         # stops at every exchange point instead.
         checkpointing = exchange is None
