@@ -9,6 +9,7 @@ the interpreter has one thread). `mount_private_proc` runs in the worker after t
 from __future__ import annotations
 
 import os
+import sys
 
 from chiron.enclave.sandbox import _linux
 
@@ -46,16 +47,46 @@ def enter_namespaces() -> None:
     _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE, None)
     for directory in HIDDEN_DIRECTORIES:
         if os.path.isdir(directory) and not os.path.islink(directory):
-            _linux.mount(
-                "tmpfs",
-                directory,
-                "tmpfs",
-                _linux.MS_RDONLY | _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC,
-                "size=4k,mode=0555",
-            )
+            _hide(directory)
     # Every mount, including those just made, becomes read-only. (Not nodev: torch
     # needs /dev/urandom; Landlock lets through only a few harmless devices.)
     _linux.mount_setattr_recursive("/", _linux.MOUNT_ATTR_RDONLY | _linux.MOUNT_ATTR_NOSUID)
+
+
+def _hide(directory: str) -> None:
+    """Cover `directory` with an empty tmpfs, keeping only Python's own paths under it.
+
+    An installation may live under a hidden directory (a checkout in /tmp, say). Its
+    import paths are bound back into the empty tmpfs, read-only like every mount here;
+    nothing else of the directory stays visible, and Landlock still limits reads to the
+    import paths.
+    """
+    kept = _import_paths_under(directory)
+    # Handles opened before the tmpfs covers them: afterwards no path reaches them.
+    handles = [os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for path in kept]
+    flags = _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC
+    _linux.mount("tmpfs", directory, "tmpfs", flags, "size=4k,mode=0555")
+    for path, handle in zip(kept, handles, strict=True):
+        os.makedirs(path, mode=0o555, exist_ok=True)
+        _linux.mount(f"/proc/self/fd/{handle}", path, None, _linux.MS_BIND | _linux.MS_REC, None)
+        os.close(handle)
+
+
+def _import_paths_under(directory: str) -> list[str]:
+    """Python's import paths and prefixes inside `directory`, outermost only."""
+    root = os.path.realpath(directory).rstrip("/") + "/"
+    candidates = sorted(
+        {
+            os.path.realpath(path)
+            for path in (*sys.path, sys.prefix, sys.exec_prefix)
+            if path and os.path.isdir(path)
+        }
+    )
+    kept: list[str] = []
+    for path in candidates:
+        if path.startswith(root) and not any(path.startswith(k + "/") for k in kept):
+            kept.append(path)
+    return kept
 
 
 def mount_private_proc() -> None:
