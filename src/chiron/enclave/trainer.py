@@ -47,7 +47,7 @@ from chiron.enclave.sealing import SealingKey
 
 MAX_RECIPE_BYTES = 1024 * 1024
 MAX_EPOCHS = 1000
-CHECKPOINT_EVERY_STEPS = 200
+CHECKPOINT_EVERY_STEPS = 1000
 _JOB_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
