@@ -191,19 +191,17 @@ def run_demo(out: Path, *, epochs: int, queries: int) -> dict[str, object]:
             _console.print(f"held-out accuracy while training: {summary['epoch_accuracy']}")
             _chiron(["receipt", "verify", str(model), "--allow-simulation"], env)
 
+            # Both parties' keys are here, so the demo releases both shares of the model key.
+            use_model = [
+                "--url", url, "--model", str(model),
+                "--owner", str(out / "owner.key"), "--provider", str(out / "provider.key"),
+            ]  # fmt: skip
             _console.rule("[bold]6. Evaluation on the encrypted test set, inside a query enclave")
             evaluation = json.loads(
                 _chiron(
                     [
                         "evaluate",
-                        "--url",
-                        url,
-                        "--model",
-                        str(model),
-                        "--owner",
-                        str(out / "owner.key"),
-                        "--provider",
-                        str(out / "provider.key"),
+                        *use_model,
                         "--dataset",
                         str(out / "fm-test.chd"),
                         "--data-key",
@@ -225,14 +223,7 @@ def run_demo(out: Path, *, epochs: int, queries: int) -> dict[str, object]:
             _chiron(
                 [
                     "query",
-                    "--url",
-                    url,
-                    "--model",
-                    str(model),
-                    "--owner",
-                    str(out / "owner.key"),
-                    "--provider",
-                    str(out / "provider.key"),
+                    *use_model,
                     "--inputs",
                     str(out / "queries.npy"),
                     "--allow-simulation",
