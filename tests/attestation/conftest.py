@@ -32,7 +32,12 @@ class SimWorld:
 
     def evidence(self, nonce: bytes, fault: SimFault | None = None) -> bytes:
         return self.platform.evidence(
-            measurement=MEASUREMENT, identity=self.identity.public, nonce=nonce, fault=fault
+            measurement=MEASUREMENT,
+            identity=self.identity.public,
+            nonce=nonce,
+            role="train",
+            binding="",
+            fault=fault,
         )
 
 

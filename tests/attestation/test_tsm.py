@@ -23,7 +23,7 @@ UNSAFE = dataclasses.replace(POLICY, UNSAFE_allow_unverified_vendor_signature=Tr
 
 def make_evidence(interface, identity, nonce) -> bytes:
     return TsmPlatform(interface).evidence(
-        measurement=MEASUREMENT, identity=identity.public, nonce=nonce
+        measurement=MEASUREMENT, identity=identity.public, nonce=nonce, role="train", binding=""
     )
 
 

@@ -144,7 +144,9 @@ def test_a_certificate_from_another_root_is_refused_even_if_that_root_is_named(
     from chiron.enclave.platforms.sim import SimPlatform
 
     stranger = SimPlatform(tmp_path / "other-state")
-    evidence = stranger.evidence(measurement=MEASUREMENT, identity=sim.identity.public, nonce=nonce)
+    evidence = stranger.evidence(
+        measurement=MEASUREMENT, identity=sim.identity.public, nonce=nonce, role="train", binding=""
+    )
     report = verify_evidence(evidence, sim_policy, nonce=nonce, sim_roots=[sim.root])
     assert "unknown root" in failed(report)["root of trust"]
 

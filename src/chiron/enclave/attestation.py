@@ -19,7 +19,5 @@ def handle_attest(
 ) -> dict[str, Any]:
     """args: {"nonce": bytes, 16 to 64 of them} -> {"evidence": bytes}."""
     nonce = check_nonce(args.get("nonce"))
-    evidence = context.platform.evidence(
-        measurement=context.measurement, identity=context.identity.public, nonce=nonce
-    )
+    evidence = context.evidence(nonce)
     return {"evidence": evidence}

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chiron.core.errors import EnclaveError
 from chiron.core.keys import Identity
 from chiron.core.measurement import measure_runtime
 from chiron.enclave.platforms import Platform, load_platform
@@ -23,6 +24,9 @@ class EnclaveContext:
     measurement: str
     # Role-specific state (for example the query enclave's loaded model and shares).
     session: dict[str, Any] = field(default_factory=dict)
+    # What this enclave serves, once it accepted it: a job manifest's digest or a model
+    # id; "" before. Set once (`bind`), and stated in every later evidence.
+    binding: str = ""
     _platform: Platform | None = field(default=None, repr=False)
 
     @property
@@ -31,6 +35,30 @@ class EnclaveContext:
         if self._platform is None:
             self._platform = load_platform(self.platform_name, self.state_dir)
         return self._platform
+
+    def bind(self, binding: str) -> None:
+        """Commit this process to one job or one model for the rest of its life.
+
+        An enclave serves exactly one: a second `train`, a `load_model` of another model,
+        or a manifest for another job is refused, so a host cannot run a job twice (once
+        with its own keys) on the data key the owner released for one.
+        """
+        if self.binding:
+            raise EnclaveError(
+                f"this {self.role} enclave already serves another "
+                f"{'model' if self.role == 'query' else 'job'}; start a new enclave"
+            )
+        self.binding = binding
+
+    def evidence(self, nonce: bytes) -> bytes:
+        """Evidence over `nonce` binding this process's keys, measurement, role and binding."""
+        return self.platform.evidence(
+            measurement=self.measurement,
+            identity=self.identity.public,
+            nonce=nonce,
+            role=self.role,
+            binding=self.binding,
+        )
 
     @classmethod
     def create(cls, *, role: str, state_dir: str, platform_name: str) -> EnclaveContext:

@@ -23,6 +23,7 @@ from typing import Any
 from chiron.core.encoding import b64decode, b64encode, canonical_json
 from chiron.core.errors import AttestationError, KeyFileError
 from chiron.core.keys import PublicIdentity
+from chiron.core.roles import ROLES
 
 PLATFORM_SIM = "sim"
 PLATFORM_TDX = "tdx"
@@ -38,6 +39,10 @@ NONCE_MAX_BYTES = 64
 
 _REPORT_DATA_DOMAIN = b"chiron/attestation/report-data/v1\x00"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+# What an enclave serves, once it has accepted it: nothing yet (""), a job manifest's
+# digest (64 hex digits) or a model id (32 hex digits).
+_BINDING = re.compile(r"(|[0-9a-f]{32}|[0-9a-f]{64})")
+UNBOUND = ""
 
 
 def is_measurement(value: object) -> bool:
@@ -54,13 +59,27 @@ def check_nonce(nonce: object) -> bytes:
     return nonce
 
 
+def is_binding(value: object) -> bool:
+    """True for what an enclave may say it serves: "", a manifest digest or a model id."""
+    return isinstance(value, str) and _BINDING.fullmatch(value) is not None
+
+
 def report_data_for(
-    *, nonce: bytes, enclave_identity: bytes, measurement: str, timestamp: int
+    *,
+    nonce: bytes,
+    enclave_identity: bytes,
+    measurement: str,
+    timestamp: int,
+    role: str,
+    binding: str,
 ) -> bytes:
     """The 64 bytes of report data binding a request's nonce to an enclave's keys and claims.
 
     SHA-512 over a domain-separated canonical encoding: the same inputs give the same
-    bytes on both sides, and no two different inputs share an encoding.
+    bytes on both sides, and no two different inputs share an encoding. The role and
+    what the enclave serves (its job manifest's digest or its model id, once accepted)
+    are bound too, so evidence of a training enclave cannot pass for a query enclave's,
+    and a receipt's evidence names the very job it was issued for.
     """
     encoded = canonical_json(
         {
@@ -68,6 +87,8 @@ def report_data_for(
             "enclave_identity": enclave_identity.hex(),
             "measurement": measurement,
             "timestamp": timestamp,
+            "role": role,
+            "binding": binding,
         }
     )
     return hashlib.sha512(_REPORT_DATA_DOMAIN + encoded).digest()
@@ -120,6 +141,9 @@ class Evidence:
     report_data: bytes
     enclave_identity: bytes
     signature_chain: SignatureChain
+    # The enclave's role and what it serves (see report_data_for); bound by report data.
+    role: str
+    binding: str
 
     @property
     def identity(self) -> PublicIdentity:
@@ -137,6 +161,8 @@ class Evidence:
             "timestamp": self.timestamp,
             "report_data": b64encode(self.report_data),
             "enclave_identity": b64encode(self.enclave_identity),
+            "role": self.role,
+            "binding": self.binding,
         }
 
     def signed_bytes(self) -> bytes:
@@ -173,11 +199,15 @@ class Evidence:
                 report_data=b64decode(_field(document, "report_data", str)),
                 enclave_identity=b64decode(_field(document, "enclave_identity", str)),
                 signature_chain=_chain(platform, _field(document, "signature_chain", dict)),
+                role=_field(document, "role", str),
+                binding=_field(document, "binding", str),
             )
         except (ValueError, TypeError) as exc:
             raise AttestationError(f"malformed evidence: {exc}") from None
         if not is_measurement(evidence.measurement):
             raise AttestationError("malformed evidence: measurement is not 64 hex digits")
+        if evidence.role not in ROLES or not is_binding(evidence.binding):
+            raise AttestationError("malformed evidence: unknown role or binding")
         if len(evidence.report_data) != REPORT_DATA_BYTES or evidence.tcb_level < 0:
             raise AttestationError("malformed evidence: bad report data or TCB level")
         try:

@@ -38,6 +38,9 @@ class Claims:
     # None when the platform has no vendor signature (sim); False until vendor
     # certificates are checked for TDX and SEV-SNP.
     vendor_signature_verified: bool | None
+    # The enclave's attested role, and what it serves ("" until it accepted a job or model).
+    role: str = ""
+    binding: str = ""
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,8 @@ def verify_evidence(
         enclave_identity=parsed.enclave_identity,
         measurement=parsed.measurement,
         timestamp=parsed.timestamp,
+        role=parsed.role,
+        binding=parsed.binding,
     )
     if hmac.compare_digest(report_data, expected):
         binding = CheckResult(
@@ -95,6 +97,8 @@ def verify_evidence(
         age_seconds=int(checked_at) - parsed.timestamp,
         simulated=parsed.platform == PLATFORM_SIM,
         vendor_signature_verified=vendor_signature_verified,
+        role=parsed.role,
+        binding=parsed.binding,
     )
     checks = (*chain_checks, binding, *policy.rules().evaluate(claims))
     authentic = all(check.passed for check in checks if check.name in _AUTHENTICITY_CHECKS)

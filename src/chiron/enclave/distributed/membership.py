@@ -132,9 +132,7 @@ def join_server(context: EnclaveContext, board: Board, settings: GroupSettings) 
 def _evidence(context: EnclaveContext, nonce: bytes) -> bytes:
     if len(nonce) != NONCE_BYTES:
         raise IntegrityError("a peer's attestation nonce has the wrong length")
-    return context.platform.evidence(
-        measurement=context.measurement, identity=context.identity.public, nonce=nonce
-    )
+    return context.evidence(nonce)
 
 
 def _appraise(

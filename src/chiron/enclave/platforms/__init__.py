@@ -21,7 +21,9 @@ PLATFORM_NAMES = ("sim", "tsm")
 class Platform(Protocol):
     """Produces serialized evidence binding a nonce to this enclave's keys and measurement."""
 
-    def evidence(self, *, measurement: str, identity: PublicIdentity, nonce: bytes) -> bytes: ...
+    def evidence(
+        self, *, measurement: str, identity: PublicIdentity, nonce: bytes, role: str, binding: str
+    ) -> bytes: ...
 
 
 def load_platform(name: str, state_dir: Path) -> Platform:

@@ -79,6 +79,8 @@ class SimPlatform:
         measurement: str,
         identity: PublicIdentity,
         nonce: bytes,
+        role: str,
+        binding: str,
         fault: SimFault | None = None,
     ) -> bytes:
         check_nonce(nonce)
@@ -99,9 +101,13 @@ class SimPlatform:
                 enclave_identity=identity.to_bytes(),
                 measurement=measurement,
                 timestamp=timestamp,
+                role=role,
+                binding=binding,
             ),
             enclave_identity=identity.to_bytes(),
             signature_chain=SimSignatureChain(b"", b"", b""),  # signed_bytes() excludes it
+            role=role,
+            binding=binding,
         )
         root_key = (
             Ed25519PrivateKey.generate() if fault is SimFault.UNKNOWN_ROOT else self._root_key

@@ -111,7 +111,9 @@ class TsmPlatform:
     def __init__(self, interface: ConfigfsTsm | None = None) -> None:
         self._interface = interface or ConfigfsTsm()
 
-    def evidence(self, *, measurement: str, identity: PublicIdentity, nonce: bytes) -> bytes:
+    def evidence(
+        self, *, measurement: str, identity: PublicIdentity, nonce: bytes, role: str, binding: str
+    ) -> bytes:
         check_nonce(nonce)
         timestamp = int(time.time())
         report_data = report_data_for(
@@ -119,6 +121,8 @@ class TsmPlatform:
             enclave_identity=identity.to_bytes(),
             measurement=measurement,
             timestamp=timestamp,
+            role=role,
+            binding=binding,
         )
         report = self._interface.report(report_data)
         hardware = parse_hardware_report(report.provider, report.outblob)
@@ -133,4 +137,6 @@ class TsmPlatform:
             report_data=report_data,
             enclave_identity=identity.to_bytes(),
             signature_chain=TsmSignatureChain(report.provider, report.generation, report.outblob),
+            role=role,
+            binding=binding,
         ).to_bytes()
