@@ -20,10 +20,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from chiron.core.errors import EnclaveError, InputError, JobFailed
 from chiron.core.fileio import read_input_file
 from chiron.core.framing import FramingError, read_frame
+from chiron.core.limits import MAX_RECIPE_BYTES
 from chiron.core.schema import SUPPORTED_DTYPES, DatasetSchema
 from chiron.enclave.boundary import EVENT, FAILURE, MAX_MESSAGE_BYTES, RESULT, decode_message
 
-MAX_RECIPE_BYTES = 1024 * 1024
 _stderr = Console(stderr=True)
 
 

@@ -44,8 +44,8 @@ from chiron.core import container
 from chiron.core.errors import InputError, JobFailed, UsageError
 from chiron.core.fileio import atomic_write, read_input_file
 from chiron.core.keys import load_data_key, load_identity, load_public_identity
+from chiron.core.limits import MAX_RECIPE_BYTES
 
-MAX_RECIPE_BYTES = 1024 * 1024
 _stderr = Console(stderr=True)
 
 

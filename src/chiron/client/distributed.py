@@ -49,6 +49,7 @@ from chiron.core.attestation import Policy
 from chiron.core.errors import ChironError, EnclaveError, JobFailed, PeerFailure, UsageError
 from chiron.core.fileio import read_input_file
 from chiron.core.keys import DataKey, Identity, PublicIdentity
+from chiron.core.limits import MAX_RECIPE_BYTES
 from chiron.enclave.boundary import (
     EVENT,
     FAILURE,
@@ -61,9 +62,7 @@ from chiron.enclave.boundary import (
 )
 
 DEFAULT_EXCHANGE_EVERY = 10
-MAX_WORKERS = 64  # the enclaves' own limit (chiron.enclave.distributed.settings)
 DEFAULT_STALENESS = 2
-MAX_RECIPE_BYTES = 1024 * 1024
 # How long the other members may take to report after the first failed: they normally
 # fail at once (the failing member aborts the job); after this they are stopped.
 FAILURE_GRACE_SECONDS = 30.0

@@ -15,6 +15,39 @@ from chiron.core.encoding import canonical_json
 from chiron.core.errors import IntegrityError
 
 MAX_QUERY_BATCH = 1024
+QUERY_OUTPUTS = ("label", "probabilities")
+MAX_ROUNDING = 8
+
+
+def normalize_query_policy(policy: Any) -> dict[str, Any]:
+    """A recipe's QUERY_POLICY in its one normal form; ValueError if it is not one.
+
+    The provider signs the digest of this form (core.recipe_statement) and the query
+    enclave enforces it, so both sides must derive it the same way: here, once.
+    """
+    if not isinstance(policy, dict) or set(policy) - {"output", "rounding", "budget"}:
+        raise ValueError("bad query policy")
+    output = policy.get("output", "probabilities")
+    rounding = policy.get("rounding")
+    budget = policy.get("budget")
+    if output not in QUERY_OUTPUTS:
+        raise ValueError("bad query output")
+    if rounding is not None and (
+        isinstance(rounding, bool)
+        or not isinstance(rounding, int)
+        or not 0 <= rounding <= MAX_ROUNDING
+    ):
+        raise ValueError("bad rounding")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)):
+        raise ValueError("bad budget")
+    if budget is not None and budget <= 0:
+        raise ValueError("bad budget")
+    return {"output": output, "rounding": rounding, "budget": budget}
+
+
+def query_policy_sha256(policy: dict[str, Any]) -> str:
+    """The digest a provider signs of its recipe's normalised query policy."""
+    return hashlib.sha256(canonical_json(policy)).hexdigest()
 
 
 def evaluation_job_id(model_id: str) -> str:

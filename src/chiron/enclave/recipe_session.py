@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from chiron.core.limits import MAX_BATCH_SIZE, MAX_EPOCHS
+from chiron.core.query_protocol import normalize_query_policy
 from chiron.core.recipe_protocol import (
     MAX_DECLARE_BYTES,
     PREDICTION_DTYPE,
@@ -24,10 +26,7 @@ from chiron.enclave.sandbox import Sandbox, SandboxFailure, SandboxLimits
 
 MAX_MODEL_BYTES = 512 * 1024 * 1024
 MAX_CHECKPOINT_BYTES = 4 * MAX_MODEL_BYTES
-MAX_BATCH_SIZE = 65536
-MAX_EPOCHS = 1000
 PREDICT_BATCH_RECORDS = 1024
-QUERY_OUTPUTS = ("label", "probabilities")
 
 
 class Declaration:
@@ -41,7 +40,7 @@ class Declaration:
             self.num_outputs = _positive_int(doc["num_outputs"])
             self.epochs = _positive_int(hyperparameters["epochs"])
             self.batch_size = _positive_int(hyperparameters["batch_size"])
-            self.query_policy = _query_policy(doc.get("query_policy") or {})
+            self.query_policy = normalize_query_policy(doc.get("query_policy") or {})
         except (KeyError, TypeError, ValueError):
             raise SandboxFailure(ReasonClass.BAD_OUTPUT) from None
         if not isinstance(hyperparameters, dict):
@@ -59,22 +58,6 @@ def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError("not a positive integer")
     return value
-
-
-def _query_policy(policy: Any) -> dict[str, Any]:
-    """Normalise the recipe's QUERY_POLICY; the query enclave enforces the result."""
-    if not isinstance(policy, dict) or set(policy) - {"output", "rounding", "budget"}:
-        raise ValueError("bad query policy")
-    output = policy.get("output", "probabilities")
-    rounding = policy.get("rounding")
-    budget = policy.get("budget")
-    if output not in QUERY_OUTPUTS:
-        raise ValueError("bad query output")
-    if rounding is not None and (isinstance(rounding, bool) or not 0 <= int(rounding) <= 8):
-        raise ValueError("bad rounding")
-    if budget is not None:
-        budget = _positive_int(budget)
-    return {"output": output, "rounding": rounding, "budget": budget}
 
 
 def spawn_recipe() -> Sandbox:

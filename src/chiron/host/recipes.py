@@ -17,11 +17,11 @@ from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 
 from chiron.core.errors import AccessDenied, Conflict, InputError, KeyFileError, NotFound
 from chiron.core.keys import PublicIdentity
+from chiron.core.limits import MAX_RECIPE_BYTES
 from chiron.core.schema import DatasetSchema
 from chiron.host.db import Account, Database, Recipe, now
 from chiron.host.store import ArtifactStore
 
-MAX_RECIPE_BYTES = 1024 * 1024
 MAX_DESCRIPTION_CHARS = 4000
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _TASK = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")

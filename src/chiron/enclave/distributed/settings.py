@@ -25,11 +25,9 @@ from typing import Any
 from chiron.core.encoding import canonical_json, sha256_hex
 from chiron.core.errors import InputError, KeyFileError
 from chiron.core.keys import PublicIdentity
+from chiron.core.limits import MAX_EXCHANGE_EVERY, MAX_STALENESS, MAX_WORKERS
 from chiron.enclave.distributed.schedule import MODES
 
-MAX_WORKERS = 64
-MAX_EXCHANGE_EVERY = 1_000_000
-MAX_STALENESS = 1000
 MAX_TIMEOUT_SECONDS = 24 * 3600.0
 DEFAULT_HANDSHAKE_TIMEOUT = 600.0
 DEFAULT_EXCHANGE_TIMEOUT = 600.0
