@@ -4,8 +4,6 @@ One list, so no two uses can collide and a reviewer can see at a glance what eac
 sealed blob or signature may ever be accepted as.
 """
 
-# HPKE: the owner's dataset key, sealed to an attested training or query enclave.
-DATASET_KEY = "dataset-key"
 # HPKE: the training enclave's per-job metrics, sealed to the owner.
 OWNER_REPORT = "owner-report"
 # Signature: a training enclave's receipt for one job.
@@ -31,3 +29,15 @@ SIM_EVIDENCE = "sim-evidence"
 EXCHANGE_GROUP_KEY = "exchange-group-key"
 # Signature: the parameter-server enclave vouching for the group key it sealed.
 EXCHANGE_GROUP_KEY_GRANT = "exchange-group-key-grant"
+# Signature: the owner authorising exactly one training job (core.manifest).
+JOB_MANIFEST = "job-manifest"
+# Signature: the provider vouching for one recipe under its identity (core.recipe_statement).
+RECIPE_STATEMENT = "recipe-statement"
+# HPKE: the owner's dataset key sealed to an attested training enclave for one manifest.
+TRAINING_DATA_KEY = "training-data-key"
+# HPKE: the owner's dataset key sealed to an attested query enclave for one evaluation.
+EVALUATION_DATA_KEY = "evaluation-data-key"
+# Signature: an enclave vouching for what it returns (answers, reports), by its attested key.
+QUERY_ANSWERS_SIGNATURE = "query-answers-signature"
+EVALUATION_REPORT_SIGNATURE = "evaluation-report-signature"
+OWNER_REPORT_SIGNATURE = "owner-report-signature"
