@@ -31,6 +31,7 @@ from chiron.core.errors import AttestationError, PolicyError
 from chiron.core.fileio import atomic_write, read_input_file
 from chiron.core.keys import PublicIdentity
 from chiron.core.measurement import measure_runtime
+from chiron.core.roles import Role
 
 EvidenceSource = Callable[[bytes], bytes]
 SimRootSource = Callable[[], Sequence[SimRoot]]
@@ -123,10 +124,22 @@ def appraise_enclave(
     return appraise_evidence(evidence, nonce, policy, state_dir=state_dir, sim_roots=sim_roots)
 
 
-def accept(report: VerificationReport) -> AttestedEnclave:
-    """The attested enclave, or an AttestationError listing every failed check."""
+def accept(report: VerificationReport, role: Role | None = None) -> AttestedEnclave:
+    """The attested enclave, or an AttestationError listing every failed check.
+
+    With `role`, the evidence must also say the enclave plays that role and serves
+    nothing yet: a flow about to hand over a secret for a new job or model must be
+    talking to a fresh enclave of the right kind, not to one a host repurposed.
+    """
     if not report.ok or report.identity is None:
         raise AttestationError(refusal_message(report))
+    if role is not None and report.claims.role != role:
+        raise AttestationError(
+            f"enclave refused: it is a {report.claims.role or 'unknown'} enclave, "
+            f"not a {role} enclave"
+        )
+    if role is not None and report.claims.binding:
+        raise AttestationError("enclave refused: it already serves another job or model")
     return AttestedEnclave(report.identity, report)
 
 
@@ -136,13 +149,16 @@ def verify_enclave(
     *,
     state_dir: Path,
     sim_roots: SimRootSource | None = None,
+    role: Role | None = None,
 ) -> AttestedEnclave:
     """Attest an enclave: fresh nonce, evidence, verification; raise unless it passes.
 
     Simulation roots come from `sim_roots` when given (e.g. a service's root, trusted
     on first use), else from `state_dir` (the root a local enclave created there).
+    Flows that release a secret pass the `role` the enclave must attest to.
     """
-    return accept(appraise_enclave(get_evidence, policy, state_dir=state_dir, sim_roots=sim_roots))
+    report = appraise_enclave(get_evidence, policy, state_dir=state_dir, sim_roots=sim_roots)
+    return accept(report, role)
 
 
 def refusal_message(report: VerificationReport) -> str:
