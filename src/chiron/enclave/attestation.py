@@ -10,14 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from chiron.core.attestation.evidence import check_nonce
+from chiron.core.contract import AttestRequest, AttestResult
 from chiron.enclave.context import EnclaveContext
 
 
 def handle_attest(
-    context: EnclaveContext, args: dict[str, Any], emit: Callable[[dict[str, Any]], None]
-) -> dict[str, Any]:
-    """args: {"nonce": bytes, 16 to 64 of them} -> {"evidence": bytes}."""
-    nonce = check_nonce(args.get("nonce"))
-    evidence = context.evidence(nonce)
-    return {"evidence": evidence}
+    context: EnclaveContext, request: AttestRequest, emit: Callable[[dict[str, Any]], None]
+) -> AttestResult:
+    """Evidence over the caller's nonce (16 to 64 bytes, checked by AttestRequest)."""
+    return AttestResult(context.evidence(request.nonce))

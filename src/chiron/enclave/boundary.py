@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from chiron.core.contract import CALLS_BY_ROLE
 from chiron.core.encoding import b64decode, b64encode
 from chiron.core.errors import (
     AttestationError,
@@ -37,15 +38,13 @@ from chiron.core.errors import (
     PeerFailure,
 )
 from chiron.core.framing import FramingError, read_frame, write_frame
+from chiron.core.roles import ROLES
 
-ROLES = ("train", "query", "paramserver")
-
-# The complete list of calls into an enclave, by role. `enclave.main` refuses anything
-# not listed here for its role.
+# The complete list of calls into an enclave, by role, and each call's argument and
+# result types: chiron.core.contract. `enclave.main` refuses anything not listed there
+# for its role.
 CALLS: Mapping[str, tuple[str, ...]] = {
-    "train": ("attest", "train", "shutdown"),
-    "query": ("attest", "load_model", "provision_share", "query", "evaluate", "shutdown"),
-    "paramserver": ("attest", "exchange", "shutdown"),
+    role.value: tuple(call.value for call in calls) for role, calls in CALLS_BY_ROLE.items()
 }
 
 REQUEST, EVENT, RESULT, FAILURE = 1, 2, 3, 4
@@ -120,8 +119,13 @@ class EnclaveProcess:
         if role not in ROLES:
             raise ValueError(f"unknown enclave role {role!r}")
         Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        # -I: an isolated interpreter. PYTHONPATH, PYTHON* variables, the user site and
+        # the working directory are ignored, so nothing the host places outside the
+        # measured installation is imported into the enclave. -B: write no bytecode.
         command = [
             sys.executable,
+            "-I",
+            "-B",
             "-m",
             "chiron.enclave.main",
             "--role",
@@ -245,9 +249,10 @@ def rebuild_error(message: dict[str, Any]) -> ChironError:
 
 
 def _enclave_environment() -> dict[str, str]:
-    """A minimal environment: nothing of the caller's leaks in (proxies, tokens...)."""
-    keep = ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-    env = {k: os.environ[k] for k in keep if k in os.environ}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    env["PYTHONHASHSEED"] = "0"
-    return env
+    """A minimal environment: nothing of the caller's leaks in (proxies, tokens...).
+
+    No PYTHON* variable is passed: the interpreter runs isolated (-I) and would ignore
+    them anyway; what the enclave imports is decided by its installation alone.
+    """
+    keep = ("PATH", "LANG", "LC_ALL", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+    return {k: os.environ[k] for k in keep if k in os.environ}

@@ -21,7 +21,6 @@ from chiron.core.encoding import b64encode, canonical_json
 from chiron.core.keys import PublicIdentity
 from chiron.core.recipe_protocol import ReasonClass
 from chiron.core.schema import DatasetSchema
-from chiron.enclave.attestation import handle_attest
 from chiron.enclave.context import EnclaveContext
 from chiron.enclave.sandbox import SandboxFailure
 
@@ -120,9 +119,7 @@ def sign_receipt(context: EnclaveContext, body: dict[str, Any]) -> bytes:
     }
     message = canonical_json(statement)
     signature = sign(context.identity.signing_key, message, purpose=purposes.TRAINING_RECEIPT)
-    evidence = handle_attest(context, {"nonce": modelfile.receipt_nonce(message)}, _no_events)[
-        "evidence"
-    ]
+    evidence = context.evidence(modelfile.receipt_nonce(message))
     document = {
         "type": "chiron.receipt",
         "version": 1,
@@ -131,7 +128,3 @@ def sign_receipt(context: EnclaveContext, body: dict[str, Any]) -> bytes:
         "evidence": b64encode(evidence),
     }
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
-
-
-def _no_events(_event: dict[str, Any]) -> None:
-    """Evidence for a receipt is produced inside the train call; it emits no events."""

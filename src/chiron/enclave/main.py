@@ -15,6 +15,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from chiron.core import contract
+from chiron.core.contract import Call
 from chiron.core.errors import ChironError
 from chiron.core.framing import FramingError, read_frame, write_frame
 from chiron.enclave.boundary import (
@@ -31,20 +33,26 @@ from chiron.enclave.boundary import (
 )
 from chiron.enclave.context import EnclaveContext
 
-# Where each call is implemented; imported lazily so a role loads only what it uses.
-HANDLERS: dict[str, str] = {
-    "attest": "chiron.enclave.attestation:handle_attest",
-    "train": "chiron.enclave.trainer:handle_train",
-    "load_model": "chiron.enclave.query:handle_load_model",
-    "provision_share": "chiron.enclave.query:handle_provision_share",
-    "query": "chiron.enclave.query:handle_query",
-    "evaluate": "chiron.enclave.query:handle_evaluate",
-    "exchange": "chiron.enclave.distributed.paramserver:handle_exchange",
+# Where each call is implemented, and the type its arguments arrive as (parsed and
+# validated by the type's `from_wire` before the handler runs). Handlers are imported
+# lazily so a role loads only what it uses; each returns a result with `to_wire()`.
+HANDLERS: dict[Call, tuple[str, Any]] = {
+    Call.ATTEST: ("chiron.enclave.attestation:handle_attest", contract.AttestRequest),
+    Call.TRAIN: ("chiron.enclave.trainer:handle_train", contract.TrainRequest),
+    Call.LOAD_MODEL: ("chiron.enclave.query:handle_load_model", contract.LoadModelRequest),
+    Call.PROVISION_SHARE: (
+        "chiron.enclave.query:handle_provision_share",
+        contract.ProvisionShareRequest,
+    ),
+    Call.QUERY: ("chiron.enclave.query:handle_query", contract.QueryRequest),
+    Call.EVALUATE: ("chiron.enclave.query:handle_evaluate", contract.EvaluateRequest),
+    Call.EXCHANGE: (
+        "chiron.enclave.distributed.paramserver:handle_exchange",
+        contract.ExchangeRequest,
+    ),
 }
 
-Handler = Callable[
-    [EnclaveContext, dict[str, Any], Callable[[dict[str, Any]], None]], dict[str, Any]
-]
+Handler = Callable[[EnclaveContext, Any, Callable[[dict[str, Any]], None]], Any]
 
 
 def _resolve(target: str) -> Handler:
@@ -71,8 +79,10 @@ def serve(context: EnclaveContext, in_fd: int, out_fd: int) -> None:
             if name == "shutdown":
                 write_frame(out_fd, RESULT, encode_message({}))
                 return
-            result = _resolve(HANDLERS[name])(context, dict(request.get("args") or {}), emit)
-            write_frame(out_fd, RESULT, encode_message(result))
+            target, request_type = HANDLERS[Call(name)]
+            arguments = request_type.from_wire(request.get("args") or {})
+            result = _resolve(target)(context, arguments, emit)
+            write_frame(out_fd, RESULT, encode_message(result.to_wire()))
         except ChironError as exc:
             write_frame(out_fd, FAILURE, encode_message(failure_document(exc)))
         except Exception:
