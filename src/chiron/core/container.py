@@ -602,8 +602,19 @@ def _open_dataset(source: BinaryIO, what: str) -> tuple[StreamHeader, DatasetHea
 
 def read_dataset_header(path: str | os.PathLike[str]) -> DatasetHeader:
     """The public header of an encrypted dataset; no key needed, nothing authenticated."""
+    return read_dataset_header_and_digest(path)[0]
+
+
+def read_dataset_header_and_digest(path: str | os.PathLike[str]) -> tuple[DatasetHeader, str]:
+    """The public header and the SHA-256 (hex) of its exact bytes.
+
+    Every chunk's associated data carries that digest, so it pins this very ciphertext
+    (its salt and key commitment included): a job manifest names it, and an enclave
+    handed another file of the same dataset id notices before it opens the data key.
+    """
     with open_input(path, what="dataset") as source:
-        return _open_dataset(source, f"dataset {path}")[1]
+        stream_header, header = _open_dataset(source, f"dataset {path}")
+    return header, stream_header.digest.hex()
 
 
 class _DatasetReader:
