@@ -8,7 +8,9 @@ visible both in code and in every report it produced.
 
 `Policy` holds what a user decides (accepted measurements, platforms, minimum TCB,
 maximum age, and the unsafe allowances) and builds the check tree from it; a TOML policy
-file is parsed by `Policy.from_toml`.
+file is parsed by `Policy.from_toml`. Its `[hardware]` table is a `HardwarePolicy`:
+rules on what a TDX quote or SEV-SNP report says once its vendor signature verified
+(launch measurement, RTMRs, TCB, debug, chip or platform family, collateral age).
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ from __future__ import annotations
 import tomllib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from chiron.core.attestation.evidence import PLATFORMS, is_measurement
-from chiron.core.attestation.report import CheckResult, Claims
+from chiron.core.attestation.evidence import (
+    PLATFORM_SEV_SNP,
+    PLATFORM_TDX,
+    PLATFORMS,
+    is_measurement,
+)
+from chiron.core.attestation.report import CheckResult, Claims, HardwareClaims
 from chiron.core.errors import PolicyError
 
 DEFAULT_MIN_TCB = 1
@@ -176,7 +183,7 @@ class UNSAFE_UnverifiedVendorSignatureAllowed(Check):
 class DebugDisabled(Check):
     """A debug enclave's memory is readable by the host: refuse it."""
 
-    def evaluate(self, claims: Claims) -> list[CheckResult]:
+    def evaluate(self, claims: Claims | HardwareClaims) -> list[CheckResult]:
         if claims.debug:
             return [CheckResult("debug", False, "debug enclave: the host can read its memory")]
         return [CheckResult("debug", True, "not a debug enclave")]
@@ -185,7 +192,7 @@ class DebugDisabled(Check):
 class UNSAFE_DebugAllowed(Check):
     """Accept debug enclaves, for diagnosing a platform; never with real data."""
 
-    def evaluate(self, claims: Claims) -> list[CheckResult]:
+    def evaluate(self, claims: Claims | HardwareClaims) -> list[CheckResult]:
         if claims.debug:
             return [
                 CheckResult(
@@ -242,6 +249,7 @@ _TOML_KEYS = {
     "allow_debug",
     "allow_simulation",
     "unsafe_allow_unverified_vendor_signature",
+    "hardware",
 }
 
 
@@ -258,6 +266,8 @@ class Policy:
     UNSAFE_allow_debug: bool = False
     UNSAFE_allow_simulation: bool = False
     UNSAFE_allow_unverified_vendor_signature: bool = False
+    # Rules on vendor-verified TDX quotes and SEV-SNP reports (`[hardware]`).
+    hardware: HardwarePolicy = field(default_factory=lambda: HardwarePolicy())
 
     def __post_init__(self) -> None:
         if not self.measurements:
@@ -328,6 +338,7 @@ class Policy:
                 UNSAFE_allow_unverified_vendor_signature=_boolean(
                     document, "unsafe_allow_unverified_vendor_signature", source
                 ),
+                hardware=HardwarePolicy.from_table(document.get("hardware", {}), source),
             )
         except PolicyError as exc:
             raise PolicyError(f"{source}: {exc}") from None
@@ -358,3 +369,394 @@ def _boolean(document: dict[str, Any], key: str, source: str) -> bool:
     if not isinstance(value, bool):
         raise PolicyError(f"{source}: {key} must be true or false")
     return value
+
+
+# --- Hardware rules: what a verified TDX quote or SEV-SNP report may say -------------
+
+# Intel's TCB statuses. "Revoked" is never acceptable; the rest describe a platform
+# whose TCB Intel knows, from current to one with published, unmitigated weaknesses.
+TCB_STATUSES = (
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+)
+DEFAULT_TCB_STATUSES = ("UpToDate",)
+SNP_TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")
+RTMR_COUNT = 4
+
+
+def _short_hex(value: str) -> str:
+    return value[:16] + "…" if len(value) > 16 else value
+
+
+class HardwareCheck(Check):
+    """One composable rule on the claims of a vendor-verified hardware report.
+
+    It composes with `AllOf` and `AnyOf` like any check, but reads `HardwareClaims`.
+    """
+
+    @abstractmethod
+    def evaluate(self, claims: HardwareClaims) -> list[CheckResult]:  # type: ignore[override]
+        """Every result this rule produces for `claims`."""
+
+
+@dataclass(frozen=True)
+class LaunchMeasurementIs(HardwareCheck):
+    """The VM image the hardware measured at launch (SNP MEASUREMENT, TDX MRTD)."""
+
+    measurement: str
+
+    def evaluate(self, claims: HardwareClaims) -> list[CheckResult]:
+        if claims.measurement == self.measurement:
+            return [CheckResult("launch measurement", True, f"{_short_hex(self.measurement)}")]
+        return [
+            CheckResult(
+                "launch measurement",
+                False,
+                f"{_short_hex(claims.measurement)} is not {_short_hex(self.measurement)}",
+            )
+        ]
+
+
+@dataclass(frozen=True)
+class RtmrIs(HardwareCheck):
+    """One TDX runtime measurement register holds an accepted value."""
+
+    index: int
+    value: str
+
+    def evaluate(self, claims: HardwareClaims) -> list[CheckResult]:
+        name = f"rtmr{self.index}"
+        if len(claims.rtmrs) <= self.index:
+            return [CheckResult(name, False, "the report has no runtime measurement registers")]
+        actual = claims.rtmrs[self.index]
+        if actual == self.value:
+            return [CheckResult(name, True, _short_hex(self.value))]
+        return [CheckResult(name, False, f"{_short_hex(actual)} is not {_short_hex(self.value)}")]
+
+
+@dataclass(frozen=True)
+class MinimumSnpTcb(HardwareCheck):
+    """Each named SEV-SNP TCB component is at least the given security version."""
+
+    minimum: tuple[tuple[str, int], ...]
+
+    def evaluate(self, claims: HardwareClaims) -> list[CheckResult]:
+        if claims.platform != PLATFORM_SEV_SNP:
+            return []
+        actual = dict(claims.tcb_components)
+        low = [
+            f"{name} {actual.get(name)} < {value}"
+            for name, value in self.minimum
+            if actual.get(name, -1) < value
+        ]
+        if low:
+            return [CheckResult("minimum tcb", False, "out-of-date TCB: " + ", ".join(low))]
+        return [
+            CheckResult(
+                "minimum tcb",
+                True,
+                ", ".join(f"{name} {actual[name]} >= {value}" for name, value in self.minimum),
+            )
+        ]
+
+
+@dataclass(frozen=True)
+class TcbStatusIn(HardwareCheck):
+    """Intel's verdict on a TDX platform's TCB is one the policy accepts.
+
+    Without collateral there is no verdict: refused when `required`, else not checked
+    (the report says so in its `tcb_status: null`).
+    """
+
+    statuses: tuple[str, ...]
+    required: bool
+
+    def evaluate(self, claims: HardwareClaims) -> list[CheckResult]:
+        if claims.platform != PLATFORM_TDX:
+            return []
+        if claims.tcb_status is None:
+            if self.required:
+                return [
+                    CheckResult("tcb status", False, "no collateral: the TCB status is unknown")
+                ]
+            return []
+        if claims.tcb_status in self.statuses:
+            return [CheckResult("tcb status", True, f"{claims.tcb_status} is accepted")]
+        return [
+            CheckResult(
+                "tcb status",
+                False,
+                f"{claims.tcb_status} is not accepted (accepted: {', '.join(self.statuses)})",
+            )
+        ]
+
+
+@dataclass(frozen=True)
+class ChipIdIs(HardwareCheck):
+    """The SEV-SNP report comes from this chip."""
+
+    chip_id: str
+
+    def evaluate(self, claims: HardwareClaims) -> list[CheckResult]:
+        if claims.chip_id == self.chip_id:
+            return [CheckResult("chip id allowed", True, f"chip {_short_hex(self.chip_id)}")]
+        shown = _short_hex(claims.chip_id) if claims.chip_id else "none (masked)"
+        return [CheckResult("chip id allowed", False, f"chip {shown} is not listed")]
+
+
+@dataclass(frozen=True)
+class FmspcIs(HardwareCheck):
+    """The TDX platform belongs to this family (FMSPC, from its PCK certificate)."""
+
+    fmspc: str
+
+    def evaluate(self, claims: HardwareClaims) -> list[CheckResult]:
+        if claims.fmspc == self.fmspc:
+            return [CheckResult("fmspc allowed", True, f"FMSPC {self.fmspc}")]
+        return [CheckResult("fmspc allowed", False, f"FMSPC {claims.fmspc} is not listed")]
+
+
+@dataclass(frozen=True)
+class MaxCollateralAge(HardwareCheck):
+    """Intel's TCB collateral was issued at most `seconds` before the verification time."""
+
+    seconds: int
+
+    def evaluate(self, claims: HardwareClaims) -> list[CheckResult]:
+        if claims.platform != PLATFORM_TDX:
+            return []
+        age = claims.collateral_age_seconds
+        if age is None:
+            return [CheckResult("collateral age", False, "no collateral to judge the TCB by")]
+        if age > self.seconds:
+            return [
+                CheckResult(
+                    "collateral age",
+                    False,
+                    f"stale collateral: {age} s old, limit {self.seconds} s",
+                )
+            ]
+        return [CheckResult("collateral age", True, f"{age} s old (limit {self.seconds} s)")]
+
+
+class MigrationAgentRefused(HardwareCheck):
+    """An SEV-SNP guest bound to a migration agent can have its memory exported by it."""
+
+    def evaluate(self, claims: HardwareClaims) -> list[CheckResult]:
+        if claims.migration_agent is None:
+            return []
+        if claims.migration_agent:
+            return [
+                CheckResult("migration agent", False, "the guest policy allows a migration agent")
+            ]
+        return [CheckResult("migration agent", True, "no migration agent")]
+
+
+class UNSAFE_MigrationAgentAllowed(HardwareCheck):
+    """Accept SEV-SNP guests whose policy allows a migration agent."""
+
+    def evaluate(self, claims: HardwareClaims) -> list[CheckResult]:
+        if claims.migration_agent is None:
+            return []
+        if claims.migration_agent:
+            return [
+                CheckResult(
+                    "migration agent",
+                    True,
+                    "MIGRATION AGENT accepted by an unsafe policy: it can export guest memory",
+                )
+            ]
+        return [CheckResult("migration agent", True, "no migration agent")]
+
+
+@dataclass(frozen=True)
+class VmplIn(HardwareCheck):
+    """The SEV-SNP report was requested from one of these privilege levels."""
+
+    vmpls: tuple[int, ...]
+
+    def evaluate(self, claims: HardwareClaims) -> list[CheckResult]:
+        if claims.vmpl is None:
+            return []
+        passed = claims.vmpl in self.vmpls
+        return [
+            CheckResult(
+                "vmpl",
+                passed,
+                f"VMPL {claims.vmpl}"
+                + ("" if passed else f" is not one of {', '.join(map(str, self.vmpls))}"),
+            )
+        ]
+
+
+class SmtDisabled(HardwareCheck):
+    """The SEV-SNP guest policy forbids simultaneous multithreading."""
+
+    def evaluate(self, claims: HardwareClaims) -> list[CheckResult]:
+        if claims.smt_allowed is None:
+            return []
+        if claims.smt_allowed:
+            return [CheckResult("smt", False, "the guest policy allows SMT")]
+        return [CheckResult("smt", True, "the guest policy forbids SMT")]
+
+
+_HARDWARE_KEYS = {
+    "launch_measurements",
+    *(f"rtmr{index}" for index in range(RTMR_COUNT)),
+    "min_snp_tcb",
+    "tcb_statuses",
+    "require_tcb_status",
+    "chip_ids",
+    "fmspcs",
+    "max_collateral_age_seconds",
+    "vmpls",
+    "forbid_smt",
+    "allow_debug",
+    "allow_migration_agent",
+}
+
+
+@dataclass(frozen=True)
+class HardwarePolicy:
+    """Rules on a TDX quote or SEV-SNP report once its vendor signature verified.
+
+    Empty tuples mean "any". The defaults refuse debug guests, SNP guests with a
+    migration agent, and TDX platforms whose TCB status is not UpToDate.
+    """
+
+    launch_measurements: tuple[str, ...] = ()
+    rtmrs: tuple[tuple[str, ...], ...] = ((), (), (), ())  # accepted values per RTMR
+    min_snp_tcb: tuple[tuple[str, int], ...] = ()
+    tcb_statuses: tuple[str, ...] = DEFAULT_TCB_STATUSES
+    require_tcb_status: bool = False
+    chip_ids: tuple[str, ...] = ()
+    fmspcs: tuple[str, ...] = ()
+    max_collateral_age_seconds: int | None = None
+    vmpls: tuple[int, ...] = ()
+    forbid_smt: bool = False
+    UNSAFE_allow_debug: bool = False
+    UNSAFE_allow_migration_agent: bool = False
+
+    def __post_init__(self) -> None:
+        for value in self.launch_measurements:
+            _check_hex(value, 48, "launch_measurements")
+        if len(self.rtmrs) != RTMR_COUNT:
+            raise PolicyError(f"rtmrs must list {RTMR_COUNT} registers")
+        for index, values in enumerate(self.rtmrs):
+            for value in values:
+                _check_hex(value, 48, f"rtmr{index}")
+        for name, value in self.min_snp_tcb:
+            if name not in SNP_TCB_COMPONENTS or not 0 <= value <= 255:
+                raise PolicyError(
+                    f"min_snp_tcb: {name} must be one of {', '.join(SNP_TCB_COMPONENTS)}, 0 to 255"
+                )
+        if not self.tcb_statuses or not set(self.tcb_statuses) <= set(TCB_STATUSES):
+            raise PolicyError(
+                f"tcb_statuses must be a non-empty subset of {', '.join(TCB_STATUSES)}"
+            )
+        for value in self.chip_ids:
+            _check_hex(value, None, "chip_ids")
+        for value in self.fmspcs:
+            _check_hex(value, 6, "fmspcs")
+        if self.max_collateral_age_seconds is not None and self.max_collateral_age_seconds <= 0:
+            raise PolicyError("max_collateral_age_seconds must be positive")
+        if not set(self.vmpls) <= {0, 1, 2, 3}:
+            raise PolicyError("vmpls must be among 0, 1, 2, 3")
+
+    def rules(self) -> AllOf:
+        """The rule tree this policy stands for."""
+        checks: list[Check] = [
+            UNSAFE_DebugAllowed() if self.UNSAFE_allow_debug else DebugDisabled(),
+            UNSAFE_MigrationAgentAllowed()
+            if self.UNSAFE_allow_migration_agent
+            else MigrationAgentRefused(),
+            TcbStatusIn(self.tcb_statuses, self.require_tcb_status),
+        ]
+        if self.launch_measurements:
+            checks.append(
+                AnyOf(
+                    "launch measurement",
+                    *(LaunchMeasurementIs(value) for value in self.launch_measurements),
+                )
+            )
+        for index, values in enumerate(self.rtmrs):
+            if values:
+                checks.append(AnyOf(f"rtmr{index}", *(RtmrIs(index, value) for value in values)))
+        if self.min_snp_tcb:
+            checks.append(MinimumSnpTcb(self.min_snp_tcb))
+        if self.chip_ids:
+            checks.append(AnyOf("chip id allowed", *(ChipIdIs(value) for value in self.chip_ids)))
+        if self.fmspcs:
+            checks.append(AnyOf("fmspc allowed", *(FmspcIs(value) for value in self.fmspcs)))
+        if self.max_collateral_age_seconds is not None:
+            checks.append(MaxCollateralAge(self.max_collateral_age_seconds))
+        if self.vmpls:
+            checks.append(VmplIn(self.vmpls))
+        if self.forbid_smt:
+            checks.append(SmtDisabled())
+        return AllOf(*checks)
+
+    @classmethod
+    def from_table(cls, table: object, source: str) -> HardwarePolicy:
+        """Parse the `[hardware]` table of a policy file; unknown keys are errors."""
+        if not isinstance(table, dict):
+            raise PolicyError(f"{source}: hardware must be a table")
+        unknown = sorted(set(table) - _HARDWARE_KEYS)
+        if unknown:
+            raise PolicyError(
+                f"{source}: unknown key {', '.join('hardware.' + key for key in unknown)} "
+                f"(known: {', '.join(sorted(_HARDWARE_KEYS))})"
+            )
+        where = f"{source}: hardware"
+        min_tcb = table.get("min_snp_tcb", {})
+        if not isinstance(min_tcb, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in min_tcb.values()
+        ):
+            raise PolicyError(f"{where}.min_snp_tcb must be a table of integers")
+        vmpls = table.get("vmpls", [])
+        if not isinstance(vmpls, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in vmpls
+        ):
+            raise PolicyError(f"{where}.vmpls must be a list of integers")
+        max_age = table.get("max_collateral_age_seconds")
+        if max_age is not None and (not isinstance(max_age, int) or isinstance(max_age, bool)):
+            raise PolicyError(f"{where}.max_collateral_age_seconds must be an integer")
+        try:
+            return cls(
+                launch_measurements=_hex_list(table, "launch_measurements", where),
+                rtmrs=tuple(_hex_list(table, f"rtmr{i}", where) for i in range(RTMR_COUNT)),
+                min_snp_tcb=tuple(sorted(min_tcb.items())),
+                tcb_statuses=tuple(
+                    _string_list(table, "tcb_statuses", where, DEFAULT_TCB_STATUSES)
+                ),
+                require_tcb_status=_boolean(table, "require_tcb_status", where),
+                chip_ids=_hex_list(table, "chip_ids", where),
+                fmspcs=_hex_list(table, "fmspcs", where),
+                max_collateral_age_seconds=max_age,
+                vmpls=tuple(vmpls),
+                forbid_smt=_boolean(table, "forbid_smt", where),
+                UNSAFE_allow_debug=_boolean(table, "allow_debug", where),
+                UNSAFE_allow_migration_agent=_boolean(table, "allow_migration_agent", where),
+            )
+        except PolicyError as exc:
+            raise PolicyError(f"{where}: {exc}") from None
+
+
+def _hex_list(table: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    if key not in table:
+        return ()
+    return tuple(value.lower() for value in _string_list(table, key, where, ()))
+
+
+def _check_hex(value: str, size: int | None, key: str) -> None:
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raise PolicyError(f"{key}: {value!r} is not hex") from None
+    if value != value.lower() or not raw or (size is not None and len(raw) != size):
+        expected = f"{size * 2} lowercase hex digits" if size else "lowercase hex"
+        raise PolicyError(f"{key}: {value!r} is not {expected}")

@@ -105,3 +105,77 @@ class VerificationReport:
             "enclave_fingerprint": self.identity.fingerprint if self.identity else None,
             "checks": [check.to_dict() for check in self.checks],
         }
+
+
+@dataclass(frozen=True)
+class HardwareClaims:
+    """The facts a hardware policy appraises, read from a TDX quote or an SEV-SNP report.
+
+    They are authentic only if the vendor checks of the same `HardwareVerification`
+    passed; a policy looks only at what they say.
+    """
+
+    platform: str  # PLATFORM_TDX or PLATFORM_SEV_SNP
+    measurement: str  # SNP MEASUREMENT or TDX MRTD, hex
+    report_data: str  # hex, 64 bytes
+    debug: bool
+    rtmrs: tuple[str, ...] = ()  # TDX RTMR0..3, hex
+    # SNP: named SVNs of REPORTED_TCB (bootloader, tee, snp, microcode; fmc on Turin).
+    tcb_components: tuple[tuple[str, int], ...] = ()
+    tcb_status: str | None = None  # TDX: Intel's status for this TCB, when collateral is given
+    chip_id: str | None = None  # SNP CHIP_ID, hex (None when masked or zero)
+    fmspc: str | None = None  # TDX: the platform's family, from the PCK certificate
+    collateral_age_seconds: int | None = None  # TDX: age of the oldest TCB collateral
+    signing_key: str | None = None  # VCEK, VLEK or PCK
+    product: str | None = None  # SNP: Milan, Genoa or Turin
+    vmpl: int | None = None  # SNP
+    migration_agent: bool | None = None  # SNP guest policy MIGRATE_MA
+    smt_allowed: bool | None = None  # SNP guest policy SMT
+
+
+@dataclass(frozen=True)
+class HardwareVerification:
+    """The outcome of verifying one TDX quote or SEV-SNP report against its vendor's roots."""
+
+    claims: HardwareClaims
+    checks: tuple[CheckResult, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    @property
+    def failures(self) -> tuple[CheckResult, ...]:
+        return tuple(check for check in self.checks if not check.passed)
+
+    def check(self, name: str) -> CheckResult | None:
+        """The result named `name`, if the verification produced one."""
+        return next((check for check in self.checks if check.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        claims = self.claims
+        document: dict[str, Any] = {
+            "verified": self.ok,
+            "platform": claims.platform,
+            "checks": [
+                {"name": check.name, "ok": check.passed, "detail": check.reason}
+                for check in self.checks
+            ],
+            "measurement": claims.measurement,
+            "report_data": claims.report_data,
+            "debug": claims.debug,
+            "signing_key": claims.signing_key,
+        }
+        if claims.platform == "tdx":
+            document["rtmrs"] = list(claims.rtmrs)
+            document["tcb_status"] = claims.tcb_status
+            document["fmspc"] = claims.fmspc
+            document["collateral_age_seconds"] = claims.collateral_age_seconds
+        else:
+            document["chip_id"] = claims.chip_id
+            document["product"] = claims.product
+            document["tcb"] = dict(claims.tcb_components)
+            document["vmpl"] = claims.vmpl
+            document["migration_agent"] = claims.migration_agent
+            document["smt_allowed"] = claims.smt_allowed
+        return document
