@@ -17,10 +17,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from chiron.client.statements import statement_path_for
 from chiron.core.errors import EnclaveError, InputError, JobFailed
-from chiron.core.fileio import read_input_file
+from chiron.core.fileio import atomic_write, read_input_file
 from chiron.core.framing import FramingError, read_frame
+from chiron.core.keys import load_identity
 from chiron.core.limits import MAX_RECIPE_BYTES
+from chiron.core.recipe_statement import make_statement, recipe_name_for_file
 from chiron.core.schema import SUPPORTED_DTYPES, DatasetSchema
 from chiron.enclave.boundary import EVENT, FAILURE, MAX_MESSAGE_BYTES, RESULT, decode_message
 
@@ -31,7 +34,41 @@ def register(app: typer.Typer) -> None:
     """Add this room's commands to the `chiron` app."""
     recipe_app = typer.Typer(help="A provider's local recipe tools.", no_args_is_help=True)
     recipe_app.command("dry-run")(dry_run)
+    recipe_app.command("sign")(sign)
     app.add_typer(recipe_app, name="recipe")
+
+
+def sign(
+    recipe: Path = typer.Argument(..., help="the recipe file (.py)"),
+    key: Path = typer.Option(..., "--key", help="the provider's private key file"),
+    name: str | None = typer.Option(
+        None, "--name", help="the recipe's name (default: the file's stem)"
+    ),
+    version: str = typer.Option("1", "--version", help="the recipe's version"),
+    out: Path | None = typer.Option(
+        None, "--out", help="where to write the statement (default: RECIPE.statement.json)"
+    ),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing statement"),
+) -> None:
+    """Sign RECIPE as its provider: the statement an enclave needs to name you provider.
+
+    It pins the file's SHA-256, its name and version and the digest of the query policy
+    the recipe declares; the model's second key share is escrowed to the signing key.
+    """
+    source = read_input_file(recipe, what="recipe", limit=MAX_RECIPE_BYTES)
+    provider = load_identity(key)
+    statement = make_statement(
+        source,
+        name=name or recipe_name_for_file(recipe.name),
+        version=version,
+        provider=provider,
+    )
+    target = out or statement_path_for(recipe)
+    atomic_write(target, statement.to_bytes(), overwrite=force)
+    typer.echo(f"signed {recipe} as {statement.statement.name} {statement.statement.version}")
+    typer.echo(f"  recipe sha256   {statement.statement.recipe_sha256}")
+    typer.echo(f"  provider        {provider.public.fingerprint}")
+    typer.echo(f"  statement       {target}")
 
 
 def dry_run(

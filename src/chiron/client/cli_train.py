@@ -18,8 +18,6 @@ from chiron.client import plots
 from chiron.client.attestation import load_policy, service_sim_roots
 from chiron.client.distributed import (
     DEFAULT_EXCHANGE_EVERY,
-    MAX_WORKERS,
-    ExchangeOptions,
     train_locally,
     train_through_rendezvous,
 )
@@ -39,12 +37,16 @@ from chiron.client.querying import evaluate, query, unlock_model
 from chiron.client.receipts import verify_receipt_offline
 from chiron.client.remote import RemoteJobSession, RemoteQuerySession, ServiceClient
 from chiron.client.sessions import EnclaveSession, LocalEnclaveSession
-from chiron.client.training import local_job_id, run_training
+from chiron.client.statements import load_statement, statement_path_for
+from chiron.client.training import check_provider, local_job_id, run_training
 from chiron.core import container
+from chiron.core.contract import TrainMaterials
 from chiron.core.errors import InputError, JobFailed, UsageError
 from chiron.core.fileio import atomic_write, read_input_file
-from chiron.core.keys import load_data_key, load_identity, load_public_identity
-from chiron.core.limits import MAX_RECIPE_BYTES
+from chiron.core.keys import DataKey, load_data_key, load_identity, load_public_identity
+from chiron.core.limits import MAX_RECIPE_BYTES, MAX_WORKERS
+from chiron.core.manifest import DatasetRef, Plan
+from chiron.core.recipe_statement import SignedRecipeStatement
 
 _stderr = Console(stderr=True)
 
@@ -59,15 +61,31 @@ def _outputs(model_path: Path) -> dict[str, Path]:
     }
 
 
-def _check_dataset_key(dataset: Path, data_key_path: Path) -> tuple[Any, Any]:
-    header = container.read_dataset_header(dataset)
+def _check_dataset_key(dataset: Path, data_key_path: Path) -> tuple[DatasetRef, DataKey]:
+    header, digest = container.read_dataset_header_and_digest(dataset)
     data_key = load_data_key(data_key_path)
     if data_key.dataset_id != header.dataset_id:
         raise InputError(
             f"{data_key_path} is the key of dataset {data_key.dataset_id}, "
             f"not of {dataset} ({header.dataset_id})"
         )
-    return header, data_key
+    return DatasetRef(header.dataset_id, digest), data_key
+
+
+def load_local_recipe(
+    recipe_path: Path, statement_path: Path | None
+) -> tuple[bytes, SignedRecipeStatement]:
+    """A recipe file and its provider's signed statement (by default beside the file)."""
+    source = read_input_file(recipe_path, what="recipe", limit=MAX_RECIPE_BYTES)
+    statement_file = statement_path or statement_path_for(recipe_path)
+    if not statement_file.exists():
+        raise InputError(
+            f"{recipe_path} has no signed statement ({statement_file} is missing): "
+            "its provider signs it with `chiron recipe sign`"
+        )
+    statement = load_statement(statement_file)
+    statement.check_recipe(source)
+    return source, statement
 
 
 def train(
@@ -80,8 +98,16 @@ def train(
     dataset: Path = typer.Option(..., "--dataset", help="encrypted dataset (.chd)"),
     data_key_path: Path = typer.Option(..., "--data-key", help="the dataset's key file"),
     owner_key: Path = typer.Option(..., "--owner", help="the owner's private key file"),
-    provider_key: Path = typer.Option(
-        ..., "--provider", help="the provider's key (.pub is enough)"
+    provider_key: Path | None = typer.Option(
+        None,
+        "--provider",
+        help="the provider you expect (its .pub): the recipe's signed statement must name it",
+    ),
+    statement_file: Path | None = typer.Option(
+        None,
+        "--statement",
+        help="the provider's signed recipe statement (default: beside the recipe file; "
+        "with --url, the one registered there)",
     ),
     out: Path = typer.Option(..., "--out", help="where to write the escrowed model (.chm)"),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="override the recipe's epochs"),
@@ -143,86 +169,96 @@ def train(
         raise InputError(f"{out} already exists (use --force to overwrite)")
     if not out.parent.is_dir():
         raise InputError(f"cannot write {out}: directory {out.parent} does not exist")
+    if rendezvous is not None and statement_file is None:
+        raise UsageError("with --rendezvous, --statement names the recipe's signed statement")
     state = state_dir or default_state_dir()
     policy = load_policy(policy_file, allow_simulation=allow_simulation)
     owner = load_identity(owner_key)
-    provider = load_public_identity(provider_key)
-    header, data_key = _check_dataset_key(dataset, data_key_path)
+    expected_provider = load_public_identity(provider_key) if provider_key else None
+    dataset_ref, data_key = _check_dataset_key(dataset, data_key_path)
+    plan = Plan(
+        seed=seed,
+        epochs=epochs,
+        workers=workers,
+        exchange_every=exchange_every if distributed else 0,
+        mode="async" if distributed and async_staleness is not None else "sync",
+        staleness=(async_staleness or 0) if distributed else 0,
+    )
     checkpoint_dir: Path | None = None
     wire_traces = None
     with ExitStack() as stack:
-        if distributed:
-            options = ExchangeOptions(
-                workers=workers,
-                exchange_every=exchange_every,
-                mode="sync" if async_staleness is None else "async",
-                staleness=async_staleness or 0,
+        session: EnclaveSession
+        if url is not None:
+            # The service holds the provider's registered recipes: --recipe names one,
+            # and the service hands out its provider's signed statement.
+            client = stack.enter_context(ServiceClient(url, token))
+            statement = (
+                load_statement(statement_file)
+                if statement_file
+                else SignedRecipeStatement.from_bytes(client.recipe_statement(str(recipe)))
             )
-            common = {
-                "data_key": data_key,
-                "owner": owner,
-                "provider": provider,
-                "epochs": epochs,
-                "seed": seed,
-                "options": options,
-                "policy": policy,
-                "state_dir": state,
-                "on_event": _progress_events(stack, as_json),
-            }
-            try:
+            check_provider(statement, expected_provider)
+            uploaded = client.upload_dataset(dataset, progress=not as_json)
+            job_id = client.create_job(recipe=recipe, dataset=uploaded["id"])["id"]
+            session = RemoteJobSession(client, job_id)
+            sim_roots = service_sim_roots(client, state, policy)
+            recipe_source = None
+        elif rendezvous is not None:
+            assert statement_file is not None
+            statement = load_statement(statement_file)
+            check_provider(statement, expected_provider)
+            recipe_source = None
+        else:
+            recipe_path = Path(str(recipe))
+            recipe_source, statement = load_local_recipe(recipe_path, statement_file)
+            check_provider(statement, expected_provider)
+        job_id_local = local_job_id(
+            statement=statement, dataset=dataset_ref, owner=owner.public, plan=plan
+        )
+        common = {
+            "data_key": data_key,
+            "dataset": dataset_ref,
+            "owner": owner,
+            "statement": statement,
+            "plan": plan,
+            "policy": policy,
+            "state_dir": state,
+            "on_event": _progress_events(stack, as_json),
+        }
+        try:
+            if distributed:
                 if rendezvous is not None:
                     result = train_through_rendezvous(rendezvous, **common)
                 else:
-                    result = train_locally(recipe_path=Path(str(recipe)), dataset=dataset, **common)
-            except JobFailed as exc:
-                raise JobFailed(exc.reason_class, f"training failed: {exc.reason_class}") from None
-            outcome, wire_traces = result.training, result.wire_traces
-        elif url is not None:
-            # The service holds the provider's registered recipes: --recipe names one.
-            client = stack.enter_context(ServiceClient(url, token))
-            uploaded = client.upload_dataset(dataset, progress=not as_json)
-            job_id = client.create_job(recipe=recipe, dataset=uploaded["id"])["id"]
-            session: EnclaveSession = RemoteJobSession(client, job_id)
-            sim_roots = service_sim_roots(client, state, policy)
-        else:
-            recipe_path = Path(recipe)
-            recipe_source = read_input_file(recipe_path, what="recipe", limit=MAX_RECIPE_BYTES)
-            job_id = local_job_id(
-                recipe_source=recipe_source,
-                dataset_id=header.dataset_id,
-                owner=owner.public,
-                provider=provider,
-                epochs=epochs,
-                seed=seed,
-            )
-            checkpoint_dir = state / "jobs" / job_id
-            host_args = {
-                "recipe_source": recipe_source,
-                "recipe_name": recipe_path.name,
-                "dataset_path": str(dataset.resolve()),
-                "checkpoint_dir": str(checkpoint_dir),
-            }
-            session = stack.enter_context(
-                LocalEnclaveSession("train", state, extra_args={"train": host_args})
-            )
-            sim_roots = None
-        if not distributed:
-            try:
-                outcome = run_training(
-                    session,
-                    job_id=job_id,
-                    data_key=data_key,
-                    owner=owner,
-                    provider=provider,
-                    epochs=epochs,
-                    seed=seed,
-                    policy=policy,
-                    state_dir=state,
-                    on_event=_progress_events(stack, as_json),
-                    sim_roots=sim_roots,
-                )
-            except JobFailed as exc:
-                raise JobFailed(exc.reason_class, f"training failed: {exc.reason_class}") from None
+                    assert recipe_source is not None
+                    result = train_locally(
+                        recipe_path=Path(str(recipe)),
+                        recipe_source=recipe_source,
+                        dataset_path=dataset,
+                        **common,
+                    )
+                outcome, wire_traces = result.training, result.wire_traces
+            else:
+                if url is None:
+                    assert recipe_source is not None
+                    job_id = job_id_local
+                    checkpoint_dir = state / "jobs" / job_id
+                    materials = TrainMaterials(
+                        recipe_name=Path(str(recipe)).name,
+                        recipe_source=recipe_source,
+                        recipe_statement=statement,
+                        dataset_path=str(dataset.resolve()),
+                        checkpoint_dir=str(checkpoint_dir),
+                    )
+                    session = stack.enter_context(
+                        LocalEnclaveSession(
+                            "train", state, extra_args={"train": materials.to_wire()}
+                        )
+                    )
+                    sim_roots = None
+                outcome = run_training(session, job_id=job_id, sim_roots=sim_roots, **common)
+        except JobFailed as exc:
+            raise JobFailed(exc.reason_class, f"training failed: {exc.reason_class}") from None
     paths = _outputs(out)
     report = outcome.report
     atomic_write(paths["receipt"], outcome.receipt)

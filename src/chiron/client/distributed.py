@@ -37,19 +37,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
-from chiron.client.attestation import AttestedEnclave, SimRootSource, verify_enclave
+from chiron.client.attestation import SimRootSource, verify_enclave
 from chiron.client.sessions import TRAIN_SILENCE_SECONDS, EventHandler, LocalEnclaveSession
+from chiron.client.statements import load_statement, statement_path_for
 from chiron.client.training import (
     TrainOutcome,
-    check_receipt_signature,
-    open_owner_report,
+    authorize,
+    check_training_result,
     seal_data_key,
 )
 from chiron.core.attestation import Policy
+from chiron.core.contract import (
+    DEFAULT_EXCHANGE_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    ExchangeRequest,
+    ExchangeResult,
+    GroupMembership,
+    Rendezvous,
+    TrainAuthorization,
+    TrainMaterials,
+    TrainResult,
+)
 from chiron.core.errors import ChironError, EnclaveError, JobFailed, PeerFailure, UsageError
 from chiron.core.fileio import read_input_file
 from chiron.core.keys import DataKey, Identity, PublicIdentity
 from chiron.core.limits import MAX_RECIPE_BYTES
+from chiron.core.manifest import DatasetRef, Plan
+from chiron.core.recipe_statement import SignedRecipeStatement
+from chiron.core.roles import Role
 from chiron.enclave.boundary import (
     EVENT,
     FAILURE,
@@ -86,26 +101,19 @@ class MemberSession(Protocol):
 
 
 @dataclass(frozen=True)
-class ExchangeOptions:
-    """How the members exchange parameters (fixed before training)."""
+class ExchangeTimeouts:
+    """How long members wait for each other (host-side availability, not security)."""
 
-    workers: int
-    exchange_every: int = DEFAULT_EXCHANGE_EVERY
-    mode: str = "sync"
-    staleness: int = 0
-    handshake_timeout: float = 600.0
-    exchange_timeout: float = 600.0
+    handshake: float = DEFAULT_HANDSHAKE_TIMEOUT
+    exchange: float = DEFAULT_EXCHANGE_TIMEOUT
 
-    def args(self, rank: int, members: Sequence[bytes]) -> dict[str, Any]:
-        return {
-            "rank": rank,
-            "members": list(members),
-            "exchange_every": self.exchange_every,
-            "mode": self.mode,
-            "staleness": self.staleness,
-            "handshake_timeout": self.handshake_timeout,
-            "exchange_timeout": self.exchange_timeout,
-        }
+    def group(self, rank: int, members: Sequence[PublicIdentity]) -> GroupMembership:
+        return GroupMembership(
+            rank=rank,
+            members=tuple(members),
+            handshake_timeout=self.handshake,
+            exchange_timeout=self.exchange,
+        )
 
 
 @dataclass(frozen=True)
@@ -128,29 +136,46 @@ def run_distributed_training(
     *,
     job_id: str,
     data_key: DataKey,
+    dataset: DatasetRef,
     owner: Identity,
-    provider: PublicIdentity,
-    epochs: int | None,
-    seed: int,
-    options: ExchangeOptions,
+    statement: SignedRecipeStatement,
+    plan: Plan,
     policy: Policy,
     state_dir: Path,
     store_host: str | None,
+    timeouts: ExchangeTimeouts | None = None,
     on_event: EventHandler | None = None,
     sim_roots: SimRootSource | None = None,
 ) -> DistributedOutcome:
-    """Attest every member, start the job on all of them, return worker 1's model.
+    """Attest every member, sign the manifest naming them, start the job, check worker 1's model.
 
     With `store_host`, the parameter server hosts the rendezvous store there and this
     flow tells the workers where it listens; without, every member's host supplies the
     rendezvous itself (node agents under torchrun).
     """
+    timeouts = timeouts or ExchangeTimeouts()
     members = [paramserver, *workers]
+    if plan.workers != len(workers):
+        raise UsageError(f"the plan has {plan.workers} workers; {len(workers)} were started")
     attested = [
-        verify_enclave(member.evidence, policy, state_dir=state_dir, sim_roots=sim_roots)
-        for member in members
+        verify_enclave(
+            member.evidence,
+            policy,
+            state_dir=state_dir,
+            sim_roots=sim_roots,
+            role=Role.PARAMSERVER if rank == 0 else Role.TRAIN,
+        )
+        for rank, member in enumerate(members)
     ]
-    identities = [enclave.identity.to_bytes() for enclave in attested]
+    identities = [enclave.identity for enclave in attested]
+    manifest = authorize(
+        job_id=job_id,
+        owner=owner,
+        statement=statement,
+        dataset=dataset,
+        plan=plan,
+        enclaves=tuple(identities),
+    )
     announced: dict[str, Any] = {}
     ready = threading.Event()
 
@@ -159,83 +184,51 @@ def run_distributed_training(
             announced.update(host=event.get("host"), port=event.get("port"))
             ready.set()
 
-    server_args: dict[str, Any] = {
-        "job_id": job_id,
-        "distributed": options.args(0, identities),
-    }
-    if store_host is not None:
-        server_args["rendezvous"] = {
-            "host": store_host,
-            "port": 0,
-            "address": store_host,
-            "host_store": True,
-        }
+    server_request = ExchangeRequest(
+        manifest=manifest,
+        group=timeouts.group(0, identities),
+        rendezvous=(
+            None
+            if store_host is None
+            else Rendezvous(host=store_host, port=0, address=store_host, host_store=True)
+        ),
+    )
     with _Members(members) as running:
-        running.start(0, "exchange", server_args, on_server_event)
+        running.start(0, "exchange", server_request.to_wire(), on_server_event)
         worker_rendezvous = None
         if store_host is not None:
             if not running.wait_for(ready, 0, ANNOUNCE_TIMEOUT_SECONDS):
                 running.raise_failure(
                     stalled="the parameter server did not open its rendezvous in time"
                 )
-            worker_rendezvous = {
-                "host": str(announced["host"]),
-                "port": int(announced["port"]),
-                "address": store_host,
-            }
-        for rank in range(1, len(members)):
-            args = _worker_args(
-                attested[rank],
-                job_id=job_id,
-                data_key=data_key,
-                owner=owner.public,
-                provider=provider,
-                epochs=epochs,
-                seed=seed,
-                distributed=options.args(rank, identities),
+            worker_rendezvous = Rendezvous(
+                host=str(announced["host"]), port=int(announced["port"]), address=store_host
             )
+        for rank in range(1, len(members)):
+            authorization = TrainAuthorization(
+                manifest,
+                # Each training enclave gets the data key sealed to the key it attested.
+                seal_data_key(identities[rank], data_key, manifest),
+                timeouts.group(rank, identities),
+            )
+            args = authorization.to_wire()
             if worker_rendezvous is not None:
-                args["rendezvous"] = worker_rendezvous
+                # Where to meet is the host's part; here the client relays it.
+                args["rendezvous"] = worker_rendezvous.to_wire()
             running.start(rank, "train", args, on_event if rank == 1 else None)
         results = running.results()
-    lead = results[1]
-    check_receipt_signature(lead["receipt"], lead["model"], attested[1].identity)
-    report = open_owner_report(owner, lead["owner_report"], job_id)
-    return DistributedOutcome(
-        training=TrainOutcome(lead["model"], lead["receipt"], report),
-        wire_traces={member_label(rank): results[rank]["wire_trace"] for rank in results},
-        timings={
-            member_label(rank): {
-                name: float(results[rank][name])
-                for name in ("training_seconds", "exchange_seconds", "waiting_seconds")
-            }
-            for rank in results
-            if rank > 0
-        },
-    )
-
-
-def _worker_args(
-    enclave: AttestedEnclave,
-    *,
-    job_id: str,
-    data_key: DataKey,
-    owner: PublicIdentity,
-    provider: PublicIdentity,
-    epochs: int | None,
-    seed: int,
-    distributed: dict[str, Any],
-) -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        # Each training enclave gets the data key sealed to the key it just attested.
-        "sealed_data_key": seal_data_key(enclave.identity, data_key, job_id),
-        "owner_public": owner.to_bytes(),
-        "provider_public": provider.to_bytes(),
-        "epochs": epochs,
-        "seed": seed,
-        "distributed": distributed,
-    }
+    lead = TrainResult.from_wire(results[1])
+    outcome = check_training_result(lead, manifest, identities[1], owner)
+    traces = {member_label(0): ExchangeResult.from_wire(results[0]).wire_trace}
+    timings = {}
+    for rank in range(1, len(members)):
+        result = lead if rank == 1 else TrainResult.from_wire(results[rank])
+        traces[member_label(rank)] = result.wire_trace
+        timings[member_label(rank)] = {
+            name: float(result.timings.get(name, 0.0))
+            for name in ("training_seconds", "exchange_seconds", "waiting_seconds")
+        }
+    return DistributedOutcome(training=outcome, wire_traces=traces, timings=timings)
 
 
 class _Members:
@@ -323,42 +316,40 @@ def _labelled(error: BaseException, who: str) -> BaseException:
 def train_locally(
     *,
     recipe_path: Path,
-    dataset: Path,
+    recipe_source: bytes,
+    dataset_path: Path,
     data_key: DataKey,
+    dataset: DatasetRef,
     owner: Identity,
-    provider: PublicIdentity,
-    epochs: int | None,
-    seed: int,
-    options: ExchangeOptions,
+    statement: SignedRecipeStatement,
+    plan: Plan,
     policy: Policy,
     state_dir: Path,
     on_event: EventHandler | None = None,
 ) -> DistributedOutcome:
     """`chiron train --local --workers N`: every member as a process on this machine."""
-    recipe_source = read_input_file(recipe_path, what="recipe", limit=MAX_RECIPE_BYTES)
-    host_args = {
-        "train": {
-            "recipe_source": recipe_source,
-            "recipe_name": recipe_path.name,
-            "dataset_path": str(dataset.resolve()),
-        }
-    }
+    materials = TrainMaterials(
+        recipe_name=recipe_path.name,
+        recipe_source=recipe_source,
+        recipe_statement=statement,
+        dataset_path=str(dataset_path.resolve()),
+    )
+    host_args = {"train": materials.to_wire()}
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(LocalEnclaveSession("paramserver", state_dir))
         workers = [
             stack.enter_context(LocalEnclaveSession("train", state_dir, extra_args=host_args))
-            for _ in range(options.workers)
+            for _ in range(plan.workers)
         ]
         return run_distributed_training(
             server,
             workers,
             job_id=new_job_id(),
             data_key=data_key,
+            dataset=dataset,
             owner=owner,
-            provider=provider,
-            epochs=epochs,
-            seed=seed,
-            options=options,
+            statement=statement,
+            plan=plan,
             policy=policy,
             state_dir=state_dir,
             store_host=LOOPBACK,
@@ -460,11 +451,10 @@ def train_through_rendezvous(
     endpoint: str,
     *,
     data_key: DataKey,
+    dataset: DatasetRef,
     owner: Identity,
-    provider: PublicIdentity,
-    epochs: int | None,
-    seed: int,
-    options: ExchangeOptions,
+    statement: SignedRecipeStatement,
+    plan: Plan,
     policy: Policy,
     state_dir: Path,
     on_event: EventHandler | None = None,
@@ -474,18 +464,17 @@ def train_through_rendezvous(
     with contextlib.ExitStack() as stack:
         sessions = [
             stack.enter_context(RelayedSession(host, port, rank))
-            for rank in range(options.workers + 1)
+            for rank in range(plan.workers + 1)
         ]
         return run_distributed_training(
             sessions[0],
             sessions[1:],
             job_id=new_job_id(),
             data_key=data_key,
+            dataset=dataset,
             owner=owner,
-            provider=provider,
-            epochs=epochs,
-            seed=seed,
-            options=options,
+            statement=statement,
+            plan=plan,
             policy=policy,
             state_dir=state_dir,
             store_host=None,
@@ -504,20 +493,25 @@ def serve_node(
     recipe: Path | None,
     dataset: Path | None,
     wait_seconds: float,
+    statement: Path | None = None,
 ) -> None:
     """A node agent: start this rank's enclave and relay its calls until shutdown."""
     role = "paramserver" if rank == 0 else "train"
-    rendezvous = {"host": store_host, "port": store_port, "address": address}
+    rendezvous = Rendezvous(host=store_host, port=store_port, address=address).to_wire()
     host_args: dict[str, dict[str, Any]] = {"exchange": {"rendezvous": rendezvous}}
     if role == "train":
         if recipe is None or dataset is None:
             raise UsageError("a training node needs --recipe and --dataset")
-        host_args["train"] = {
-            "recipe_source": read_input_file(recipe, what="recipe", limit=MAX_RECIPE_BYTES),
-            "recipe_name": recipe.name,
-            "dataset_path": str(dataset.resolve()),
-            "rendezvous": rendezvous,
-        }
+        source = read_input_file(recipe, what="recipe", limit=MAX_RECIPE_BYTES)
+        statement_file = statement or statement_path_for(recipe)
+        materials = TrainMaterials(
+            recipe_name=recipe.name,
+            recipe_source=source,
+            recipe_statement=load_statement(statement_file),
+            dataset_path=str(dataset.resolve()),
+            rendezvous=Rendezvous(host=store_host, port=store_port, address=address),
+        )
+        host_args["train"] = materials.to_wire()
     relay = _relay_store(store_host, store_port, rank, wait_seconds)
     finished = threading.Event()
     with EnclaveProcess.start(role=role, state_dir=state_dir, platform=platform) as enclave:
@@ -595,6 +589,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--recipe", type=Path, help="the provider's recipe (training nodes)")
     parser.add_argument("--dataset", type=Path, help="the encrypted dataset (training nodes)")
+    parser.add_argument(
+        "--statement",
+        type=Path,
+        default=None,
+        help="the recipe's signed statement (default: beside the recipe)",
+    )
     parser.add_argument("--state-dir", type=Path, default=None)
     parser.add_argument("--platform", default="sim", help="sim or tsm")
     parser.add_argument(
@@ -629,6 +629,7 @@ def main(argv: list[str] | None = None) -> None:
             recipe=options.recipe,
             dataset=options.dataset,
             wait_seconds=options.wait,
+            statement=options.statement,
         )
     except ChironError as exc:
         print(f"error: {exc}", file=sys.stderr)

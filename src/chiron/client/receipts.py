@@ -45,4 +45,7 @@ def verify_receipt_offline(
     attested = accept(report)
     if attested.identity != signer:
         raise IntegrityError("the receipt's evidence attests another enclave than its signer")
+    # The platform itself says which job this enclave served: the receipt's manifest.
+    if report.claims.role != "train" or report.claims.binding != statement.get("manifest_sha256"):
+        raise IntegrityError("the receipt's evidence is not of the training enclave of its job")
     return statement

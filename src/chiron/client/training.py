@@ -1,8 +1,13 @@
-"""The owner's side of a training job: attest, release the data key, collect the results.
+"""The owner's side of a training job: attest, sign the manifest, release the key, check.
 
-The data key leaves the owner's machine only HPKE-sealed to the enclave key that this
-very flow has just attested, bound to the job id and dataset id. The model that comes
-back is accepted only with a receipt signed by that same attested enclave key.
+The owner's client attests the training enclave (it must attest the `train` role and
+serve nothing yet), then signs a job manifest naming that very enclave, the recipe by
+its provider's signed statement, the dataset by the digest of its exact header, and
+the plan. The data key leaves the owner's machine only HPKE-sealed to the attested
+enclave key under the manifest's digest. What comes back is believed only after every
+check below: the receipt signed by that enclave and naming exactly what the manifest
+says, the owner's report signed by it, and a model file escrowed to the manifest's
+owner and provider.
 """
 
 from __future__ import annotations
@@ -16,12 +21,22 @@ from typing import Any
 
 from chiron.client.attestation import SimRootSource, verify_enclave
 from chiron.client.sessions import EnclaveSession
-from chiron.core import purposes
+from chiron.core import modelfile, purposes, replies
 from chiron.core.attestation import Policy
+from chiron.core.contract import TrainAuthorization, TrainResult
 from chiron.core.crypto import open_sealed, seal, verify_signature
 from chiron.core.encoding import b64decode, canonical_json, sha256_hex
-from chiron.core.errors import IntegrityError
+from chiron.core.errors import InputError, IntegrityError
 from chiron.core.keys import DataKey, Identity, PublicIdentity
+from chiron.core.manifest import (
+    DatasetRef,
+    Plan,
+    SignedManifest,
+    new_manifest,
+    training_data_key_context,
+)
+from chiron.core.recipe_statement import SignedRecipeStatement
+from chiron.core.roles import Role
 
 
 @dataclass(frozen=True)
@@ -29,30 +44,55 @@ class TrainOutcome:
     model: bytes
     receipt: bytes
     report: dict[str, Any]
+    manifest: SignedManifest
 
 
-def local_job_id(
-    *,
-    recipe_source: bytes,
-    dataset_id: str,
-    owner: PublicIdentity,
-    provider: PublicIdentity,
-    epochs: int | None,
-    seed: int,
-) -> str:
+def local_job_id(*, statement: SignedRecipeStatement, dataset: DatasetRef, owner: PublicIdentity,
+                 plan: Plan) -> str:  # fmt: skip
     """The same inputs give the same job id, so re-running a command resumes its job."""
     return sha256_hex(
         canonical_json(
             {
-                "recipe_sha256": hashlib.sha256(recipe_source).hexdigest(),
-                "dataset_id": dataset_id,
+                "recipe_statement": statement.sha256,
+                "dataset": dataset.to_wire(),
                 "owner": owner.fingerprint,
-                "provider": provider.fingerprint,
-                "epochs": epochs,
-                "seed": seed,
+                "plan": plan.to_wire(),
             }
         )
     )[:32]
+
+
+def check_provider(statement: SignedRecipeStatement, expected: PublicIdentity | None) -> None:
+    """With `expected` (the owner's --provider), the recipe must be signed by that provider."""
+    if expected is not None and statement.provider != expected:
+        raise IntegrityError(
+            f"the recipe is signed by provider {statement.provider.fingerprint[:16]}, "
+            f"not by the expected {expected.fingerprint[:16]}"
+        )
+
+
+def authorize(
+    *,
+    job_id: str,
+    owner: Identity,
+    statement: SignedRecipeStatement,
+    dataset: DatasetRef,
+    plan: Plan,
+    enclaves: tuple[PublicIdentity, ...],
+) -> SignedManifest:
+    """Sign the manifest of one job for enclaves this client has just attested."""
+    if statement.provider == owner.public:
+        raise InputError("the owner cannot also be the recipe's provider")
+    return new_manifest(
+        job_id=job_id,
+        owner=owner,
+        provider=statement.provider,
+        recipe_sha256=statement.statement.recipe_sha256,
+        recipe_statement_sha256=statement.sha256,
+        dataset=dataset,
+        plan=plan,
+        enclaves=enclaves,
+    )
 
 
 def run_training(
@@ -60,54 +100,112 @@ def run_training(
     *,
     job_id: str,
     data_key: DataKey,
+    dataset: DatasetRef,
     owner: Identity,
-    provider: PublicIdentity,
-    epochs: int | None,
-    seed: int,
+    statement: SignedRecipeStatement,
+    plan: Plan,
     policy: Policy,
     state_dir: Path,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     sim_roots: SimRootSource | None = None,
 ) -> TrainOutcome:
-    attested = verify_enclave(session.evidence, policy, state_dir=state_dir, sim_roots=sim_roots)
-    result = session.call(
-        "train",
-        {
-            "job_id": job_id,
-            "sealed_data_key": seal_data_key(attested.identity, data_key, job_id),
-            "owner_public": owner.public.to_bytes(),
-            "provider_public": provider.to_bytes(),
-            "epochs": epochs,
-            "seed": seed,
-        },
-        on_event,
+    attested = verify_enclave(
+        session.evidence, policy, state_dir=state_dir, sim_roots=sim_roots, role=Role.TRAIN
     )
-    check_receipt_signature(result["receipt"], result["model"], attested.identity)
-    report = open_owner_report(owner, result["owner_report"], job_id)
-    return TrainOutcome(result["model"], result["receipt"], report)
+    manifest = authorize(
+        job_id=job_id,
+        owner=owner,
+        statement=statement,
+        dataset=dataset,
+        plan=plan,
+        enclaves=(attested.identity,),
+    )
+    authorization = TrainAuthorization(
+        manifest, seal_data_key(attested.identity, data_key, manifest)
+    )
+    result = TrainResult.from_wire(session.call("train", authorization.to_wire(), on_event))
+    return check_training_result(result, manifest, attested.identity, owner)
 
 
-def seal_data_key(enclave: PublicIdentity, data_key: DataKey, job_id: str) -> bytes:
-    """The data key for one job, sealed to an enclave key the caller has just attested."""
+def seal_data_key(enclave: PublicIdentity, data_key: DataKey, manifest: SignedManifest) -> bytes:
+    """The data key for one manifest, sealed to an enclave key the caller has just attested."""
+    if data_key.dataset_id != manifest.manifest.dataset.dataset_id:
+        raise InputError("the data key is not the key of the manifest's dataset")
     return seal(
         enclave.hpke_key,
         data_key.key,
-        purpose=purposes.DATASET_KEY,
-        context={"job_id": job_id, "dataset_id": data_key.dataset_id},
+        purpose=purposes.TRAINING_DATA_KEY,
+        context=training_data_key_context(manifest.digest, data_key.dataset_id),
     )
 
 
-def open_owner_report(owner: Identity, sealed_report: bytes, job_id: str) -> dict[str, Any]:
+def check_training_result(
+    result: TrainResult, manifest: SignedManifest, enclave: PublicIdentity, owner: Identity
+) -> TrainOutcome:
+    """Believe a training enclave's result only if it is exactly what `manifest` asked for."""
+    if not result.complete:
+        raise IntegrityError("the training enclave's result is incomplete")
+    assert result.model and result.receipt and result.owner_report
+    assert result.owner_report_signature
+    document = check_receipt_signature(result.receipt, result.model, enclave)
+    check_receipt_against_manifest(document["statement"], manifest)
+    header = modelfile.read_model_header(result.model)
+    if (header.owner, header.provider) != (manifest.manifest.owner, manifest.manifest.provider):
+        raise IntegrityError("the model's key shares are not escrowed to the manifest's parties")
+    if header.model_id != document["statement"].get("model_id"):
+        raise IntegrityError("the receipt names another model than the model file")
+    replies.verify_owner_report(
+        enclave, result.owner_report_signature, manifest.digest, result.owner_report
+    )
+    report = open_owner_report(owner, result.owner_report, manifest)
+    if (report.get("manifest_sha256"), report.get("model_id")) != (
+        manifest.digest,
+        header.model_id,
+    ):
+        raise IntegrityError("the owner's report is not the report of this job and model")
+    return TrainOutcome(result.model, result.receipt, report, manifest)
+
+
+def check_receipt_against_manifest(statement: dict[str, Any], manifest: SignedManifest) -> None:
+    """Every field of the receipt must say what the owner's manifest says."""
+    signed = manifest.manifest
+    plan = statement.get("plan") if isinstance(statement.get("plan"), dict) else {}
+    expected = {
+        "job_id": signed.job_id,
+        "manifest_sha256": manifest.digest,
+        "recipe_sha256": signed.recipe_sha256,
+        "recipe_statement_sha256": signed.recipe_statement_sha256,
+        "dataset_ids": [signed.dataset.dataset_id],
+        "dataset_header_sha256s": [signed.dataset.header_sha256],
+        "owner_fingerprint": signed.owner.fingerprint,
+        "provider_fingerprint": signed.provider.fingerprint,
+    }
+    wrong = [name for name, value in expected.items() if statement.get(name) != value]
+    fixed = {"seed": signed.plan.seed, "workers": signed.plan.workers}
+    for name in ("epochs", "batch_size"):
+        if getattr(signed.plan, name) is not None:
+            fixed[name] = getattr(signed.plan, name)
+    wrong += [f"plan.{name}" for name, value in fixed.items() if plan.get(name) != value]
+    if wrong:
+        raise IntegrityError(f"the receipt does not match the job manifest: {', '.join(wrong)}")
+
+
+def open_owner_report(
+    owner: Identity, sealed_report: bytes, manifest: SignedManifest
+) -> dict[str, Any]:
     """The owner's metrics of a job, which the training enclave sealed to the owner."""
-    return json.loads(
+    report = json.loads(
         open_sealed(
             owner.hpke_key,
             sealed_report,
             purpose=purposes.OWNER_REPORT,
-            context={"job_id": job_id},
+            context={"manifest": manifest.digest},
             what="owner report",
         )
     )
+    if not isinstance(report, dict):
+        raise IntegrityError("the owner's report is malformed")
+    return report
 
 
 def check_receipt_signature(

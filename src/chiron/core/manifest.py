@@ -282,6 +282,15 @@ class SignedManifest:
         return cls(manifest, signature)
 
 
+def training_data_key_context(manifest_digest: str, dataset_id: str) -> dict[str, str]:
+    """The HPKE context a training data key is sealed under: this manifest, this role.
+
+    With the purpose `purposes.TRAINING_DATA_KEY` it makes the key open only in a
+    training enclave acting on exactly this manifest (which names that enclave).
+    """
+    return {"manifest": manifest_digest, "dataset_id": dataset_id, "role": "train"}
+
+
 def new_manifest(
     *,
     job_id: str,

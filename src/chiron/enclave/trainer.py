@@ -9,8 +9,8 @@ sealed to the owner. A recipe failure leaves as a reason class and nothing else.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +18,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from chiron.core import container, purposes
+from chiron.core import container, purposes, replies
+from chiron.core.container import DatasetHeader
+from chiron.core.contract import TrainRequest, TrainResult
 from chiron.core.crypto import open_sealed, seal
 from chiron.core.errors import InputError, IntegrityError
 from chiron.core.fileio import atomic_write
-from chiron.core.keys import PublicIdentity
-from chiron.core.query_protocol import confusion_matrix
+from chiron.core.manifest import JobManifest, SignedManifest, training_data_key_context
+from chiron.core.query_protocol import confusion_matrix, query_policy_sha256
 from chiron.core.recipe_protocol import (
     LABEL_DTYPE,
     FromChild,
@@ -33,6 +35,7 @@ from chiron.core.recipe_protocol import (
     encode_json,
     holdout_split,
 )
+from chiron.core.recipe_statement import SignedRecipeStatement
 from chiron.enclave import escrow
 from chiron.enclave.context import EnclaveContext
 from chiron.enclave.recipe_session import (
@@ -45,71 +48,87 @@ from chiron.enclave.recipe_session import (
 from chiron.enclave.sandbox import Sandbox
 from chiron.enclave.sealing import SealingKey
 
-MAX_RECIPE_BYTES = 1024 * 1024
-MAX_EPOCHS = 1000
 CHECKPOINT_EVERY_STEPS = 1000
-_JOB_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-
-
-def check_job_id(job_id: str) -> str:
-    """A job id as the host may choose it: it names files and store keys, so it is plain."""
-    if not _JOB_ID.match(job_id):
-        raise InputError("job id must be 1-128 letters, digits, '.', '_' or '-'")
-    return job_id
 
 
 @dataclass(frozen=True)
-class TrainRequest:
-    """The `train` call's arguments, validated: the host that sends them is untrusted."""
+class AcceptedJob:
+    """A `train` request whose every host-supplied part matched the owner's manifest.
 
-    job_id: str
+    Only `accept_job` makes one; the training loop reads nothing else, so nothing the
+    host chose without the owner's or the provider's signature reaches it.
+    """
+
+    signed: SignedManifest
+    statement: SignedRecipeStatement
     recipe_name: str
     recipe_source: bytes
     dataset_path: Path
-    sealed_data_key: bytes
-    owner: PublicIdentity
-    provider: PublicIdentity
-    epochs: int | None
-    seed: int
+    header: DatasetHeader
+    data_key: bytes
     checkpoint_dir: Path | None
 
-    @classmethod
-    def parse(cls, args: dict[str, Any]) -> TrainRequest:
-        try:
-            job_id = str(args["job_id"])
-            source = args["recipe_source"]
-            epochs = args.get("epochs")
-            seed = int(args.get("seed", 0))
-            request = cls(
-                job_id=job_id,
-                recipe_name=str(args.get("recipe_name") or "recipe.py"),
-                recipe_source=source,
-                dataset_path=Path(str(args["dataset_path"])),
-                sealed_data_key=args["sealed_data_key"],
-                owner=PublicIdentity.from_bytes(args["owner_public"]),
-                provider=PublicIdentity.from_bytes(args["provider_public"]),
-                epochs=None if epochs is None else int(epochs),
-                seed=seed,
-                checkpoint_dir=(
-                    Path(str(args["checkpoint_dir"])) if args.get("checkpoint_dir") else None
-                ),
-            )
-        except (KeyError, TypeError, ValueError):
-            raise InputError("malformed train request") from None
-        check_job_id(job_id)
-        if not isinstance(source, bytes) or not 0 < len(source) <= MAX_RECIPE_BYTES:
-            raise InputError(f"recipe must be between 1 byte and {MAX_RECIPE_BYTES} bytes")
-        if not isinstance(request.sealed_data_key, bytes):
-            raise InputError("malformed sealed data key")
-        if request.epochs is not None and not 1 <= request.epochs <= MAX_EPOCHS:
-            raise InputError(f"epochs must be between 1 and {MAX_EPOCHS}")
-        if not 0 <= seed < 2**63:
-            raise InputError("seed must be a non-negative 63-bit integer")
-        return request
+    @property
+    def manifest(self) -> JobManifest:
+        return self.signed.manifest
 
     @property
-    def recipe_sha256(self) -> str:
-        return hashlib.sha256(self.recipe_source).hexdigest()
+    def job_id(self) -> str:
+        return self.manifest.job_id
+
+
+def accept_job(context: EnclaveContext, request: TrainRequest) -> AcceptedJob:
+    """Check the host's half of the request against the owner's, bind, open the data key.
+
+    Every check runs before the data key is opened, and the enclave commits to the
+    manifest (`context.bind`) before it opens it: a second `train` on this enclave,
+    with any manifest, is refused, so the owner's sealed key serves one job only.
+    """
+    signed = request.manifest
+    manifest = signed.manifest
+    materials = request.materials
+    statement = materials.recipe_statement
+    # The recipe: the file the provider signed, the statement the owner named.
+    if statement.sha256 != manifest.recipe_statement_sha256:
+        raise IntegrityError("the recipe statement is not the one the owner's manifest names")
+    statement.check_recipe(materials.recipe_source)
+    if statement.statement.recipe_sha256 != manifest.recipe_sha256:
+        raise IntegrityError("the recipe is not the one the owner's manifest names")
+    # The provider: named by its own signature, never by the host or the owner alone.
+    if statement.provider != manifest.provider:
+        raise IntegrityError("the manifest's provider is not the one who signed the recipe")
+    # This enclave: the very one the owner attested for its place in the job.
+    group = request.authorization.group
+    if manifest.plan.distributed != (group is not None):
+        raise InputError("the manifest's plan and the call disagree on the number of workers")
+    rank = group.rank if group is not None else 0
+    if rank == 0 and group is not None:
+        raise InputError("rank 0 of a job is the parameter server, not a training enclave")
+    if manifest.enclaves[rank] != context.identity.public.fingerprint:
+        raise IntegrityError("this enclave is not the one the owner's manifest names")
+    # The dataset: the exact ciphertext file the owner named.
+    dataset_path = Path(materials.dataset_path)
+    header, digest = container.read_dataset_header_and_digest(dataset_path)
+    if (header.dataset_id, digest) != (manifest.dataset.dataset_id, manifest.dataset.header_sha256):
+        raise IntegrityError("the dataset is not the one the owner's manifest names")
+    context.bind(signed.digest)
+    data_key = open_sealed(
+        context.identity.hpke_key,
+        request.authorization.sealed_data_key,
+        purpose=purposes.TRAINING_DATA_KEY,
+        context=training_data_key_context(signed.digest, header.dataset_id),
+        what="data key",
+    )
+    return AcceptedJob(
+        signed=signed,
+        statement=statement,
+        recipe_name=materials.recipe_name,
+        recipe_source=materials.recipe_source,
+        dataset_path=dataset_path,
+        header=header,
+        data_key=data_key,
+        checkpoint_dir=Path(materials.checkpoint_dir) if materials.checkpoint_dir else None,
+    )
 
 
 @dataclass
@@ -195,42 +214,36 @@ class ParameterExchange(Protocol):
     def describe(self) -> dict[str, Any]:
         """The group, for the receipt and the owner's report."""
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> TrainResult:
         """What this worker's call returns besides the model (the wire trace, timings)."""
 
 
 def handle_train(
-    context: EnclaveContext, args: dict[str, Any], emit: Callable[[dict[str, Any]], None]
-) -> dict[str, Any]:
-    request = TrainRequest.parse(args)
-    if args.get("distributed") is not None:
+    context: EnclaveContext, request: TrainRequest, emit: Callable[[dict[str, Any]], None]
+) -> TrainResult:
+    job = accept_job(context, request)
+    if request.authorization.group is not None:
         # One training enclave of a distributed job: torch (for gloo) loads only here.
         from chiron.enclave.distributed.worker import train_worker
 
-        return train_worker(context, request, args, emit)
-    return train(context, request, emit)
+        return train_worker(context, job, request, emit)
+    return train(context, job, emit)
 
 
 def train(
     context: EnclaveContext,
-    request: TrainRequest,
+    job: AcceptedJob,
     emit: Callable[[dict[str, Any]], None],
     exchange: ParameterExchange | None = None,
-) -> dict[str, Any]:
-    """Train `request`'s recipe on its dataset; with `exchange`, as one worker of a group."""
-    header = container.read_dataset_header(request.dataset_path)
-    data_key = open_sealed(
-        context.identity.hpke_key,
-        request.sealed_data_key,
-        purpose=purposes.DATASET_KEY,
-        context={"job_id": request.job_id, "dataset_id": header.dataset_id},
-        what="data key",
-    )
-    header, x, y = container.load_dataset(request.dataset_path, data_key)
+) -> TrainResult:
+    """Train `job`'s recipe on its dataset; with `exchange`, as one worker of a group."""
+    manifest = job.manifest
+    header, x, y = container.load_dataset(job.dataset_path, job.data_key)
     schema = header.schema
-    train_index, holdout_index = holdout_split(len(y), request.seed)
+    seed = manifest.plan.seed
+    train_index, holdout_index = holdout_split(len(y), seed)
     if exchange is not None:
-        train_index = exchange.shard(train_index, request.seed)
+        train_index = exchange.shard(train_index, seed)
     x_holdout, y_holdout = x[holdout_index], y[holdout_index]
     x, y = x[train_index], y[train_index]
 
@@ -240,26 +253,31 @@ def train(
             sandbox,
             mode="train",
             schema=schema,
-            recipe_name=request.recipe_name,
-            recipe_source=request.recipe_source,
-            overrides={"epochs": request.epochs},
+            recipe_name=job.recipe_name,
+            recipe_source=job.recipe_source,
+            overrides=manifest.plan.overrides(),
         )
+        _check_declaration(job, declaration)
         plan = TrainingPlan.fixed(
             num_train=len(y),
             batch_size=declaration.batch_size,
             epochs=declaration.epochs,
-            seed=request.seed,
+            seed=seed,
             checkpoint_every=min(CHECKPOINT_EVERY_STEPS, -(-len(y) // declaration.batch_size)),
         )
         checkpoints = _Checkpoints(
-            request.checkpoint_dir,
+            job.checkpoint_dir,
             SealingKey(
                 state_dir=context.state_dir,
                 platform_name=context.platform_name,
                 measurement=context.measurement,
                 purpose="training-checkpoint",
             ),
-            binding=_job_binding(request, header.dataset_id, plan, declaration),
+            binding={
+                "job": manifest.job_binding(),
+                "plan": plan.to_dict(),
+                "checkpoint_nbytes": declaration.checkpoint_nbytes,
+            },
         )
         resumed = checkpoints.load()
         progress = resumed[0] if resumed else _Progress(0, [])
@@ -313,21 +331,23 @@ def train(
         escrow.check_weights(weights)
         final_logits = predict_logits(sandbox, x_holdout, schema, declaration.num_outputs)
 
+    summary = exchange.summary() if exchange is not None else TrainResult()
     if exchange is not None and not exchange.lead:
-        return exchange.summary()
+        return summary
     group = {"distributed": exchange.describe()} if exchange is not None else {}
     model = escrow.seal_model(
         context,
         schema=schema,
-        recipe_name=request.recipe_name,
-        recipe_source=request.recipe_source,
+        recipe_name=job.recipe_name,
+        recipe_source=job.recipe_source,
         weights=weights,
         query_policy=declaration.query_policy,
-        owner=request.owner,
-        provider=request.provider,
+        owner=manifest.owner,
+        provider=manifest.provider,
     )
     owner_report = {
-        "job_id": request.job_id,
+        "job_id": manifest.job_id,
+        "manifest_sha256": job.signed.digest,
         "model_id": model.model_id,
         "dataset_id": header.dataset_id,
         "holdout_records": len(y_holdout),
@@ -345,11 +365,14 @@ def train(
     receipt = escrow.sign_receipt(
         context,
         {
-            "job_id": request.job_id,
+            "job_id": manifest.job_id,
+            "manifest_sha256": job.signed.digest,
             "model_id": model.model_id,
             "model_sha256": hashlib.sha256(model.file_bytes).hexdigest(),
-            "recipe_sha256": request.recipe_sha256,
+            "recipe_sha256": manifest.recipe_sha256,
+            "recipe_statement_sha256": manifest.recipe_statement_sha256,
             "dataset_ids": [header.dataset_id],
+            "dataset_header_sha256s": [manifest.dataset.header_sha256],
             "hyperparameters_sha256": hashlib.sha256(
                 encode_json(declaration.hyperparameters)
             ).hexdigest(),
@@ -358,34 +381,38 @@ def train(
                 "batch_size": plan.batch_size,
                 "steps": plan.total_steps,
                 "seed": plan.seed,
+                "workers": manifest.plan.workers,
             },
-            "owner_fingerprint": request.owner.fingerprint,
-            "provider_fingerprint": request.provider.fingerprint,
+            "owner_fingerprint": manifest.owner.fingerprint,
+            "provider_fingerprint": manifest.provider.fingerprint,
             **group,
         },
     )
-    return {
-        **(exchange.summary() if exchange is not None else {}),
-        "model": model.file_bytes,
-        "receipt": receipt,
-        "owner_report": seal(
-            request.owner.hpke_key,
-            encode_json(owner_report),
-            purpose=purposes.OWNER_REPORT,
-            context={"job_id": request.job_id},
+    sealed_report = seal(
+        manifest.owner.hpke_key,
+        encode_json(owner_report),
+        purpose=purposes.OWNER_REPORT,
+        context={"manifest": job.signed.digest},
+    )
+    return dataclasses.replace(
+        summary,
+        model=model.file_bytes,
+        receipt=receipt,
+        owner_report=sealed_report,
+        owner_report_signature=replies.sign_owner_report(
+            context.identity, job.signed.digest, sealed_report
         ),
-    }
+    )
 
 
-def _job_binding(
-    request: TrainRequest, dataset_id: str, plan: TrainingPlan, declaration: Declaration
-) -> dict[str, object]:
-    return {
-        "job_id": request.job_id,
-        "dataset_id": dataset_id,
-        "recipe_sha256": request.recipe_sha256,
-        "owner": request.owner.fingerprint,
-        "provider": request.provider.fingerprint,
-        "plan": plan.to_dict(),
-        "checkpoint_nbytes": declaration.checkpoint_nbytes,
-    }
+def _check_declaration(job: AcceptedJob, declaration: Declaration) -> None:
+    """The recipe must declare what its provider signed and what the owner's plan fixed."""
+    if query_policy_sha256(declaration.query_policy) != job.statement.statement.query_policy_sha256:
+        raise IntegrityError("the recipe declares a query policy its provider did not sign")
+    plan = job.manifest.plan
+    for fixed, declared in (
+        (plan.epochs, declaration.epochs),
+        (plan.batch_size, declaration.batch_size),
+    ):
+        if fixed is not None and fixed != declared:
+            raise IntegrityError("the recipe does not follow the owner's plan")

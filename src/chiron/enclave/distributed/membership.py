@@ -11,7 +11,11 @@ Over the rendezvous store (untrusted: what is posted there is public or sealed):
      list names for that rank (the enclave the owner's client attested);
   4. the server draws a fresh group key and posts to each worker a grant: the key
      HPKE-sealed to the worker's attested key, signed with the server's attested key
-     (or, if it refuses any worker, the reason);
+     (or, if it refuses any worker, the reason). The grant is bound to the job's
+     manifest and to the nonce the worker posted in step 1 for this very run, so a
+     grant recorded from an earlier run (same enclaves, same job) does not open: a
+     replayed grant would have made a worker reuse an old key with sequence numbers
+     starting again from 0, i.e. reuse AES-GCM nonces;
   5. each worker checks the grant's signature, opens the key and posts its verdict on the
      server: accepted, or why not.
 
@@ -29,7 +33,7 @@ from chiron.core.attestation import Policy, VerificationReport, load_sim_root, v
 from chiron.core.crypto import open_sealed, random_key, seal, sign, verify_signature
 from chiron.core.encoding import b64decode, b64encode, canonical_json
 from chiron.core.errors import AttestationError, IntegrityError, PeerFailure
-from chiron.core.keys import PublicIdentity
+from chiron.core.roles import Role
 from chiron.enclave.context import EnclaveContext
 from chiron.enclave.distributed.group import Board
 from chiron.enclave.distributed.messages import member_name
@@ -58,15 +62,17 @@ def admit_workers(context: EnclaveContext, board: Board, settings: GroupSettings
     nonce = os.urandom(NONCE_BYTES)
     for worker in workers:
         board.post(f"nonce/0/{worker}", nonce, to=worker, kind="nonce")
+    worker_nonces: dict[int, bytes] = {}
     for worker in workers:
         theirs = board.fetch(f"nonce/{worker}", sender=worker, kind="nonce", timeout=timeout)
         board.post(f"evidence/0/{worker}", _evidence(context, theirs), to=worker, kind="evidence")
+        worker_nonces[worker] = theirs
     refusal = None
     for worker in workers:
         evidence = board.fetch(
             f"evidence/{worker}/0", sender=worker, kind="evidence", timeout=timeout
         )
-        problem = _appraise(context, evidence, nonce, settings.members[worker])
+        problem = _appraise(context, evidence, nonce, settings, worker)
         if problem and refusal is None:
             refusal = f"{member_name(worker)} failed attestation: {problem}"
     if refusal is not None:
@@ -78,7 +84,10 @@ def admit_workers(context: EnclaveContext, board: Board, settings: GroupSettings
     key = random_key()
     for worker in workers:
         board.post(
-            f"grant/{worker}", _grant(context, settings, worker, key), to=worker, kind="grant"
+            f"grant/{worker}",
+            _grant(context, settings, worker, worker_nonces[worker], key),
+            to=worker,
+            kind="grant",
         )
     return key
 
@@ -111,7 +120,7 @@ def join_server(context: EnclaveContext, board: Board, settings: GroupSettings) 
     theirs = board.fetch(f"nonce/0/{rank}", sender=0, kind="nonce", timeout=timeout)
     board.post(f"evidence/{rank}/0", _evidence(context, theirs), to=0, kind="evidence")
     evidence = board.fetch(f"evidence/0/{rank}", sender=0, kind="evidence", timeout=timeout)
-    problem = _appraise(context, evidence, nonce, settings.members[0])
+    problem = _appraise(context, evidence, nonce, settings, 0)
     grant = board.fetch(f"grant/{rank}", sender=0, kind="grant", timeout=timeout)
     try:
         if problem:
@@ -121,7 +130,7 @@ def join_server(context: EnclaveContext, board: Board, settings: GroupSettings) 
             raise PeerFailure(
                 f"the parameter server refused the job: {str(document['refused'])[:512]}"
             )
-        key = _open_grant(context, settings, document)
+        key = _open_grant(context, settings, nonce, document)
     except (AttestationError, IntegrityError) as exc:
         board.post(f"ack/{rank}", canonical_json({"refused": str(exc)}), to=0, kind="ack")
         raise
@@ -136,9 +145,13 @@ def _evidence(context: EnclaveContext, nonce: bytes) -> bytes:
 
 
 def _appraise(
-    context: EnclaveContext, evidence: bytes, nonce: bytes, expected: PublicIdentity
+    context: EnclaveContext, evidence: bytes, nonce: bytes, settings: GroupSettings, rank: int
 ) -> str | None:
-    """Why the peer's evidence is refused, or None if it is accepted."""
+    """Why the peer of `rank` is refused, or None if it is accepted.
+
+    Besides the runtime and the identity the owner attested for that rank, the peer
+    must attest the role of its rank and that it serves this very manifest.
+    """
     root = load_sim_root(context.state_dir)
     try:
         report = verify_evidence(
@@ -148,8 +161,13 @@ def _appraise(
         return str(exc)
     if not report.ok:
         return _failures(report)
-    if report.identity != expected:
+    if report.identity != settings.members[rank]:
         return "it is not the enclave the owner's client attested for its place in the job"
+    role = Role.PARAMSERVER if rank == 0 else Role.TRAIN
+    if report.claims.role != role:
+        return f"it is a {report.claims.role} enclave, not a {role} enclave"
+    if report.claims.binding != settings.manifest_digest:
+        return "it does not serve this job's manifest"
     return None
 
 
@@ -158,16 +176,21 @@ def _failures(report: VerificationReport) -> str:
     return listed or "the evidence does not authenticate the enclave"
 
 
-def _grant_context(settings: GroupSettings, worker: int) -> dict[str, object]:
+def _grant_context(settings: GroupSettings, worker: int, worker_nonce: bytes) -> dict[str, object]:
     return {
         "job_id": settings.job_id,
+        "manifest": settings.manifest_digest,
         "rank": worker,
         "members": [member.fingerprint for member in settings.members],
+        # This run's nonce of the worker: a grant of another run does not verify.
+        "nonce": worker_nonce.hex(),
     }
 
 
-def _grant(context: EnclaveContext, settings: GroupSettings, worker: int, key: bytes) -> bytes:
-    binding = _grant_context(settings, worker)
+def _grant(
+    context: EnclaveContext, settings: GroupSettings, worker: int, worker_nonce: bytes, key: bytes
+) -> bytes:
+    binding = _grant_context(settings, worker, worker_nonce)
     sealed = seal(
         settings.members[worker].hpke_key,
         key,
@@ -182,8 +205,10 @@ def _grant(context: EnclaveContext, settings: GroupSettings, worker: int, key: b
     return canonical_json({"sealed": b64encode(sealed), "signature": b64encode(signature)})
 
 
-def _open_grant(context: EnclaveContext, settings: GroupSettings, grant: dict[str, Any]) -> bytes:
-    binding = _grant_context(settings, settings.rank)
+def _open_grant(
+    context: EnclaveContext, settings: GroupSettings, nonce: bytes, grant: dict[str, Any]
+) -> bytes:
+    binding = _grant_context(settings, settings.rank, nonce)
     try:
         sealed = b64decode(grant["sealed"])
         signature = b64decode(grant["signature"])

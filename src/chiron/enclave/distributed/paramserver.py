@@ -24,6 +24,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from chiron.core.contract import ExchangeRequest, ExchangeResult
 from chiron.core.errors import InputError, IntegrityError
 from chiron.enclave.context import EnclaveContext
 from chiron.enclave.distributed.averaging import AsynchronousModel, ParameterLayout
@@ -42,25 +43,25 @@ from chiron.enclave.distributed.messages import (
 )
 from chiron.enclave.distributed.schedule import SYNC, ExchangeSchedule, StalenessGate
 from chiron.enclave.distributed.settings import GroupSettings
-from chiron.enclave.trainer import check_job_id
 
 
 def handle_exchange(
-    context: EnclaveContext, args: dict[str, Any], emit: Callable[[dict[str, Any]], None]
-) -> dict[str, Any]:
-    """args: {"job_id", "distributed", "rendezvous"} (see `settings`).
+    context: EnclaveContext, request: ExchangeRequest, emit: Callable[[dict[str, Any]], None]
+) -> ExchangeResult:
+    """Serve one job's parameter exchanges, as the manifest's rank 0.
 
     Events: {"event": "rendezvous", "host", "port"} once the store it hosts listens;
     {"event": "progress", "step": rounds done, "total": rounds} after every round.
-    Result: {"rounds": int, "wire_trace": [...]} (what it sent and received).
+    Result: the rounds served and the wire trace (what it sent and received).
     """
-    try:
-        job_id = check_job_id(str(args["job_id"]))
-    except KeyError:
-        raise InputError("malformed exchange request") from None
-    settings = GroupSettings.parse(job_id, args, own=context.identity.public)
+    settings = GroupSettings.from_request(
+        request.manifest, request.group, request.rendezvous, own=context.identity.public
+    )
     if settings.rank != 0:
         raise InputError("the parameter server is rank 0 of its job")
+    job_id = settings.job_id
+    # One job per enclave: the workers check that this server serves their manifest.
+    context.bind(request.manifest.digest)
     trace = WireTrace()
     with rendezvous_store(settings.rendezvous, rank=0, timeout=settings.handshake_timeout) as store:
         if settings.rendezvous.host_store:
@@ -77,7 +78,7 @@ def handle_exchange(
             raise
         finally:
             server.close()
-    return {"rounds": rounds, "wire_trace": trace.entries}
+    return ExchangeResult(rounds, trace.entries)
 
 
 class _Server:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from chiron.core.contract import TrainRequest, TrainResult
 from chiron.core.encoding import canonical_json
 from chiron.core.errors import InputError, IntegrityError
 from chiron.core.recipe_protocol import FromChild, ToChild, TrainingPlan
@@ -40,18 +41,21 @@ from chiron.enclave.distributed.schedule import ExchangeSchedule, shard_indices
 from chiron.enclave.distributed.settings import GroupSettings
 from chiron.enclave.recipe_session import Declaration
 from chiron.enclave.sandbox import Sandbox
-from chiron.enclave.trainer import TrainRequest, train
+from chiron.enclave.trainer import AcceptedJob, train
 
 
 def train_worker(
     context: EnclaveContext,
+    job: AcceptedJob,
     request: TrainRequest,
-    args: dict[str, Any],
     emit: Callable[[dict[str, Any]], None],
-) -> dict[str, Any]:
-    settings = GroupSettings.parse(request.job_id, args, own=context.identity.public)
-    if settings.rank == 0:
-        raise InputError("rank 0 of a job is the parameter server, not a training enclave")
+) -> TrainResult:
+    settings = GroupSettings.from_request(
+        request.manifest,
+        request.authorization.group,
+        request.materials.rendezvous,
+        own=context.identity.public,
+    )
     trace = WireTrace()
     with rendezvous_store(
         settings.rendezvous, rank=settings.rank, timeout=settings.handshake_timeout
@@ -62,7 +66,7 @@ def train_worker(
         exchange = WorkerExchange(settings, board, channel, trace)
         try:
             # Checkpoints are a single enclave's: a group that loses a member fails.
-            return train(context, dataclasses.replace(request, checkpoint_dir=None), emit, exchange)
+            return train(context, dataclasses.replace(job, checkpoint_dir=None), emit, exchange)
         except BaseException as exc:
             exchange.abort(exc)
             raise
@@ -232,13 +236,15 @@ class WorkerExchange:
     def describe(self) -> dict[str, Any]:
         return self._settings.describe()
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "wire_trace": self._trace.entries,
-            "exchange_seconds": self._exchange_seconds,
-            "waiting_seconds": self._waiting_seconds,
-            "training_seconds": self._loop_seconds,
-        }
+    def summary(self) -> TrainResult:
+        return TrainResult(
+            wire_trace=self._trace.entries,
+            timings={
+                "exchange_seconds": self._exchange_seconds,
+                "waiting_seconds": self._waiting_seconds,
+                "training_seconds": self._loop_seconds,
+            },
+        )
 
     def _fixed(self) -> ExchangeSchedule:
         if self._schedule is None:
