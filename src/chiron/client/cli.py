@@ -47,12 +47,14 @@ def _register_rooms() -> None:
         cli_attest,
         cli_dataset,
         cli_demo,
+        cli_evidence,
         cli_recipe,
         cli_service,
         cli_train,
     )
 
-    for room in (cli_dataset, cli_attest, cli_train, cli_recipe, cli_service, cli_demo):
+    rooms = (cli_dataset, cli_attest, cli_evidence, cli_train, cli_recipe, cli_service, cli_demo)
+    for room in rooms:
         room.register(app)
 
 

@@ -23,6 +23,21 @@ from chiron.core.attestation.vendor_crypto import load_certificates
 from chiron.core.errors import UsageError
 
 HARDWARE_PLATFORMS = (PLATFORM_SEV_SNP, PLATFORM_TDX)
+# A TDX quote is about 5 KiB, an SNP report 1184 bytes, an Azure HCL report under 3 KiB.
+MAX_HARDWARE_EVIDENCE_BYTES = 64 * 1024
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+
+
+def decode_evidence(data: bytes) -> bytes:
+    """The evidence bytes of a file holding them raw or as hex text (optionally 0x...).
+
+    Quotes are often passed around as hex; a raw report is never all hex digits.
+    """
+    text = data.strip()
+    text = text[2:] if text[:2] in (b"0x", b"0X") else text
+    if text and len(text) % 2 == 0 and set(text) <= _HEX_DIGITS:
+        return bytes.fromhex(text.decode())
+    return data
 
 
 @dataclass(frozen=True)
