@@ -52,3 +52,29 @@ def test_migrations_ship_inside_the_package():
     assert (folder / "env.py").is_file()
     assert (folder / "script.py.mako").is_file()
     assert list((folder / "versions").glob("0001_*.py"))
+
+
+def test_upgrading_from_0001_keeps_rows_and_leaves_the_new_columns_empty(tmp_path):
+    from sqlalchemy import text
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with engine.begin() as connection:
+        command.upgrade(_config(connection), "0001")
+        connection.execute(
+            text(
+                "INSERT INTO accounts (id, name, role, token_hash, created) "
+                "VALUES ('a', 'operator', 'provider', 'h', 0)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO recipes (name, account_id, description, task, provider_public, "
+                "source_sha256, created) VALUES ('mlp', 'a', '', 'classification', 'p', 's', 0)"
+            )
+        )
+    migrate(engine)
+    with engine.connect() as connection:
+        row = connection.execute(text("SELECT name, statement_sha256 FROM recipes")).one()
+        pinned = connection.execute(text("SELECT provider_public FROM accounts")).scalar_one()
+    assert tuple(row) == ("mlp", None) and pinned is None
+    engine.dispose()

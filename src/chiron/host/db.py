@@ -56,11 +56,19 @@ class Account(Base):
     # HMAC-SHA256 of the token under the service's pepper: a copy of the database
     # alone does not let anyone act as an account.
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # A provider account's identity (hex), pinned by its first signed recipe statement:
+    # every later recipe of the account must be signed under the same identity.
+    provider_public: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created: Mapped[int] = mapped_column(BigInteger)
 
 
 class Recipe(Base):
-    """A provider's recipe: public description here, source in the store for enclaves only."""
+    """A provider's recipe: public description here, source and signed statement in the store.
+
+    `provider_public` is the identity the provider's statement names (hex), never a value
+    a caller supplied; `statement_sha256` names the stored statement file (NULL only for
+    recipes registered before statements existed, which no job can use).
+    """
 
     __tablename__ = "recipes"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -70,6 +78,7 @@ class Recipe(Base):
     input_schema: Mapped[str | None] = mapped_column(Text, nullable=True)
     provider_public: Mapped[str] = mapped_column(String(128))
     source_sha256: Mapped[str] = mapped_column(String(64))
+    statement_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created: Mapped[int] = mapped_column(BigInteger)
 
 
@@ -99,6 +108,9 @@ class Dataset(Base):
     record_count: Mapped[int] = mapped_column(BigInteger)
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
+    # SHA-256 of the exact header bytes (what a job manifest names); NULL for datasets
+    # uploaded before it was recorded, computed from the file when needed.
+    header_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created: Mapped[int] = mapped_column(BigInteger)
 
 
@@ -121,6 +133,7 @@ class Job(Base):
     model_pk: Mapped[str | None] = mapped_column(String(32), nullable=True)
     receipt_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     owner_report_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    owner_report_signature_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created: Mapped[int] = mapped_column(BigInteger)
     updated: Mapped[int] = mapped_column(BigInteger)
 

@@ -23,6 +23,8 @@ class DatasetInfo:
     dataset_id: str
     schema: dict[str, Any]
     record_count: int
+    # SHA-256 of the header's exact bytes: what a job manifest names.
+    header_sha256: str
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,10 @@ class ModelInfo:
 
 def dataset_info(path: Path) -> DatasetInfo:
     """The public header of an encrypted dataset file (InputError if it is not one)."""
-    header = container.read_dataset_header(path)
-    return DatasetInfo(header.dataset_id, header.schema.to_dict(), int(header.record_count))
+    header, header_sha256 = container.read_dataset_header_and_digest(path)
+    return DatasetInfo(
+        header.dataset_id, header.schema.to_dict(), int(header.record_count), header_sha256
+    )
 
 
 def model_info(path: Path) -> ModelInfo:

@@ -181,6 +181,7 @@ class Uploads:
                         record_count=info.record_count,
                         size=upload.size,
                         sha256=upload.sha256,
+                        header_sha256=info.header_sha256,
                         created=now(),
                     )
                     session.add(existing)
