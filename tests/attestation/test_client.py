@@ -77,7 +77,13 @@ def test_the_sim_root_is_private_to_the_installation_and_shared_within_it(sim, s
     again = SimPlatform(sim.state_dir)  # e.g. a second enclave process
 
     def source(nonce: bytes) -> bytes:
-        return again.evidence(measurement=MEASUREMENT, identity=sim.identity.public, nonce=nonce)
+        return again.evidence(
+            measurement=MEASUREMENT,
+            identity=sim.identity.public,
+            nonce=nonce,
+            role="train",
+            binding="",
+        )
 
     assert verify_enclave(source, sim_policy, state_dir=sim.state_dir).report.ok
 
