@@ -12,14 +12,14 @@ import os
 from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes, hpke
+from cryptography.hazmat.primitives import hashes, hpke, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from chiron.core.encoding import canonical_json
-from chiron.core.errors import IntegrityError
+from chiron.core.errors import InputError, IntegrityError
 
 # RFC 9180 base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM.
 _HPKE_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
@@ -29,6 +29,7 @@ _SIGNATURE_LABEL = b"chiron/signature/v1"
 KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
+REPLY_KEY_BYTES = 32
 
 
 def random_key() -> bytes:
@@ -71,6 +72,29 @@ def open_sealed(
             f"{what} does not open: it was sealed to another key, for another purpose, "
             "or has been tampered with"
         ) from None
+
+
+def reply_key_pair() -> tuple[X25519PrivateKey, bytes]:
+    """A fresh one-use X25519 key pair to receive one sealed reply; the public half raw.
+
+    A client makes one per request, so a reply sealed for one request cannot be opened
+    as the reply to another, and nothing sealed to it outlives the request.
+    """
+    private = X25519PrivateKey.generate()
+    raw = private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return private, raw
+
+
+def reply_public_key(raw: bytes) -> X25519PublicKey:
+    """A client's raw reply key as a key to seal to; InputError if it is not one."""
+    if not isinstance(raw, bytes) or len(raw) != REPLY_KEY_BYTES:
+        raise InputError(f"malformed reply key: it must be {REPLY_KEY_BYTES} bytes")
+    try:
+        return X25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise InputError("malformed reply key") from None
 
 
 def sign(private_key: Ed25519PrivateKey, message: bytes, *, purpose: str) -> bytes:
