@@ -1,9 +1,13 @@
 """Owner and provider sides of using an escrowed model: unlock it, evaluate, query.
 
 Each party opens its own share of the model key from the model file and re-seals it to
-a query enclave that its client has just attested. Queries and evaluations are signed
-by the owner named in the model file and answered under a fresh reply key, so only
-that owner can ask and only that owner can read the answers.
+a query enclave that its client has just attested as a fresh query enclave. Queries and
+evaluations are signed by the owner named in the model file and answered under a fresh
+reply key, so only that owner can ask and only that owner can read the answers.
+
+The host relaying all of this may forge, swap or replay anything. So a reply is
+believed only once the enclave's signature over it, made with the key its evidence
+authenticated, checks out for the very request it answers; only then is it opened.
 """
 
 from __future__ import annotations
@@ -16,22 +20,35 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from chiron.client.attestation import SimRootSource, verify_enclave
 from chiron.client.sessions import EnclaveSession
-from chiron.core import modelfile, purposes
+from chiron.core import modelfile, purposes, replies
 from chiron.core.attestation import Policy
-from chiron.core.crypto import open_sealed, seal, sign
-from chiron.core.errors import InputError
+from chiron.core.contract import (
+    Call,
+    EvaluateRequest,
+    EvaluateResult,
+    LoadModelRequest,
+    LoadModelResult,
+    ProvisionShareRequest,
+    ProvisionShareResult,
+    QueryRequest,
+    QueryResult,
+)
+from chiron.core.crypto import open_sealed, reply_key_pair, seal, sign
+from chiron.core.errors import InputError, IntegrityError
+from chiron.core.identifiers import check_model_id
 from chiron.core.keys import DataKey, Identity, PublicIdentity
 from chiron.core.query_protocol import (
     decode_answers,
-    evaluation_job_id,
+    evaluation_data_key_context,
+    evaluation_report_context,
     evaluation_request_message,
+    query_context,
     query_request_message,
 )
+from chiron.core.roles import Role
 
 
 @dataclass
@@ -41,7 +58,13 @@ class UnlockedModel:
     session: EnclaveSession
     header: modelfile.ModelHeader
     owner: Identity
+    # The query enclave's identity as its evidence authenticated it: replies must be
+    # signed by this key.
     enclave: PublicIdentity
+
+
+def _new_request_id() -> str:
+    return os.urandom(16).hex()
 
 
 def _release_share(
@@ -50,9 +73,8 @@ def _release_share(
     party: str,
     identity: Identity,
     enclave: PublicIdentity,
-) -> None:
-    if identity.public != header.identity_of(party):
-        raise InputError(f"the {party} key given is not the {party} named in this model file")
+) -> bool:
+    """Re-seal our share to the attested enclave; whether the model is now unlocked."""
     share = open_sealed(
         identity.hpke_key,
         header.share_for(party),
@@ -60,18 +82,17 @@ def _release_share(
         context={"model_id": header.model_id, "party": party},
         what=f"the {party}'s key share",
     )
-    session.call(
-        "provision_share",
-        {
-            "party": party,
-            "sealed_share": seal(
-                enclave.hpke_key,
-                share,
-                purpose=purposes.MODEL_SHARE_PROVISION,
-                context={"model_id": header.model_id, "party": party},
-            ),
-        },
+    request = ProvisionShareRequest(
+        party,
+        seal(
+            enclave.hpke_key,
+            share,
+            purpose=purposes.MODEL_SHARE_PROVISION,
+            context={"model_id": header.model_id, "party": party},
+        ),
     )
+    result = session.call(Call.PROVISION_SHARE.value, request.to_wire())
+    return ProvisionShareResult.from_wire(result).unlocked
 
 
 def unlock_model(
@@ -86,90 +107,100 @@ def unlock_model(
 ) -> UnlockedModel:
     """Attest the query enclave, load the model, release the shares we hold."""
     header = modelfile.read_model_header(model)
-    attested = verify_enclave(session.evidence, policy, state_dir=state_dir, sim_roots=sim_roots)
-    session.call("load_model", {"model": model})
-    _release_share(session, header, "owner", owner, attested.identity)
-    if provider is not None:
-        _release_share(session, header, "provider", provider, attested.identity)
-    return UnlockedModel(session, header, owner, attested.identity)
-
-
-def _reply_key() -> tuple[X25519PrivateKey, bytes]:
-    private = X25519PrivateKey.generate()
-    public = private.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    check_model_id(header.model_id)
+    parties = [("owner", owner)] + ([("provider", provider)] if provider is not None else [])
+    for party, identity in parties:
+        if identity.public != header.identity_of(party):
+            raise InputError(f"the {party} key given is not the {party} named in this model file")
+    # A share goes only to a fresh query enclave: not a training enclave (whose key must
+    # never see a model key), not one already serving another model.
+    attested = verify_enclave(
+        session.evidence, policy, state_dir=state_dir, sim_roots=sim_roots, role=Role.QUERY
     )
-    return private, public
+    loaded = LoadModelResult.from_wire(
+        session.call(Call.LOAD_MODEL.value, LoadModelRequest(model).to_wire())
+    )
+    if loaded.model_id != header.model_id:
+        raise IntegrityError("the query enclave loaded another model than this model file")
+    for party, identity in parties:
+        _release_share(session, header, party, identity, attested.identity)
+    return UnlockedModel(session, header, owner, attested.identity)
 
 
 def query(unlocked: UnlockedModel, inputs: np.ndarray) -> tuple[list[dict[str, Any]], int | None]:
     """Ask for predictions of `inputs`; returns the answers and the budget left."""
     header = unlocked.header
+    model_id = header.model_id
     buffer = io.BytesIO()
     np.save(buffer, inputs, allow_pickle=False)
-    request_id = os.urandom(16).hex()
-    reply_private, reply_public = _reply_key()
+    request_id = _new_request_id()
+    reply_private, reply_public = reply_key_pair()
     sealed_inputs = seal(
         unlocked.enclave.hpke_key,
         buffer.getvalue(),
         purpose=purposes.QUERY_INPUTS,
-        context={"model_id": header.model_id, "request_id": request_id},
+        context=query_context(model_id, request_id),
     )
     signature = sign(
         unlocked.owner.signing_key,
-        query_request_message(header.model_id, request_id, sealed_inputs, reply_public),
+        query_request_message(model_id, request_id, sealed_inputs, reply_public),
         purpose=purposes.QUERY_REQUEST,
     )
-    result = unlocked.session.call(
-        "query",
-        {
-            "request_id": request_id,
-            "sealed_inputs": sealed_inputs,
-            "reply_key": reply_public,
-            "signature": signature,
-        },
+    request = QueryRequest(request_id, sealed_inputs, reply_public, signature)
+    result = QueryResult.from_wire(unlocked.session.call(Call.QUERY.value, request.to_wire()))
+    # Anyone can seal to the reply key (the host saw it): believe only what the attested
+    # enclave signed for this request, budget included, and open nothing else.
+    replies.verify_query_answers(
+        unlocked.enclave,
+        result.signature,
+        model_id,
+        request_id,
+        result.sealed_answers,
+        result.budget_left,
     )
     answers = open_sealed(
         reply_private,
-        result["sealed_answers"],
+        result.sealed_answers,
         purpose=purposes.QUERY_ANSWERS,
-        context={"model_id": header.model_id, "request_id": request_id},
+        context=query_context(model_id, request_id),
         what="query answers",
     )
     decoded = decode_answers(answers, len(inputs), header.schema.num_classes, header.query_policy)
-    return decoded, result.get("budget_left")
+    return decoded, result.budget_left
 
 
 def evaluate(unlocked: UnlockedModel, *, dataset_path: str, data_key: DataKey) -> dict[str, Any]:
     """Accuracy and per-class figures of the model on an encrypted dataset of the owner's."""
-    header = unlocked.header
-    reply_private, reply_public = _reply_key()
+    model_id = unlocked.header.model_id
+    request_id = _new_request_id()
+    reply_private, reply_public = reply_key_pair()
+    # Sealed for this one evaluation: it opens only in a query enclave, for this model,
+    # request and dataset (never in a training enclave, never for a replay).
     sealed_key = seal(
         unlocked.enclave.hpke_key,
         data_key.key,
-        purpose=purposes.DATASET_KEY,
-        context={"job_id": evaluation_job_id(header.model_id), "dataset_id": data_key.dataset_id},
+        purpose=purposes.EVALUATION_DATA_KEY,
+        context=evaluation_data_key_context(model_id, request_id, data_key.dataset_id),
     )
     signature = sign(
         unlocked.owner.signing_key,
-        evaluation_request_message(header.model_id, sealed_key, reply_public),
+        evaluation_request_message(model_id, request_id, sealed_key, reply_public),
         purpose=purposes.EVALUATION_REQUEST,
     )
-    result = unlocked.session.call(
-        "evaluate",
-        {
-            "dataset_path": dataset_path,
-            "sealed_data_key": sealed_key,
-            "reply_key": reply_public,
-            "signature": signature,
-        },
+    request = EvaluateRequest(request_id, dataset_path, sealed_key, reply_public, signature)
+    result = EvaluateResult.from_wire(unlocked.session.call(Call.EVALUATE.value, request.to_wire()))
+    replies.verify_evaluation_report(
+        unlocked.enclave, result.signature, model_id, request_id, result.sealed_report
     )
-    return json.loads(
+    report = json.loads(
         open_sealed(
             reply_private,
-            result["sealed_report"],
+            result.sealed_report,
             purpose=purposes.EVALUATION_REPORT,
-            context={"model_id": header.model_id},
+            context=evaluation_report_context(model_id, request_id),
             what="evaluation report",
         )
     )
+    if report.get("model_id") != model_id or report.get("dataset_id") != data_key.dataset_id:
+        raise IntegrityError("the evaluation report is about another model or dataset")
+    return report

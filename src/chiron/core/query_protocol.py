@@ -13,6 +13,7 @@ import numpy as np
 
 from chiron.core.encoding import canonical_json
 from chiron.core.errors import IntegrityError
+from chiron.core.roles import Role
 
 MAX_QUERY_BATCH = 1024
 QUERY_OUTPUTS = ("label", "probabilities")
@@ -50,9 +51,29 @@ def query_policy_sha256(policy: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(policy)).hexdigest()
 
 
-def evaluation_job_id(model_id: str) -> str:
-    """The job id a data key is sealed under when it is released for an evaluation."""
-    return f"evaluate-{model_id}"
+def query_context(model_id: str, request_id: str) -> dict[str, str]:
+    """The sealing context of one query's inputs (to the enclave) and answers (back)."""
+    return {"model_id": model_id, "request_id": request_id}
+
+
+def evaluation_report_context(model_id: str, request_id: str) -> dict[str, str]:
+    """The sealing context of one evaluation's report, sealed to the owner's reply key."""
+    return {"model_id": model_id, "request_id": request_id}
+
+
+def evaluation_data_key_context(model_id: str, request_id: str, dataset_id: str) -> dict[str, str]:
+    """The sealing context of a data key the owner releases for exactly one evaluation.
+
+    With the purpose `purposes.EVALUATION_DATA_KEY` (not the training one) and the role,
+    such a key opens only in a query enclave, for this model, this request and this
+    dataset: never in a training enclave, and never for a second evaluation.
+    """
+    return {
+        "model_id": model_id,
+        "request_id": request_id,
+        "dataset_id": dataset_id,
+        "role": Role.QUERY.value,
+    }
 
 
 def query_request_message(
@@ -69,11 +90,19 @@ def query_request_message(
     )
 
 
-def evaluation_request_message(model_id: str, sealed_data_key: bytes, reply_key: bytes) -> bytes:
-    """What the owner signs to authorise one evaluation."""
+def evaluation_request_message(
+    model_id: str, request_id: str, sealed_data_key: bytes, reply_key: bytes
+) -> bytes:
+    """What the owner signs to authorise exactly one evaluation.
+
+    The dataset's location is not signed: the host supplies it (it stores the file).
+    Which dataset is bound all the same: the sealed data key (signed here by digest)
+    opens only under that dataset's id, and only that dataset decrypts under it.
+    """
     return canonical_json(
         {
             "model_id": model_id,
+            "request_id": request_id,
             "data_key_sha256": hashlib.sha256(sealed_data_key).hexdigest(),
             "reply_key": reply_key.hex(),
         }
