@@ -1,0 +1,1 @@
+"""Attacks by the parties Chiron distrusts, played against the real components."""

@@ -1,0 +1,454 @@
+"""Issue 11, the query side: a malicious host gains nothing.
+
+A scripted hostile host sits between the owner's client and a REAL query enclave
+process (`LocalEnclaveSession`): it relays every call and rewrites, replays or forges
+what it likes. Each test plays one attack and shows both halves: the attack is refused
+with a clear error, and nothing it aimed at (an answer, a report, a share, a data key, a
+file outside the enclave's state) leaks or lands.
+
+The model is built here rather than trained (training is covered by tests/e2e): a tiny
+recipe, its weights from the recipe SDK's own probe run, escrowed exactly as the
+training enclave escrows them.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from chiron.client import querying
+from chiron.client.attestation import load_policy
+from chiron.client.querying import UnlockedModel, evaluate, query, unlock_model
+from chiron.client.sessions import LocalEnclaveSession
+from chiron.core import container, modelfile, purposes, query_protocol
+from chiron.core.attestation import Policy
+from chiron.core.crypto import (
+    open_sealed,
+    random_key,
+    reply_key_pair,
+    reply_public_key,
+    seal,
+    sign,
+)
+from chiron.core.errors import AttestationError, EnclaveError, InputError, IntegrityError
+from chiron.core.keys import DataKey, Identity
+from chiron.core.schema import DatasetSchema
+
+SCHEMA = DatasetSchema((1, 4, 4), "uint8", 3)
+POLICY = {"output": "probabilities", "rounding": 3, "budget": 1000}
+RECIPE = textwrap.dedent(
+    """
+    import torch.nn as nn
+
+    HYPERPARAMETERS = {"epochs": 1, "batch_size": 8, "lr": 0.01}
+
+    def build_model(schema):
+        c, h, w = schema.input_shape
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(c * h * w, 8), nn.ReLU(), nn.Linear(8, schema.num_classes)
+        )
+    """
+).encode()
+
+
+# -- a cheap escrowed model -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def weights() -> bytes:
+    """Safetensors weights of RECIPE on SCHEMA, as the sandbox's query mode expects them."""
+    from chiron.recipes.hooks import load_recipe
+    from chiron.recipes.loop import declare
+
+    _, probe = declare(load_recipe(RECIPE, filename="tiny.py"), SCHEMA)
+    return probe.model_weights()
+
+
+def escrow(owner: Identity, provider: Identity, weights: bytes, model_id: str) -> bytes:
+    """A model file as the training enclave writes one (`enclave.escrow.seal_model`)."""
+    model_key = random_key()
+    owner_share = random_key()
+    provider_share = bytes(a ^ b for a, b in zip(model_key, owner_share, strict=True))
+    shares = {"owner": owner_share, "provider": provider_share}
+    sealed = {
+        party: seal(
+            identity.public.hpke_key,
+            shares[party],
+            purpose=purposes.MODEL_SHARE_ESCROW,
+            context={"model_id": model_id, "party": party},
+        )
+        for party, identity in (("owner", owner), ("provider", provider))
+    }
+    header = modelfile.ModelHeader(
+        model_id=model_id,
+        schema=SCHEMA,
+        query_policy=POLICY,
+        owner=owner.public,
+        provider=provider.public,
+        owner_share=sealed["owner"],
+        provider_share=sealed["provider"],
+        owner_share_sha256=modelfile.share_digest(owner_share),
+        provider_share_sha256=modelfile.share_digest(provider_share),
+        measurement="0" * 64,
+        created=0,
+    )
+    payload = modelfile.ModelPayload("tiny.py", RECIPE, weights)
+    return modelfile.encrypt_model(header, payload, model_key)
+
+
+# -- the hostile host -------------------------------------------------------------------
+
+Rewrite = Callable[[str, dict[str, Any], dict[str, Any]], dict[str, Any]]
+
+
+class HostileHost:
+    """Relays a client's calls to a real enclave, and may rewrite any result.
+
+    `rewrite(name, args, result)` returns what the client gets instead of `result`;
+    `calls` records every call the client made through this host.
+    """
+
+    def __init__(self, enclave: LocalEnclaveSession) -> None:
+        self.enclave = enclave
+        self.rewrite: Rewrite | None = None
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def evidence(self, nonce: bytes) -> bytes:
+        return self.enclave.evidence(nonce)
+
+    def call(self, name: str, args: dict[str, Any], on_event: Any = None) -> dict[str, Any]:
+        self.calls.append((name, dict(args)))
+        result = self.enclave.call(name, args, on_event)
+        return result if self.rewrite is None else self.rewrite(name, args, result)
+
+    def close(self) -> None:
+        self.enclave.close()
+
+
+@dataclass
+class Scene:
+    root: Path
+    state: Path
+    policy: Policy
+    owner: Identity
+    provider: Identity
+    model: bytes
+    model_id: str
+    weights: bytes
+
+    def unlock(self, host: HostileHost, model: bytes | None = None) -> UnlockedModel:
+        return unlock_model(
+            host,
+            model=self.model if model is None else model,
+            owner=self.owner,
+            provider=self.provider,
+            policy=self.policy,
+            state_dir=self.state,
+        )
+
+
+@pytest.fixture
+def scene(tmp_path: Path, weights: bytes) -> Scene:
+    owner, provider = Identity.generate(), Identity.generate()
+    model_id = os.urandom(16).hex()
+    return Scene(
+        root=tmp_path,
+        state=tmp_path / "enclave-state",
+        policy=load_policy(None, allow_simulation=True),
+        owner=owner,
+        provider=provider,
+        model=escrow(owner, provider, weights, model_id),
+        model_id=model_id,
+        weights=weights,
+    )
+
+
+@pytest.fixture
+def host(scene: Scene) -> Iterator[HostileHost]:
+    hostile = HostileHost(LocalEnclaveSession("query", scene.state))
+    try:
+        yield hostile
+    finally:
+        hostile.close()
+
+
+def inputs(count: int = 4, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(count, *SCHEMA.input_shape), dtype=np.uint8)
+
+
+def evaluation_set(scene: Scene) -> tuple[Path, DataKey]:
+    x, y = inputs(30, seed=1), np.random.default_rng(2).integers(0, 3, size=30)
+    key = random_key()
+    header = container.encrypt_dataset(
+        [(x, y)], scene.root / "eval.chd", key, schema=SCHEMA, record_count=30
+    )
+    return scene.root / "eval.chd", DataKey(header.dataset_id, key)
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every ciphertext the client's query code opens, recorded as it opens it."""
+    seen: list[bytes] = []
+
+    def spy(private_key: Any, ciphertext: bytes, **kwargs: Any) -> bytes:
+        seen.append(ciphertext)
+        return open_sealed(private_key, ciphertext, **kwargs)
+
+    monkeypatch.setattr(querying, "open_sealed", spy)
+    return seen
+
+
+# -- forged and swapped replies ---------------------------------------------------------
+
+
+def test_a_forged_answer_is_refused_before_it_is_opened(scene, host, opened):
+    unlocked = scene.unlock(host)
+    honest, _ = query(unlocked, inputs())
+    assert len(honest) == 4 and all(len(a["probabilities"]) == 3 for a in honest)
+
+    forged: list[bytes] = []
+
+    def forge(name: str, args: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        if name != "query":
+            return result
+        # The host saw the reply key in the request, so it can seal well-formed answers
+        # of exactly the right size (every input "is" class 2, with certainty).
+        count = 4
+        answers = (
+            np.full(count, 2, "<i4").tobytes()
+            + np.tile(np.array([0, 0, 1], "<f4"), count).tobytes()
+        )
+        blob = seal(
+            reply_public_key(args["reply_key"]),
+            answers,
+            purpose=purposes.QUERY_ANSWERS,
+            context=query_protocol.query_context(scene.model_id, args["request_id"]),
+        )
+        forged.append(blob)
+        # Keeping the enclave's signature, or signing with a key of its own: both fail.
+        signature = (
+            result["signature"]
+            if len(forged) == 1
+            else sign(Identity.generate().signing_key, b"x", purpose="x")
+        )
+        return {**result, "sealed_answers": blob, "signature": signature}
+
+    host.rewrite = forge
+    for _ in range(2):
+        with pytest.raises(IntegrityError, match="signature on its answers"):
+            query(unlocked, inputs())
+    assert len(forged) == 2
+    assert not set(forged) & set(opened)
+
+
+def test_an_answer_swapped_between_two_requests_is_refused(scene, host, opened):
+    unlocked = scene.unlock(host)
+    opened.clear()  # the shares the client opened to unlock
+    kept: list[dict[str, Any]] = []
+
+    def swap(name: str, args: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        if name != "query":
+            return result
+        kept.append(result)
+        return kept[0]  # every later request gets the first request's (genuine) answer
+
+    host.rewrite = swap
+    first, _ = query(unlocked, inputs(seed=1))
+    with pytest.raises(IntegrityError, match="signature on its answers"):
+        query(unlocked, inputs(seed=2))
+    # Only the first (genuine, its own) answer was ever opened.
+    assert opened == [kept[0]["sealed_answers"]]
+    assert len(first) == 4
+
+
+def test_a_lie_about_the_budget_left_is_refused(scene, host):
+    unlocked = scene.unlock(host)
+    host.rewrite = lambda name, args, result: (
+        {**result, "budget_left": 10**6} if name == "query" else result
+    )
+    with pytest.raises(IntegrityError, match="signature on its answers"):
+        query(unlocked, inputs())
+
+
+# -- replays -----------------------------------------------------------------------------
+
+
+def test_a_replayed_evaluation_is_refused_and_yields_nothing(scene, host):
+    unlocked = scene.unlock(host)
+    dataset, data_key = evaluation_set(scene)
+    report = evaluate(unlocked, dataset_path=str(dataset), data_key=data_key)
+    assert report["records"] == 30 and report["dataset_id"] == data_key.dataset_id
+
+    (recorded,) = [args for name, args in host.calls if name == "evaluate"]
+    with pytest.raises(InputError, match="replayed"):
+        host.enclave.call("evaluate", recorded)
+    # Nor with the dataset path rewritten (the path is the host's to choose).
+    copy = scene.root / "copy.chd"
+    copy.write_bytes(dataset.read_bytes())
+    with pytest.raises(InputError, match="replayed"):
+        host.enclave.call("evaluate", {**recorded, "dataset_path": str(copy)})
+    # The enclave keeps serving the owner: a fresh evaluation works.
+    again = evaluate(unlocked, dataset_path=str(dataset), data_key=data_key)
+    assert again["confusion_matrix"] == report["confusion_matrix"]
+
+
+def test_a_replayed_query_is_refused(scene, host):
+    unlocked = scene.unlock(host)
+    query(unlocked, inputs())
+    (recorded,) = [args for name, args in host.calls if name == "query"]
+    with pytest.raises(InputError, match="replayed"):
+        host.enclave.call("query", recorded)
+
+
+def test_a_query_request_id_cannot_be_reused_for_an_evaluation(scene, host):
+    """Queries and evaluations share one set of seen request ids."""
+    unlocked = scene.unlock(host)
+    query(unlocked, inputs())
+    (recorded,) = [args for name, args in host.calls if name == "query"]
+    dataset, data_key = evaluation_set(scene)
+    _, reply_public = reply_key_pair()
+    request_id = recorded["request_id"]
+    sealed_key = seal(
+        unlocked.enclave.hpke_key,
+        data_key.key,
+        purpose=purposes.EVALUATION_DATA_KEY,
+        context=query_protocol.evaluation_data_key_context(
+            scene.model_id, request_id, data_key.dataset_id
+        ),
+    )
+    signature = sign(
+        scene.owner.signing_key,
+        query_protocol.evaluation_request_message(
+            scene.model_id, request_id, sealed_key, reply_public
+        ),
+        purpose=purposes.EVALUATION_REQUEST,
+    )
+    with pytest.raises(InputError, match="replayed"):
+        host.enclave.call(
+            "evaluate",
+            {
+                "request_id": request_id,
+                "dataset_path": str(dataset),
+                "sealed_data_key": sealed_key,
+                "reply_key": reply_public,
+                "signature": signature,
+            },
+        )
+
+
+# -- the wrong enclave -------------------------------------------------------------------
+
+
+class RecordingEnclave:
+    """A 'query enclave' whose evidence is really a training enclave's; records calls."""
+
+    def __init__(self, evidence_from: LocalEnclaveSession) -> None:
+        self._evidence_from = evidence_from
+        self.calls: list[str] = []
+
+    def evidence(self, nonce: bytes) -> bytes:
+        return self._evidence_from.evidence(nonce)
+
+    def call(self, name: str, args: dict[str, Any], on_event: Any = None) -> dict[str, Any]:
+        self.calls.append(name)
+        raise AssertionError(f"the client made the {name!r} call to a training enclave")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_training_enclaves_evidence_gets_no_share(scene):
+    with LocalEnclaveSession("train", scene.state) as training:
+        fake = RecordingEnclave(training)
+        with pytest.raises(AttestationError, match="it is a train enclave, not a query enclave"):
+            scene.unlock(fake)  # type: ignore[arg-type]
+    # Refused at attestation: no model, no share (and so never a data key) was sent.
+    assert "provision_share" not in fake.calls
+    assert fake.calls == []
+
+
+def test_the_enclave_serves_one_model_only(scene, host):
+    unlocked = scene.unlock(host)
+    other = escrow(scene.owner, scene.provider, scene.weights, os.urandom(16).hex())
+    with pytest.raises(EnclaveError, match="already serves another model"):
+        host.enclave.call("load_model", {"model": other})
+    with pytest.raises(EnclaveError, match="already serves another model"):
+        host.enclave.call("load_model", {"model": scene.model})
+    # Its evidence now states the model it serves, so no client releases another
+    # model's shares to it...
+    with pytest.raises(AttestationError, match="already serves"):
+        scene.unlock(host, other)
+    assert [name for name, _ in host.calls].count("provision_share") == 2
+    # ...and it still answers for the model it holds.
+    answers, budget_left = query(unlocked, inputs())
+    assert len(answers) == 4 and budget_left == POLICY["budget"] - 4
+
+
+def _files(root: Path) -> set[Path]:
+    return {path for path in root.rglob("*") if path.is_file()}
+
+
+def test_a_model_id_naming_a_path_is_refused_before_any_file_is_written(scene, host):
+    evil = escrow(scene.owner, scene.provider, scene.weights, "../x")
+    assert modelfile.read_model_header(evil).model_id == "../x"
+    host.evidence(os.urandom(32))  # the enclave's own state (the sim root) exists now
+    before = _files(scene.root)
+    with pytest.raises(InputError, match="model id"):
+        host.enclave.call("load_model", {"model": evil})
+    # Nothing is loaded, so nothing can be unlocked or charged to a budget file...
+    with pytest.raises(InputError, match="no model is loaded"):
+        host.enclave.call("provision_share", {"party": "owner", "sealed_share": b"s" * 64})
+    # ...and no file appeared anywhere, inside the state directory or beside it.
+    assert _files(scene.root) == before
+    assert not list(scene.root.rglob("x.sealed"))
+    # The owner's client refuses such a file before it attests anything.
+    with pytest.raises(InputError, match="model id"):
+        scene.unlock(host, evil)
+
+
+def test_budget_files_are_named_by_the_model_id(scene, host):
+    unlocked = scene.unlock(host)
+    query(unlocked, inputs())
+    budget_files = sorted(path.relative_to(scene.state) for path in _files(scene.state))
+    assert Path("query-budget") / f"{scene.model_id}.sealed" in budget_files
+
+
+# -- the evaluation data key -------------------------------------------------------------
+
+
+def test_an_evaluation_data_key_does_not_open_for_training_or_another_request():
+    enclave = Identity.generate()
+    model_id, request_id, dataset_id = (os.urandom(16).hex() for _ in range(3))
+    data_key = random_key()
+    context = query_protocol.evaluation_data_key_context(model_id, request_id, dataset_id)
+    sealed = seal(
+        enclave.public.hpke_key, data_key, purpose=purposes.EVALUATION_DATA_KEY, context=context
+    )
+    # A training enclave opens data keys under the training purpose, for a manifest and
+    # in the train role (core.manifest): nothing it tries opens this key.
+    for purpose, attempt in (
+        (purposes.TRAINING_DATA_KEY, context),
+        (purposes.TRAINING_DATA_KEY, {**context, "role": "train"}),
+        (
+            purposes.TRAINING_DATA_KEY,
+            {"manifest": "0" * 64, "dataset_id": dataset_id, "role": "train"},
+        ),
+        (purposes.EVALUATION_DATA_KEY, {**context, "role": "train"}),
+        # Nor for another evaluation (another request id) or another model.
+        (purposes.EVALUATION_DATA_KEY, {**context, "request_id": os.urandom(16).hex()}),
+        (purposes.EVALUATION_DATA_KEY, {**context, "model_id": os.urandom(16).hex()}),
+    ):
+        with pytest.raises(IntegrityError, match="does not open"):
+            open_sealed(enclave.hpke_key, sealed, purpose=purpose, context=attempt)
+    assert (
+        open_sealed(enclave.hpke_key, sealed, purpose=purposes.EVALUATION_DATA_KEY, context=context)
+        == data_key
+    )
