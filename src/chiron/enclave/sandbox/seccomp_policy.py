@@ -6,6 +6,15 @@ already exists (TSYNC: torch's thread pool does), and new threads inherit it. Wh
 remains allowed is computation on memory the process already has plus reads from the
 files Landlock lets through and writes to descriptors that are already open (the two
 protocol pipes and /dev/null).
+
+Some calls are allowed only in a form whose effect stays inside this process, because
+their other forms change kernel state that processes outside the sandbox can read:
+futexes must be private (a shared futex on a page of a file the host also maps wakes
+the host's waiters); files may be mapped only privately; page-residency advice is
+limited to what the allocators use; thread names and signal dispositions and masks,
+which the host reads in its /proc, cannot be changed once the filter is in place.
+Where honest libraries call such a form and cope with an error, the call fails with an
+errno instead of killing the process.
 """
 
 from __future__ import annotations
@@ -27,18 +36,23 @@ from chiron.enclave.sandbox._linux import (
 )
 
 ALLOWED = (
-    # Memory. Mapping files is harmless: only read-only descriptors can be opened.
-    "brk", "mmap", "munmap", "mremap", "mprotect", "madvise",
+    # Memory (mmap and madvise: see their argument rules below).
+    "brk", "munmap", "mremap", "mprotect",
     # I/O on descriptors that are already open, and reading what Landlock allows.
     "read", "readv", "pread64", "write", "writev", "lseek", "close",
     "fstat", "newfstatat", "stat", "lstat", "statx", "getdents64",
     "readlink", "readlinkat", "access", "faccessat", "faccessat2", "getcwd",
     # Threads and their synchronization (thread creation: see `clone` below).
-    "futex", "set_robust_list", "rseq", "set_tid_address", "sched_yield",
+    # futex: private only, below. set_tid_address is refused: a thread's exit would
+    # clear and wake (as a shared futex) any address it names, a page of a file too.
+    "set_robust_list", "rseq", "sched_yield",
     "sched_getaffinity", "exit", "exit_group",
     # Time, signals delivered to this process, identity queries.
     "clock_gettime", "clock_getres", "clock_nanosleep", "nanosleep", "gettimeofday",
-    "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack", "restart_syscall",
+    # Signal masks and actions only read (below). No rt_sigreturn: it restores a signal
+    # mask from memory the caller wrote, and with no new handler allowed no honest
+    # code returns from a signal handler.
+    "sigaltstack", "restart_syscall",
     "getpid", "gettid", "getuid", "geteuid", "getgid", "getegid",
     "getrandom", "uname", "sysinfo", "getrusage", "getrlimit",
 )  # fmt: skip
@@ -60,7 +74,26 @@ _IOCTL_ALLOWED = (
     0x5450,  # FIONCLEX
     0x5451,  # FIOCLEX: os.set_inheritable(fd, False)
 )
-_PRCTL_ALLOWED = (15, 16)  # PR_SET_NAME, PR_GET_NAME: naming threads
+_PR_SET_NAME = 15  # a thread's name shows in the host's /proc/<pid>/task/<tid>/comm
+_PR_GET_NAME = 16
+_FUTEX_PRIVATE_FLAG = 128
+_MAP_TYPE = 0x0F  # MAP_SHARED, MAP_PRIVATE, MAP_SHARED_VALIDATE
+_MAP_PRIVATE = 0x02
+_MAP_ANONYMOUS = 0x20
+# madvise advice that only concerns this process's own memory: glibc's and torch's
+# allocators release and shape pages with it. Not WILLNEED, COLD, PAGEOUT, REMOVE,
+# POPULATE_* (they load, age or evict pages of shared files: page-cache residency the
+# host can measure), nor MERGEABLE (KSM shares equal pages across processes).
+_MADVISE_ALLOWED = (
+    0,  # MADV_NORMAL
+    4,  # MADV_DONTNEED
+    8,  # MADV_FREE
+    14,  # MADV_HUGEPAGE
+    15,  # MADV_NOHUGEPAGE
+    16,  # MADV_DONTDUMP
+    17,  # MADV_DODUMP
+)
+_MADVISE_KNOWN = 26  # advice 0..25 exist (6.18); the rest are refused with EPERM, others kill
 # fcntl on this process's own descriptors; not F_SETOWN/F_SETSIG (signals to others on
 # I/O), leases, or locks.
 _FCNTL_ALLOWED = (
@@ -101,11 +134,59 @@ def build_filter() -> seccomp.SyscallFilter:
     policy.add_rule(seccomp.ALLOW, "prlimit64", seccomp.Arg(2, seccomp.EQ, 0))
     for request in _IOCTL_ALLOWED:
         policy.add_rule(seccomp.ALLOW, "ioctl", seccomp.Arg(1, seccomp.EQ, request))
-    for option in _PRCTL_ALLOWED:
-        policy.add_rule(seccomp.ALLOW, "prctl", seccomp.Arg(0, seccomp.EQ, option))
+    policy.add_rule(seccomp.ALLOW, "prctl", seccomp.Arg(0, seccomp.EQ, _PR_GET_NAME))
+    _refuse_outside_effects(policy)
     for command in _FCNTL_ALLOWED:
         policy.add_rule(seccomp.ALLOW, "fcntl", seccomp.Arg(1, seccomp.EQ, command))
     return policy
+
+
+def _refuse_outside_effects(policy: seccomp.SyscallFilter) -> None:
+    """Rules for calls whose other forms reach kernel state other processes can read."""
+    refuse = seccomp.ERRNO(errno.EPERM)
+    # A fixed thread name: torch names the threads it starts (and ignores a failure).
+    policy.add_rule(refuse, "prctl", seccomp.Arg(0, seccomp.EQ, _PR_SET_NAME))
+    policy.add_rule(refuse, "set_tid_address")
+    # Private futexes are keyed by this process's memory; a shared one on a page of a
+    # mapped file is keyed by the file and reaches every process that maps it. glibc
+    # waits on a thread's exit with a shared futex (pthread_join): refused with EAGAIN
+    # ("the value changed"), it checks again, which ends once the thread has.
+    policy.add_rule(
+        seccomp.ALLOW,
+        "futex",
+        seccomp.Arg(1, seccomp.MASKED_EQ, _FUTEX_PRIVATE_FLAG, _FUTEX_PRIVATE_FLAG),
+    )
+    policy.add_rule(
+        seccomp.ERRNO(errno.EAGAIN),
+        "futex",
+        seccomp.Arg(1, seccomp.MASKED_EQ, _FUTEX_PRIVATE_FLAG, 0),
+    )
+    # Files are mapped privately (libraries, torch.load); anonymous memory may be shared
+    # (with no other process: there is none). MAP_SHARED of a file would share its
+    # pages, and futexes on them, with the host.
+    policy.add_rule(
+        seccomp.ALLOW, "mmap", seccomp.Arg(3, seccomp.MASKED_EQ, _MAP_TYPE, _MAP_PRIVATE)
+    )
+    policy.add_rule(
+        seccomp.ALLOW, "mmap", seccomp.Arg(3, seccomp.MASKED_EQ, _MAP_ANONYMOUS, _MAP_ANONYMOUS)
+    )
+    policy.add_rule(
+        refuse, "mmap", seccomp.Arg(3, seccomp.MASKED_EQ, _MAP_ANONYMOUS | _MAP_TYPE, 0x01)
+    )
+    policy.add_rule(
+        refuse, "mmap", seccomp.Arg(3, seccomp.MASKED_EQ, _MAP_ANONYMOUS | _MAP_TYPE, 0x03)
+    )
+    for advice in range(_MADVISE_KNOWN):
+        action = seccomp.ALLOW if advice in _MADVISE_ALLOWED else refuse
+        policy.add_rule(action, "madvise", seccomp.Arg(2, seccomp.EQ, advice))
+    # Signal masks and actions show in the host's /proc/<pid>/task/<tid>/status: they
+    # may be read (a null new set or action), not changed. glibc blocks and restores
+    # all signals around thread creation and ignores the error; threads inherit the
+    # mask fixed before the filter.
+    policy.add_rule(seccomp.ALLOW, "rt_sigprocmask", seccomp.Arg(1, seccomp.EQ, 0))
+    policy.add_rule(refuse, "rt_sigprocmask", seccomp.Arg(1, seccomp.NE, 0))
+    policy.add_rule(seccomp.ALLOW, "rt_sigaction", seccomp.Arg(1, seccomp.EQ, 0))
+    policy.add_rule(refuse, "rt_sigaction", seccomp.Arg(1, seccomp.NE, 0))
 
 
 def install() -> None:
