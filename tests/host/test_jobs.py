@@ -129,7 +129,9 @@ def test_job_start_checks_the_owners_arguments(tmp_path, live):
 def test_query_sessions_relay_calls_and_enforce_who_may_make_them(tmp_path, live):
     url, provider, client = live
     model_path = tmp_path / "model.chm"
-    model_path.write_bytes(make_model_file(Identity.generate(), Identity.generate()))
+    # A query enclave refuses a model id that is not 32 hex digits (it names a file).
+    model_id = "5" * 32
+    model_path.write_bytes(make_model_file(Identity.generate(), Identity.generate(), model_id))
     model = client.upload_model(model_path, progress=False)
     session = client.open_query_session(model["id"])
     attested = _attest(
@@ -138,7 +140,7 @@ def test_query_sessions_relay_calls_and_enforce_who_may_make_them(tmp_path, live
     assert attested.identity is not None
     # The service loads its own copy of the model; the enclave parses its header.
     loaded = client.query_session_call(session["id"], "load_model", {})
-    assert loaded["model_id"] == "m" * 32
+    assert loaded["model_id"] == model_id
     # A share that is not sealed to this enclave is refused by the enclave itself.
     with pytest.raises(IntegrityError, match="share"):
         client.query_session_call(
@@ -153,10 +155,18 @@ def test_query_sessions_relay_calls_and_enforce_who_may_make_them(tmp_path, live
         provider.query_session_call(
             session["id"], "provision_share", {"party": "provider", "sealed_share": b"junk"}
         )
+    # A well-formed query (the enclave parses every call with its contract type), which
+    # a model still waiting for its shares cannot answer.
+    a_query = {
+        "request_id": "0" * 32,
+        "sealed_inputs": b"x",
+        "reply_key": b"k" * 32,
+        "signature": b"s" * 64,
+    }
     with pytest.raises(AccessDenied, match="may not"):
-        provider.query_session_call(session["id"], "query", {})
+        provider.query_session_call(session["id"], "query", a_query)
     with pytest.raises(InputError, match="locked"):
-        client.query_session_call(session["id"], "query", {})
+        client.query_session_call(session["id"], "query", a_query)
     client.close_query_session(session["id"])
     with pytest.raises(NotFound, match="no query session"):
         client.query_session_evidence(session["id"], os.urandom(32))
