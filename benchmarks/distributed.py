@@ -241,18 +241,26 @@ def encrypt_fashion(root: Path, split: str, records: int | None) -> tuple[Path, 
 
 def training(worker_counts: list[int], records: int, epochs: int, every: int) -> None:
     from chiron.client.attestation import load_policy
-    from chiron.client.distributed import ExchangeOptions, train_locally
+    from chiron.client.distributed import train_locally
     from chiron.client.sessions import LocalEnclaveSession
     from chiron.client.training import run_training
+    from chiron.core.container import read_dataset_header_and_digest
+    from chiron.core.contract import TrainMaterials
     from chiron.core.keys import Identity, load_data_key
+    from chiron.core.manifest import DatasetRef, Plan
+    from chiron.core.recipe_statement import make_statement
 
     owner, provider = Identity.generate(), Identity.generate()
+    source = CNN.read_bytes()
+    statement = make_statement(source, name="cnn", version="1", provider=provider)
     policy = load_policy(None, allow_simulation=True)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         state = root / "state"
         chd, key = encrypt_fashion(root, "train", records)
         data_key = load_data_key(key)
+        header, digest = read_dataset_header_and_digest(chd)
+        dataset = DatasetRef(header.dataset_id, digest)
         steps: dict[str, float] = {}
 
         def stamp(event: dict) -> None:
@@ -261,20 +269,21 @@ def training(worker_counts: list[int], records: int, epochs: int, every: int) ->
                 steps.setdefault("first", now)
                 steps.update(last=now, count=event["step"], start=steps.get("start", event["step"]))
 
-        host = {
-            "recipe_source": CNN.read_bytes(),
-            "recipe_name": "cnn.py",
-            "dataset_path": str(chd),
-        }
+        host = TrainMaterials(
+            recipe_name="cnn.py",
+            recipe_source=source,
+            recipe_statement=statement,
+            dataset_path=str(chd),
+        ).to_wire()
         with LocalEnclaveSession("train", state, extra_args={"train": host}) as session:
             run_training(
                 session,
                 job_id="single",
                 data_key=data_key,
+                dataset=dataset,
                 owner=owner,
-                provider=provider.public,
-                epochs=epochs,
-                seed=1,
+                statement=statement,
+                plan=Plan(seed=1, epochs=epochs),
                 policy=policy,
                 state_dir=state,
                 on_event=stamp,
@@ -292,13 +301,13 @@ def training(worker_counts: list[int], records: int, epochs: int, every: int) ->
         for workers in worker_counts:
             outcome = train_locally(
                 recipe_path=CNN,
-                dataset=chd,
+                recipe_source=source,
+                dataset_path=chd,
                 data_key=data_key,
+                dataset=dataset,
                 owner=owner,
-                provider=provider.public,
-                epochs=epochs,
-                seed=1,
-                options=ExchangeOptions(workers=workers, exchange_every=every),
+                statement=statement,
+                plan=Plan(seed=1, epochs=epochs, workers=workers, exchange_every=every),
                 policy=policy,
                 state_dir=state,
             )
@@ -335,6 +344,8 @@ def accuracy(epochs: int, seed: int) -> None:
 
         for name in ("owner", "provider"):
             chiron("keygen", "--out", root / f"{name}.key")
+        statement = root / "cnn.statement.json"
+        chiron("recipe", "sign", CNN, "--key", root / "provider.key", "--out", statement)
         train, train_key = encrypt_fashion(root, "train", None)
         test, test_key = encrypt_fashion(root, "test", None)
         print(
@@ -350,6 +361,8 @@ def accuracy(epochs: int, seed: int) -> None:
                     "--allow-simulation",
                     "--recipe",
                     CNN,
+                    "--statement",
+                    statement,
                     "--dataset",
                     train,
                     "--data-key",

@@ -68,12 +68,16 @@ def _train_model(root: Path) -> Path:
         "--key",
         str(root / "small.key"),
     )
+    statement = root / "recipe.statement.json"
+    chiron("recipe", "sign", str(RECIPE), "--key", str(root / "provider.key"), "--out", str(statement))
     chiron(
         "train",
         "--local",
         "--allow-simulation",
         "--recipe",
         str(RECIPE),
+        "--statement",
+        str(statement),
         "--dataset",
         str(root / "small.chd"),
         "--data-key",

@@ -83,12 +83,17 @@ from pathlib import Path
 from chiron.client.attestation import load_policy
 from chiron.client.sessions import LocalEnclaveSession
 from chiron.client.training import run_training
-from chiron.core.container import read_dataset_header
+from chiron.core.container import read_dataset_header_and_digest
+from chiron.core.contract import TrainMaterials
 from chiron.core.keys import Identity, load_data_key
+from chiron.core.manifest import DatasetRef, Plan
+from chiron.core.recipe_statement import make_statement
 dataset, key, recipe, epochs, seed, state = sys.argv[1:7]
 owner, provider = Identity.generate(), Identity.generate()
 source = Path(recipe).read_bytes()
+statement = make_statement(source, name="cnn", version="1", provider=provider)
 data_key = load_data_key(key)
+header, digest = read_dataset_header_and_digest(dataset)
 marks = {}
 def on_event(event):
     if event.get("event") != "progress":
@@ -97,11 +102,12 @@ def on_event(event):
     marks.setdefault("first", now)
     marks["last"] = now
 start = time.perf_counter()
-host = {"recipe_source": source, "recipe_name": "cnn.py", "dataset_path": dataset,
-        "checkpoint_dir": state + "/ckpt"}
+host = TrainMaterials(recipe_name="cnn.py", recipe_source=source, recipe_statement=statement,
+                      dataset_path=dataset, checkpoint_dir=state + "/ckpt").to_wire()
 with LocalEnclaveSession("train", Path(state), extra_args={"train": host}) as session:
-    run_training(session, job_id="bench", data_key=data_key, owner=owner,
-                 provider=provider.public, epochs=int(epochs), seed=int(seed),
+    run_training(session, job_id="bench", data_key=data_key,
+                 dataset=DatasetRef(header.dataset_id, digest), owner=owner,
+                 statement=statement, plan=Plan(seed=int(seed), epochs=int(epochs)),
                  policy=load_policy(None, allow_simulation=True), state_dir=Path(state),
                  on_event=on_event)
 end = time.perf_counter()

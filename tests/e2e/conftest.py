@@ -82,6 +82,23 @@ def world(tmp_path: Path, run_chiron) -> World:
     )
 
 
+def sign_recipe(recipe: Path, provider_key: Path) -> Path:
+    """The provider's signed statement beside `recipe` (what `chiron recipe sign` writes)."""
+    from chiron.client.statements import statement_path_for
+    from chiron.core.keys import load_identity
+    from chiron.core.recipe_statement import make_statement, recipe_name_for_file
+
+    statement = make_statement(
+        recipe.read_bytes(),
+        name=recipe_name_for_file(recipe.name),
+        version="1",
+        provider=load_identity(provider_key),
+    )
+    path = statement_path_for(recipe)
+    path.write_bytes(statement.to_bytes())
+    return path
+
+
 def train_args(
     world: World,
     *,
@@ -90,6 +107,8 @@ def train_args(
     dataset: Path | None = None,
     data_key: Path | None = None,
 ) -> list:
+    if (recipe or world.recipe).exists():
+        sign_recipe(recipe or world.recipe, world.provider)
     return [
         "train",
         "--local",
