@@ -15,6 +15,9 @@ _libc.syscall.restype = ctypes.c_long
 
 # Syscall numbers of the calls glibc 2.36 has no wrapper for. Landlock and
 # mount_setattr use the unified numbers shared by x86_64 and aarch64.
+SYS_FSOPEN = 430
+SYS_FSCONFIG = 431
+SYS_FSMOUNT = 432
 SYS_MOUNT_SETATTR = 442
 SYS_LANDLOCK_CREATE_RULESET = 444
 SYS_LANDLOCK_ADD_RULE = 445
@@ -37,6 +40,10 @@ MS_NOEXEC = 0x8
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
+
+FSOPEN_CLOEXEC = 0x1
+FSCONFIG_CMD_CREATE = 6
+FSMOUNT_CLOEXEC = 0x1
 
 MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
@@ -100,6 +107,23 @@ def mount_setattr_recursive(path: str, attr_set: int) -> None:
         ctypes.byref(attr),
         ctypes.c_size_t(ctypes.sizeof(attr)),
     )
+
+
+def detached_mount(fstype: str, attributes: int) -> int:
+    """A new, empty file system of `fstype` mounted nowhere: a descriptor of its root."""
+    context = syscall(SYS_FSOPEN, fstype.encode(), ctypes.c_uint(FSOPEN_CLOEXEC))
+    try:
+        syscall(
+            SYS_FSCONFIG, ctypes.c_int(context), ctypes.c_uint(FSCONFIG_CMD_CREATE), None, None, 0
+        )
+        return syscall(
+            SYS_FSMOUNT,
+            ctypes.c_int(context),
+            ctypes.c_uint(FSMOUNT_CLOEXEC),
+            ctypes.c_uint(attributes),
+        )
+    finally:
+        os.close(context)
 
 
 def prctl(option: int, arg2: int = 0) -> None:

@@ -8,19 +8,22 @@ Run by `Sandbox.spawn` as a fresh interpreter:
 Order, before any provider code runs:
 
   bootstrap process (single-threaded, only the standard library imported):
+    0. join the sandbox's pids cgroup, where the enclave could create one;
     1. close every descriptor but stdio (/dev/null, or the dry-run log pipe) and the pipes;
     2. enter new user, mount (read-only, empty /tmp, /dev/shm, /run), network, IPC, UTS,
        cgroup namespaces, then fork the worker into a new PID namespace and only wait
        for it, mirroring how it ended (SIGTERM, or the enclave's end of the pipe
        closing: kill the worker, reap it, end);
   worker (PID 1 of its namespace):
-    3. mount a /proc that shows only itself; import pyseccomp;
+    3. mount a /proc that shows only itself; import pyseccomp; cover each readable
+       directory tree with a read-only overlay of itself (a FIFO there opens a pipe of
+       the overlay, not the host's);
     4. drop every capability, set no_new_privs, apply Landlock (while still one thread:
        Landlock binds only the calling thread and the threads it starts later, and
        importing torch starts threads);
     5. import torch and the entry module, warm torch up (lazy imports, thread pool);
-    6. rlimits (address space, CPU time, file size 0, descriptors, no core dumps, no
-       locked memory or message queues) and not dumpable;
+    6. rlimits (address space, CPU time, file size 0, descriptors, tasks, no core
+       dumps, no locked memory or message queues) and not dumpable;
     7. close any descriptor the imports left open; load the seccomp filter on all threads;
     8. report "confined" on the ready pipe, close it, and call `entry.serve(in, out)`.
 
@@ -43,7 +46,7 @@ import sys
 import traceback
 from typing import NoReturn
 
-from chiron.enclave.sandbox import _linux, namespaces
+from chiron.enclave.sandbox import _linux, namespaces, pids
 from chiron.enclave.sandbox.supervisor import READY
 
 SETUP_FAILED_EXIT = 70
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     parser.add_argument("--limits", required=True)
     parser.add_argument("--entry", required=True)
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--pids-cgroup")
     options = parser.parse_args(argv)
     limits = json.loads(options.limits)
     pipes = (options.in_fd, options.out_fd, options.ready_fd)
@@ -77,8 +81,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
     # SIGTERM is how the enclave stops a sandbox: this process kills the worker and
     # collects it (so no orphan is left for someone else to reap), then ends.
     signal.signal(signal.SIGTERM, lambda *_: os._exit(SETUP_FAILED_EXIT))
-    stage = "descriptors"
+    stage = "pids"
     try:
+        if options.pids_cgroup:
+            # First: every task this process starts is counted from here on.
+            pids.join(options.pids_cgroup)
+        stage = "descriptors"
         _close_descriptors_except({0, 1, 2, *pipes})
         stage = "namespaces"
         namespaces.enter_namespaces()
@@ -106,6 +114,9 @@ def _run_worker(options: argparse.Namespace, limits: dict[str, int]) -> NoReturn
         stage = "landlock"
         _require_single_thread()
         read_paths = _read_paths()
+        stage = "overlay"
+        namespaces.shield_readable_trees(read_paths)
+        stage = "landlock"
         _linux.drop_all_capabilities()
         landlock.restrict(read_paths)
         stage = "warm-up"
@@ -217,6 +228,9 @@ def _apply_rlimits(limits: dict[str, int]) -> None:
         (resource.RLIMIT_CORE, 0),
         (resource.RLIMIT_MEMLOCK, 0),
         (resource.RLIMIT_MSGQUEUE, 0),
+        # Tasks of this user namespace: this process's threads and the bootstrap.
+        # (Not enforced for the host's root user: the pids cgroup covers that case.)
+        (resource.RLIMIT_NPROC, int(limits["tasks"])),
     ):
         resource.setrlimit(limit, (value, value))
 

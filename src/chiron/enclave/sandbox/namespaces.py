@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 
 from chiron.enclave.sandbox import _linux
 
@@ -87,6 +88,59 @@ def _import_paths_under(directory: str) -> list[str]:
         if path.startswith(root) and not any(path.startswith(k + "/") for k in kept):
             kept.append(path)
     return kept
+
+
+# Kernel file systems: nobody can create a FIFO, socket or device node in them.
+_KERNEL_FILE_SYSTEMS = ("/proc", "/sys", "/dev")
+
+
+def shield_readable_trees(paths: Iterable[str]) -> list[str]:
+    """Cover each readable directory tree with a read-only overlay of itself.
+
+    The recipe may open any file beneath these directories read-only (Landlock), and
+    on the host's own mount a FIFO there is the host's: the host's end sees every open
+    (a writer's open succeeds once a reader exists), and so does a FIFO or device node
+    created there while the job runs. Landlock and seccomp cannot tell a FIFO from a
+    file when it is opened. Through an overlay, every file is an inode of the overlay:
+    regular files read the same pages, but a FIFO is a pipe of the overlay's inode,
+    which no process outside this mount namespace can open, and device nodes fall
+    under the mount's nodev. Returns the directories covered (outermost only).
+    """
+    directories = sorted(
+        {
+            os.path.realpath(path)
+            for path in paths
+            if os.path.isdir(path)
+            and not _beneath_any(os.path.realpath(path), _KERNEL_FILE_SYSTEMS)
+        }
+    )
+    outermost: list[str] = []
+    for directory in directories:
+        if not _beneath_any(directory, outermost):
+            outermost.append(directory)
+    # Overlay needs two layers when it has no upper one: the second is an empty tmpfs.
+    # Layers are named by descriptor, so no path needs escaping in the options.
+    empty = _linux.detached_mount("tmpfs", _linux.MOUNT_ATTR_RDONLY)
+    try:
+        for directory in outermost:
+            layer = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                _linux.mount(
+                    "overlay",
+                    directory,
+                    "overlay",
+                    _linux.MS_RDONLY | _linux.MS_NOSUID | _linux.MS_NODEV,
+                    f"lowerdir=/proc/self/fd/{layer}:/proc/self/fd/{empty}",
+                )
+            finally:
+                os.close(layer)
+    finally:
+        os.close(empty)
+    return outermost
+
+
+def _beneath_any(path: str, roots: Iterable[str]) -> bool:
+    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
 
 
 def mount_private_proc() -> None:
