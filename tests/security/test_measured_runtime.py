@@ -144,25 +144,30 @@ def fake_installation(base: Path) -> SearchPath:
     interpreter = base / "bin" / "python3"
     interpreter.parent.mkdir()
     interpreter.write_bytes(b"\x7fELF python")
+    return fake_search_path(base)
+
+
+def fake_search_path(base: Path) -> SearchPath:
+    stdlib = base / "lib" / "python3"
     return enclave_search_path(
-        stdlib=(("stdlib", stdlib), ("lib-dynload", dynload)),
-        site_directories=[site],
-        interpreter=[("bin/python3", interpreter)],
+        stdlib=(
+            ("stdlib-zip", base / "lib" / "python3.zip"),
+            ("stdlib", stdlib),
+            ("lib-dynload", stdlib / "lib-dynload"),
+        ),
+        site_directories=[base / "venv" / "site-packages"],
+        interpreter=[("bin/python3", base / "bin" / "python3")],
     )
 
 
 @pytest.fixture
 def installation(tmp_path):
     root = copy_runtime(tmp_path / "runtime")
-    search_path = fake_installation(tmp_path / "python")
+    fake_installation(tmp_path / "python")
 
     def measure() -> str:
-        fresh = enclave_search_path(
-            stdlib=[(entry.label, entry.directory) for entry in search_path.entries[:2]],
-            site_directories=[search_path.entries[2].directory],
-            interpreter=search_path.interpreter,
-        )
-        return measure_runtime(root, search_path=fresh, use_cache=False).hex
+        search_path = fake_search_path(tmp_path / "python")
+        return measure_runtime(root, search_path=search_path, use_cache=False).hex
 
     return root, tmp_path / "python", measure
 
@@ -196,6 +201,9 @@ def test_changing_a_measured_runtime_file_changes_the_measurement(installation):
         "changed .pth",
         "module in a directory a .pth adds",
         "interpreter",
+        "standard library zip archive",
+        "zip archive a .pth adds",
+        "named pipe (never opened)",
     ],
 )
 def test_changing_anything_importable_changes_the_measurement(installation, change):
@@ -230,6 +238,13 @@ def test_changing_anything_importable_changes_the_measurement(installation, chan
         (base / "checkout" / "src" / "sitecustomize.py").write_text("")
     elif change == "interpreter":
         same_size_change(base / "bin" / "python3")
+    elif change == "standard library zip archive":
+        (base / "lib" / "python3.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+    elif change == "zip archive a .pth adds":
+        (site / "shadow.egg").write_bytes(b"PK\x05\x06" + bytes(18))
+        (site / "shadow.pth").write_text("shadow.egg\n")
+    elif change == "named pipe (never opened)":
+        os.mkfifo(site / "torch" / "blocking.py")
     assert measure() != before
 
 
@@ -265,15 +280,7 @@ def test_the_digest_cache_notices_changes_and_is_ignored_unless_private(
     cache = tmp_path / "cache" / "digests.bin"
 
     def measure(**options) -> str:
-        path = enclave_search_path(
-            stdlib=(
-                ("stdlib", base / "lib" / "python3"),
-                ("lib-dynload", base / "lib" / "python3" / "lib-dynload"),
-            ),
-            site_directories=[base / "venv" / "site-packages"],
-            interpreter=[("bin/python3", base / "bin" / "python3")],
-        )
-        return measure_runtime(root, search_path=path, **options).hex
+        return measure_runtime(root, search_path=fake_search_path(base), **options).hex
 
     uncached = measure(use_cache=False)
     assert measure(cache_file=cache) == uncached

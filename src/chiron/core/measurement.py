@@ -117,6 +117,7 @@ class SearchPath:
     entries: tuple[PathEntry, ...]
     startup: tuple[StartupFile, ...]
     interpreter: tuple[tuple[str, Path], ...]
+    archives: tuple[tuple[str, Path], ...] = ()  # zip files on the path
 
 
 def installed_package_root() -> Path:
@@ -162,12 +163,17 @@ def enclave_search_path(
     entries: list[PathEntry] = []
     seen: set[str] = set()
 
+    archives: list[tuple[str, Path]] = []
+
     def add(label: str, directory: Path) -> bool:
         real = os.path.realpath(directory)
-        if real in seen or not os.path.isdir(real):
+        if real in seen or not os.path.exists(real):
             return False
         seen.add(real)
-        entries.append(PathEntry(label, Path(real)))
+        if os.path.isdir(real):
+            entries.append(PathEntry(label, Path(real)))
+        else:  # a zip archive (python3XY.zip, an egg): zipimport reads it; hashed whole
+            archives.append((label, Path(real)))
         return True
 
     for label, directory in stdlib:
@@ -188,6 +194,7 @@ def enclave_search_path(
         tuple(entries),
         tuple(startup),
         tuple(interpreter) if interpreter is not None else interpreter_files(),
+        tuple(archives),
     )
 
 
@@ -406,8 +413,6 @@ def _scan_directory(
                 info: os.stat_result | None = item.stat()
             except FileNotFoundError:
                 info = None  # a dangling link: nothing there to import
-            if info is not None and not stat.S_ISREG(info.st_mode):
-                raise InputError(f"cannot measure the runtime: {path} is not a regular file")
             found.append((top or name, rel, path, info))
 
 
@@ -424,11 +429,20 @@ def _tree_entries(search_path: SearchPath, cache: _DigestCache) -> list[Measured
         ]
     for position, (entry, found) in enumerate(zip(search_path.entries, scans, strict=True)):
         entries.append(MeasuredEntry("search-path", entry.label, str(position)))
-        regular = [(path, info) for _top, _rel, path, info in found if info is not None]
+        regular = [
+            (path, info)
+            for _top, _rel, path, info in found
+            if info is not None and stat.S_ISREG(info.st_mode)
+        ]
         digests = iter(hasher.digests(regular))
         trees: dict[str, list[str]] = {}
         for top, rel, _path, info in found:
-            digest = next(digests) if info is not None else MISSING
+            if info is None:
+                digest = MISSING
+            elif stat.S_ISREG(info.st_mode):
+                digest = next(digests)
+            else:  # a FIFO, socket or device: never read (it could block), named by type
+                digest = f"special {stat.filemode(info.st_mode)[0]}"
             trees.setdefault(top, []).append(f"{rel}\0{digest}\n")
         for top in sorted(trees):
             listing = "".join(sorted(trees[top])).encode(errors="surrogateescape")
@@ -438,11 +452,18 @@ def _tree_entries(search_path: SearchPath, cache: _DigestCache) -> list[Measured
     for startup in search_path.startup:
         digest = hashlib.sha256(startup.normalized).hexdigest()
         entries.append(MeasuredEntry("startup", startup.label, digest))
-    interpreter = [(str(path), os.stat(path)) for _name, path in search_path.interpreter]
-    for (name, _path), digest in zip(
-        search_path.interpreter, hasher.digests(interpreter), strict=True
+    for kind, files in (
+        ("interpreter", search_path.interpreter),
+        ("archive", search_path.archives),
     ):
-        entries.append(MeasuredEntry("interpreter", name, digest))
+        try:
+            infos = [(str(path), os.stat(path)) for _name, path in files]
+        except OSError as exc:
+            raise InputError(
+                f"cannot measure the runtime: {exc.filename}: {exc.strerror}"
+            ) from None
+        for (name, _path), digest in zip(files, hasher.digests(infos), strict=True):
+            entries.append(MeasuredEntry(kind, name, digest))
     return entries
 
 
