@@ -99,17 +99,19 @@ def serve(in_fd: int, out_fd: int, *, dry_run: bool) -> None:
     except (Exception, SystemExit) as exc:
         if dry_run:
             traceback.print_exc(file=sys.stderr)
-        failure = FromChild.RESOURCE_EXHAUSTED if _out_of_memory(exc) else FromChild.RECIPE_ERROR
+        failure = FromChild.RESOURCE_EXHAUSTED if _exhausted(exc) else FromChild.RECIPE_ERROR
         try:
             channel.send(failure)
         except _Closed:
             return
 
 
-def _out_of_memory(exc: BaseException) -> bool:
-    # torch's CPU allocator reports exhaustion as a RuntimeError with this wording.
+def _exhausted(exc: BaseException) -> bool:
+    # torch's CPU allocator reports exhaustion as a RuntimeError with this wording, and
+    # the threading module a thread the sandbox's task limit refused.
     return isinstance(exc, MemoryError) or (
-        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+        isinstance(exc, RuntimeError)
+        and any(text in str(exc) for text in ("can't allocate memory", "can't start new thread"))
     )
 
 

@@ -34,6 +34,7 @@ import chiron
 from chiron.core.errors import EnclaveError, JobFailed
 from chiron.core.framing import HEADER_BYTES
 from chiron.core.recipe_protocol import FromChild, ReasonClass, ToChild
+from chiron.enclave.sandbox import pids
 
 _HEADER = struct.Struct(">BI")
 _PIPE_BYTES = 1 << 20  # F_SETPIPE_SZ: fewer wake-ups when data or models cross
@@ -47,7 +48,7 @@ READY = b"confined"
 _MESSAGES = {
     ReasonClass.RECIPE_ERROR: "the recipe raised an error or stopped",
     ReasonClass.POLICY_VIOLATION: "the recipe attempted an operation the sandbox forbids",
-    ReasonClass.RESOURCE_LIMIT: "the recipe exceeded its memory or CPU limit",
+    ReasonClass.RESOURCE_LIMIT: "the recipe exceeded its memory, CPU or task limit",
     ReasonClass.TIMEOUT: "the recipe did not answer in time",
     ReasonClass.BAD_OUTPUT: "the recipe sent output the protocol does not allow",
 }
@@ -69,22 +70,32 @@ class SandboxLimits:
 
     `memory_bytes` bounds the address space (torch reserves far more than it touches,
     hence the generous default); `cpu_seconds` is CPU time across all threads after
-    the warm-up; `wall_timeout_seconds` bounds each send() and expect().
+    the warm-up; `tasks` caps the sandbox's processes and threads together (torch's
+    pools need a few; a recipe's own threads count too); `threads` is the size of
+    torch's thread pool; `wall_timeout_seconds` bounds each send() and expect(), and
+    `job_timeout_seconds` the whole life of the sandbox from spawn().
     """
 
     memory_bytes: int = 8 * 2**30
     cpu_seconds: int = 24 * 3600
     open_files: int = 64
+    tasks: int = 256
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     wall_timeout_seconds: float = 600.0
+    job_timeout_seconds: float = 7 * 24 * 3600.0
     startup_timeout_seconds: float = 120.0
 
     def __post_init__(self) -> None:
-        for name in ("memory_bytes", "cpu_seconds", "open_files", "threads"):
+        for name in ("memory_bytes", "cpu_seconds", "open_files", "tasks", "threads"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"sandbox limit {name} must be a positive integer")
-        if self.wall_timeout_seconds <= 0 or self.startup_timeout_seconds <= 0:
+        timeouts = (
+            self.wall_timeout_seconds,
+            self.job_timeout_seconds,
+            self.startup_timeout_seconds,
+        )
+        if min(timeouts) <= 0:
             raise ValueError("sandbox timeouts must be positive")
 
 
@@ -98,8 +109,15 @@ class Sandbox:
         from_child: int,
         limits: SandboxLimits,
         output_relay: threading.Thread | None,
+        pids_group: Path | None = None,
+        started: float | None = None,
     ) -> None:
         self._process = process
+        self._pids_group = pids_group
+        # Every deadline of a send or expect also ends here: the job's own.
+        self._job_deadline = (
+            time.monotonic() if started is None else started
+        ) + limits.job_timeout_seconds
         self._to_child = to_child
         self._from_child = from_child
         self._limits = limits
@@ -142,6 +160,9 @@ class Sandbox:
         ]  # fmt: skip
         if dry_run:
             command.append("--dry-run")
+        pids_group = pids.create(limits.tasks)
+        if pids_group is not None:
+            command += ["--pids-cgroup", str(pids_group)]
         child_side = (to_child_r, from_child_w, ready_w, *((log_w,) if log_w is not None else ()))
         try:
             process = subprocess.Popen(
@@ -161,6 +182,8 @@ class Sandbox:
         except OSError as exc:
             for fd in (to_child_w, from_child_r, ready_r, *((log_r,) if log_r is not None else ())):
                 os.close(fd)
+            if pids_group is not None:
+                pids.remove(pids_group)
             raise EnclaveError(f"could not start the sandbox: {exc.strerror}") from None
         finally:
             for fd in child_side:
@@ -171,7 +194,7 @@ class Sandbox:
                 target=_relay_output, args=(log_r, output or _write_stderr), daemon=True
             )
             relay.start()
-        sandbox = cls(process, to_child_w, from_child_r, limits, relay)
+        sandbox = cls(process, to_child_w, from_child_r, limits, relay, pids_group, started)
         try:
             sandbox._await_confinement(ready_r, started + limits.startup_timeout_seconds)
         except BaseException:
@@ -196,7 +219,7 @@ class Sandbox:
         self._require_open()
         body = memoryview(payload).cast("B")
         header = memoryview(_HEADER.pack(int(kind), len(body)))
-        deadline = time.monotonic() + self._limits.wall_timeout_seconds
+        deadline = self._deadline(self._limits.wall_timeout_seconds)
         for part in (header, body):
             while part:
                 ready = self._poll(
@@ -232,7 +255,7 @@ class Sandbox:
         if size is not None and max_size is not None:
             raise ValueError("give size or max_size, not both")
         wait = self._limits.wall_timeout_seconds if timeout is None else timeout
-        deadline = time.monotonic() + wait
+        deadline = self._deadline(wait)
         kind_byte, length = _HEADER.unpack(self._read_exact(HEADER_BYTES, deadline))
         if kind_byte != kind:
             if kind_byte == FromChild.RECIPE_ERROR and length == 0:
@@ -253,7 +276,7 @@ class Sandbox:
         """
         self.send(ToChild.SHUTDOWN)
         wait = self._limits.wall_timeout_seconds if timeout is None else timeout
-        deadline = time.monotonic() + wait
+        deadline = self._deadline(wait)
         self._poll({self._from_child: select.POLLIN}, deadline)  # or fails with timeout
         if os.read(self._from_child, 1):
             self._fail(ReasonClass.BAD_OUTPUT)
@@ -279,6 +302,8 @@ class Sandbox:
                 os.close(fd)
         if self._output_relay is not None:
             self._output_relay.join(timeout=_EXIT_GRACE_SECONDS)
+        if self._pids_group is not None:
+            pids.remove(self._pids_group)  # empty now: the whole child was reaped
 
     def __enter__(self) -> Sandbox:
         return self
@@ -307,6 +332,10 @@ class Sandbox:
             detail = "".join(c if c.isprintable() else "?" for c in detail)[:200]
             raise EnclaveError(f"the sandbox could not be set up ({detail})")
         os.set_blocking(self._to_child, False)
+
+    def _deadline(self, seconds: float) -> float:
+        """`seconds` from now, but no later than the end of the job's time."""
+        return min(time.monotonic() + seconds, self._job_deadline)
 
     def _require_open(self) -> None:
         if self._closed:
