@@ -12,7 +12,9 @@ from fastapi.testclient import TestClient
 
 from chiron.core import container, modelfile
 from chiron.core.encoding import b64encode
-from chiron.core.keys import Identity
+from chiron.core.keys import Identity, PublicIdentity
+from chiron.core.manifest import DatasetRef, Plan, SignedManifest, new_manifest
+from chiron.core.recipe_statement import SignedRecipeStatement, make_statement
 from chiron.core.schema import DatasetSchema
 from chiron.host.service import Service
 
@@ -94,23 +96,76 @@ def upload_bytes(
     return done.json()
 
 
-def register_recipe(api: Api, name: str = "mlp", input_schema: dict | None = None) -> dict:
-    provider = Identity.generate()
+# One provider identity for the operator account: an account registers under one identity.
+PROVIDER = Identity.generate()
 
+
+def signed_statement(
+    name: str = "mlp",
+    source: bytes = RECIPE_SOURCE,
+    provider: Identity = PROVIDER,
+    version: str = "1",
+) -> bytes:
+    """The provider's signed statement over `source` (what registration requires)."""
+    return make_statement(source, name=name, version=version, provider=provider).to_bytes()
+
+
+def recipe_body(
+    name: str = "mlp",
+    source: bytes = RECIPE_SOURCE,
+    provider: Identity = PROVIDER,
+    input_schema: dict | None = None,
+) -> dict:
+    return {
+        "name": name,
+        "description": "a small MLP",
+        "task": "classification",
+        "input_schema": input_schema,
+        "source": b64encode(source),
+        "statement": b64encode(signed_statement(name, source, provider)),
+    }
+
+
+def register_recipe(
+    api: Api,
+    name: str = "mlp",
+    input_schema: dict | None = None,
+    provider: Identity = PROVIDER,
+    source: bytes = RECIPE_SOURCE,
+) -> dict:
     response = api.http.post(
         "/v1/recipes",
-        json={
-            "name": name,
-            "description": "a small MLP",
-            "task": "classification",
-            "input_schema": input_schema,
-            "provider_public": b64encode(provider.public.to_bytes()),
-            "source": b64encode(RECIPE_SOURCE),
-        },
+        json=recipe_body(name, source, provider, input_schema),
         headers=bearer(api.operator["token"]),
     )
     assert response.status_code == 201, response.text
     return response.json()
+
+
+def sign_manifest(
+    *,
+    job_id: str,
+    owner: Identity,
+    statement: bytes,
+    dataset: Path,
+    enclaves: tuple[PublicIdentity, ...],
+    source: bytes = RECIPE_SOURCE,
+    plan: Plan | None = None,
+    dataset_ref: DatasetRef | None = None,
+) -> SignedManifest:
+    """The owner's signed manifest for a job on `source` and the dataset file `dataset`."""
+    signed = SignedRecipeStatement.from_bytes(statement)
+    header, header_sha256 = container.read_dataset_header_and_digest(dataset)
+    return new_manifest(
+        job_id=job_id,
+        owner=owner,
+        provider=signed.provider,
+        recipe_sha256=sha256(source),
+        recipe_statement_sha256=signed.sha256,
+        dataset=dataset_ref or DatasetRef(header.dataset_id, header_sha256),
+        plan=plan or Plan(seed=0),
+        enclaves=enclaves,
+    )
 
 
 def model_bytes() -> bytes:

@@ -8,15 +8,21 @@ import stat
 
 from sqlalchemy import select
 
-from chiron.core.encoding import b64encode
-from chiron.host.db import Account
+from chiron.core.encoding import b64decode, b64encode
+from chiron.core.keys import Identity
+from chiron.core.recipe_statement import SignedRecipeStatement
+from chiron.host.accounts import create_account
+from chiron.host.db import Account, Recipe
 
 from .helpers import (
+    PROVIDER,
     RECIPE_SOURCE,
     bearer,
     model_bytes,
+    recipe_body,
     register_recipe,
     sha256,
+    signed_statement,
     upload_bytes,
 )
 
@@ -46,35 +52,136 @@ def test_operator_token_is_private_and_tokens_are_stored_hashed(api):
 
 
 def test_recipes_are_registered_by_providers_and_their_source_stays_hidden(api):
-    recipe = register_recipe(
-        api, input_schema={"input_shape": [4], "dtype": "float32", "num_classes": 3}
-    )
+    schema = {"input_shape": [4], "dtype": "float32", "num_classes": 3}
+    recipe = register_recipe(api, input_schema=schema)
     listed = api.http.get("/v1/recipes", headers=bearer(api.owner["token"])).json()
     assert [r["name"] for r in listed] == ["mlp"]
     assert "source" not in listed[0]
     assert RECIPE_SOURCE.decode() not in json.dumps(listed)
     assert recipe["source_sha256"] == sha256(RECIPE_SOURCE)
     # Providers only, names are unique, and the same registration twice is harmless.
-    body = {
-        "name": "mine",
-        "provider_public": recipe["provider_public"],
-        "source": b64encode(b"x = 1\n"),
-    }
-    refused = api.http.post("/v1/recipes", json=body, headers=bearer(api.owner["token"]))
+    refused = api.http.post(
+        "/v1/recipes", json=recipe_body("mine", b"x = 1\n"), headers=bearer(api.owner["token"])
+    )
     assert refused.status_code == 403
-    again = dict(body, name="mlp")
-    clash = api.http.post("/v1/recipes", json=again, headers=bearer(api.operator["token"]))
+    again = api.http.post(
+        "/v1/recipes", json=recipe_body(input_schema=schema), headers=bearer(api.operator["token"])
+    )
+    assert again.status_code == 201 and again.json()["created"] == recipe["created"]
+    clash = api.http.post(
+        "/v1/recipes",
+        json=recipe_body("mlp", b"x = 1\n"),
+        headers=bearer(api.operator["token"]),
+    )
     assert clash.status_code == 409
-    bad_key = dict(body, provider_public=b64encode(b"short"))
-    bad = api.http.post("/v1/recipes", json=bad_key, headers=bearer(api.operator["token"]))
-    assert bad.status_code == 400 and "public identity" in bad.json()["message"]
-    bad_b64 = dict(body, source="not base64!")
+    bad_b64 = dict(recipe_body("mine"), source="not base64!")
     assert (
         api.http.post(
             "/v1/recipes", json=bad_b64, headers=bearer(api.operator["token"])
         ).status_code
         == 400
     )
+
+
+def test_a_recipe_shows_its_providers_statement(api):
+    recipe = register_recipe(api)
+    shown = api.http.get("/v1/recipes/mlp", headers=bearer(api.owner["token"])).json()
+    assert shown == recipe
+    statement = SignedRecipeStatement.from_bytes(b64decode(shown["statement"]))
+    assert statement.provider == PROVIDER.public
+    assert statement.statement.name == "mlp" and shown["version"] == "1"
+    assert shown["provider_public"] == b64encode(PROVIDER.public.to_bytes())
+    assert shown["provider_fingerprint"] == PROVIDER.public.fingerprint
+    assert shown["recipe_statement_sha256"] == statement.sha256
+    # The statement is kept in the artifact store, beside the source.
+    assert api.service.store.read_bytes(sha256(b64decode(shown["statement"])))
+
+
+def test_registration_needs_the_providers_statement_over_this_very_recipe(api):
+    token = bearer(api.operator["token"])
+
+    def register(body: dict) -> dict:
+        response = api.http.post("/v1/recipes", json=body, headers=token)
+        assert 400 <= response.status_code < 500, response.text
+        return response.json()
+
+    # A statement over another file.
+    other = dict(recipe_body(), statement=b64encode(signed_statement(source=b"x = 2\n")))
+    assert "not the one" in register(other)["message"]
+    # A statement whose signature was altered by one bit.
+    document = json.loads(signed_statement())
+    signature = bytearray(b64decode(document["signature"]))
+    signature[0] ^= 1
+    document["signature"] = b64encode(bytes(signature))
+    flipped = dict(recipe_body(), statement=b64encode(json.dumps(document).encode()))
+    assert register(flipped)["error"] == "IntegrityError"
+    # A statement for another name, and no statement at all.
+    renamed = dict(recipe_body(), statement=b64encode(signed_statement(name="other")))
+    assert "names recipe 'other'" in register(renamed)["message"]
+    unsigned = recipe_body()
+    del unsigned["statement"]
+    assert register(unsigned)["error"] == "InputError"
+    assert register(dict(recipe_body(), statement=b64encode(b"{}")))["error"] == "InputError"
+    assert api.http.get("/v1/recipes", headers=token).json() == []
+
+
+def test_a_provider_account_registers_under_one_identity(api):
+    token = bearer(api.operator["token"])
+    register_recipe(api, "first")
+    register_recipe(api, "second")
+    stranger = Identity.generate()
+    refused = api.http.post(
+        "/v1/recipes", json=recipe_body("third", provider=stranger), headers=token
+    )
+    assert refused.status_code == 403 and refused.json()["error"] == "AccessDenied"
+    assert "another provider identity" in refused.json()["message"]
+    names = [r["name"] for r in api.http.get("/v1/recipes", headers=token).json()]
+    assert names == ["first", "second"]
+    # Another provider account pins its own identity on its first registration.
+    other = create_account(api.service.db, api.service.pepper, name="carol", role="provider")
+    mine = api.http.post(
+        "/v1/recipes", json=recipe_body("third", provider=stranger), headers=bearer(other)
+    )
+    assert mine.status_code == 201, mine.text
+    assert mine.json()["provider_fingerprint"] == stranger.public.fingerprint
+    assert (
+        api.http.post("/v1/recipes", json=recipe_body("fourth"), headers=bearer(other)).status_code
+        == 403
+    )
+
+
+def test_a_caller_cannot_name_the_provider(api):
+    stranger = Identity.generate()
+    body = dict(recipe_body(), provider_public=b64encode(stranger.public.to_bytes()))
+    refused = api.http.post("/v1/recipes", json=body, headers=bearer(api.operator["token"]))
+    assert refused.status_code == 422 and "provider_public" in refused.json()["message"]
+    assert api.http.get("/v1/recipes", headers=bearer(api.owner["token"])).json() == []
+    # Without it, the provider shown is the statement's, whoever registers.
+    recipe = register_recipe(api)
+    assert recipe["provider_fingerprint"] == PROVIDER.public.fingerprint
+
+
+def test_a_recipe_from_before_statements_is_signed_again_by_its_provider(api):
+    with api.service.db.transaction() as session:
+        operator = session.scalar(select(Account).where(Account.name == "operator"))
+        session.add(
+            Recipe(
+                name="mlp",
+                account_id=operator.id,
+                description="old",
+                task="classification",
+                input_schema=None,
+                provider_public=Identity.generate().public.to_bytes().hex(),
+                source_sha256=api.service.store.put_bytes(RECIPE_SOURCE),
+                statement_sha256=None,
+                created=1,
+            )
+        )
+    old = api.http.get("/v1/recipes/mlp", headers=bearer(api.owner["token"])).json()
+    assert old["statement"] is None and old["provider_public"] is None
+    renewed = register_recipe(api)
+    assert renewed["provider_fingerprint"] == PROVIDER.public.fingerprint
+    assert renewed["description"] == "a small MLP"
 
 
 def test_dataset_upload_registers_the_public_header(api, dataset_bytes):
@@ -293,6 +400,7 @@ def test_bad_requests_get_one_line_errors(api):
         ("get", "/v1/attestation/evidence?nonce=00", None),
         ("get", "/v1/jobs/nope/evidence?nonce=" + "00" * 16, None),
         ("post", "/v1/uploads", {"kind": "weights", "size": 1, "sha256": "0" * 64}),
+        ("post", "/v1/jobs/nope/start", {"manifest": "AA==", "sealed_data_key": "AA=="}),
         ("post", "/v1/jobs/nope/start", {"sealed_data_key": "AA==", "owner_public": "AA=="}),
         ("get", "/v1/jobs/nope/results/weights", None),
         ("post", "/v1/query-sessions", {"model": "nope"}),

@@ -15,9 +15,8 @@ import httpx
 import pytest
 
 from chiron.client.remote import ServiceClient
-from chiron.core.keys import Identity
 
-from .helpers import RECIPE_SOURCE, make_dataset, sha256
+from .helpers import RECIPE_SOURCE, make_dataset, sha256, signed_statement
 
 CHIRON = [sys.executable, "-m", "chiron"]
 SERVE = [*CHIRON, "serve", "--host", "127.0.0.1", "--port", "0"]
@@ -162,7 +161,7 @@ def test_sigkill_with_a_job_in_flight_marks_it_failed(tmp_path, serve):
     token = _owner_token(state)
     operator = (state / "operator.token").read_text().strip()
     with ServiceClient(first.url, operator) as provider:
-        provider.register_recipe("mlp", source=RECIPE_SOURCE, provider=Identity.generate().public)
+        provider.register_recipe("mlp", source=RECIPE_SOURCE, statement=signed_statement())
     with ServiceClient(first.url, token) as client:
         registered = client.upload_dataset(dataset, progress=False)
         job = client.create_job(recipe="mlp", dataset=registered["id"])

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
 from chiron.client.attestation import load_policy, service_sim_roots, verify_enclave
 from chiron.client.remote import ServiceClient
+from chiron.core.contract import TrainAuthorization
 from chiron.core.errors import (
     AccessDenied,
     AttestationError,
@@ -20,11 +22,22 @@ from chiron.core.errors import (
     NotFound,
 )
 from chiron.core.keys import Identity
+from chiron.core.manifest import DatasetRef, Plan
+from chiron.core.roles import Role
 from chiron.host.accounts import create_account
 from chiron.host.config import ServiceConfig
 from chiron.host.server import running_service
 
-from .helpers import RECIPE_SOURCE, make_dataset, make_model_file
+from .helpers import (
+    PROVIDER,
+    RECIPE_SOURCE,
+    make_dataset,
+    make_model_file,
+    sign_manifest,
+    signed_statement,
+)
+
+OTHER_SOURCE = b"HYPERPARAMETERS = {'epochs': 2}\n"
 
 
 @pytest.fixture
@@ -35,17 +48,37 @@ def live(tmp_path) -> Iterator[tuple[str, ServiceClient, ServiceClient]]:
         owner = create_account(service.db, service.pepper, name="alice", role="owner")
         operator = service.operator_token_path.read_text().strip()
         with ServiceClient(url, operator) as provider, ServiceClient(url, owner) as client:
-            provider.register_recipe(
-                "mlp", source=RECIPE_SOURCE, provider=Identity.generate().public
-            )
+            provider.register_recipe("mlp", source=RECIPE_SOURCE, statement=signed_statement())
             yield url, provider, client
 
 
-def _attest(url: str, get_evidence, state_dir):
+def _attest(url: str, get_evidence, state_dir, role: Role | None = None):
     policy = load_policy(None, allow_simulation=True)
     with ServiceClient(url) as service:
         roots = service_sim_roots(service, state_dir, policy)
-        return verify_enclave(get_evidence, policy, state_dir=state_dir, sim_roots=roots)
+        return verify_enclave(get_evidence, policy, state_dir=state_dir, sim_roots=roots, role=role)
+
+
+def _job_enclave(url: str, client: ServiceClient, job_id: str, state_dir):
+    """The job's training enclave, attested as unbound (it serves no job yet)."""
+    return _attest(
+        url, lambda nonce: client.job_evidence(job_id, nonce), state_dir, role=Role.TRAIN
+    ).identity
+
+
+def _authorization(job_id: str, enclave, dataset, **changes) -> TrainAuthorization:
+    owner = changes.pop("owner", Identity.generate())
+    sealed = changes.pop("sealed_data_key", os.urandom(80))
+    statement = changes.pop("statement", signed_statement())
+    manifest = sign_manifest(
+        job_id=job_id,
+        owner=owner,
+        statement=statement,
+        dataset=dataset,
+        enclaves=changes.pop("enclaves", (enclave,)),
+        **changes,
+    )
+    return TrainAuthorization(manifest, sealed)
 
 
 def test_service_and_job_enclaves_attest_with_their_own_keys(tmp_path, live):
@@ -78,18 +111,18 @@ def test_service_and_job_enclaves_attest_with_their_own_keys(tmp_path, live):
 def test_failed_jobs_report_a_reason_class_to_the_provider_and_a_message_to_the_owner(
     tmp_path, live
 ):
-    _, provider, client = live
+    url, provider, client = live
     dataset = tmp_path / "data.chd"
     make_dataset(dataset)
     dataset_id = client.upload_dataset(dataset, progress=False)["id"]
-    owner = Identity.generate().public.to_bytes()
     jobs = [client.create_job(recipe="mlp", dataset=dataset_id) for _ in range(3)]
     for job in jobs:
+        enclave = _job_enclave(url, client, job["id"], tmp_path / "client")
         # Garbage instead of a key sealed to the job's enclave: the enclave refuses it.
-        started = client.start_job(job["id"], sealed_data_key=os.urandom(80), owner_public=owner)
+        started = client.start_job(job["id"], _authorization(job["id"], enclave, dataset))
         assert started["state"] == "queued"
     with pytest.raises(Conflict):
-        client.start_job(jobs[0]["id"], sealed_data_key=b"x", owner_public=owner)
+        client.start_job(jobs[0]["id"], _authorization(jobs[0]["id"], enclave, dataset))
     outcomes = []
     for job in jobs:
         with pytest.raises(JobFailed) as failed:
@@ -106,24 +139,69 @@ def test_failed_jobs_report_a_reason_class_to_the_provider_and_a_message_to_the_
         client.job_evidence(jobs[0]["id"], os.urandom(32))
 
 
-def test_job_start_checks_the_owners_arguments(tmp_path, live):
-    _, provider, client = live
+def test_the_service_hands_over_the_recipes_statement(live):
+    _, _, client = live
+    assert client.recipe_statement("mlp") == signed_statement()
+    recipe = client.recipe("mlp")
+    assert recipe["provider_fingerprint"] == PROVIDER.public.fingerprint
+    with pytest.raises(NotFound):
+        client.recipe_statement("nope")
+
+
+def test_a_manifest_for_another_job_recipe_or_dataset_is_refused_before_the_enclave(tmp_path, live):
+    url, provider, client = live
     dataset = tmp_path / "data.chd"
     make_dataset(dataset)
+    other_dataset = tmp_path / "other.chd"
+    make_dataset(other_dataset, seed=1)
     job = client.create_job(
         recipe="mlp", dataset=client.upload_dataset(dataset, progress=False)["id"]
     )
-    with pytest.raises(InputError, match="owner_public"):
-        client.start_job(job["id"], sealed_data_key=b"k", owner_public=b"short")
-    with pytest.raises(InputError):
-        client.start_job(
-            job["id"], sealed_data_key=b"", owner_public=Identity.generate().public.to_bytes()
-        )
+    job_id = job["id"]
+    enclave = _job_enclave(url, client, job_id, tmp_path / "client")
+    other_recipe = signed_statement(source=OTHER_SOURCE)
+    workers = Plan(seed=0, workers=2, exchange_every=1)
+    members = (enclave, Identity.generate().public, Identity.generate().public)
+    owner = Identity.generate()
+    mine = _authorization(job_id, enclave, dataset, owner=owner)
+    refusals = {
+        "for job": _authorization("0" * 32, enclave, dataset),
+        "another recipe": _authorization(
+            job_id, enclave, dataset, source=OTHER_SOURCE, statement=other_recipe
+        ),
+        "another provider statement": _authorization(
+            job_id, enclave, dataset, statement=signed_statement(version="2")
+        ),
+        "another provider": TrainAuthorization(
+            replace(mine.manifest.manifest, provider=Identity.generate().public).sign(owner),
+            mine.sealed_data_key,
+        ),
+        "another dataset than": _authorization(job_id, enclave, other_dataset),
+        "another file of dataset": _authorization(
+            job_id,
+            enclave,
+            dataset,
+            dataset_ref=DatasetRef(mine.manifest.manifest.dataset.dataset_id, "ab" * 32),
+        ),
+        "1 worker": _authorization(job_id, enclave, dataset, plan=workers, enclaves=members),
+    }
+    for words, authorization in refusals.items():
+        with pytest.raises(InputError, match=words):
+            client.start_job(job_id, authorization)
+    # Not the job's owner, and a manifest whose owner signature does not verify.
     with pytest.raises(AccessDenied, match="owner"):
-        provider.start_job(
-            job["id"], sealed_data_key=b"k", owner_public=Identity.generate().public.to_bytes()
-        )
-    assert client.job(job["id"])["state"] == "created"
+        provider.start_job(job_id, _authorization(job_id, enclave, dataset))
+    genuine = mine
+    altered = replace(genuine.manifest.manifest, plan=Plan(seed=1))
+    forged = replace(genuine, manifest=replace(genuine.manifest, manifest=altered))
+    with pytest.raises(IntegrityError, match="owner's signature"):
+        client.start_job(job_id, forged)
+    with pytest.raises(InputError, match="sealed_data_key"):
+        client.start_job(job_id, replace(genuine, sealed_data_key=b""))
+    # The job still waits, and its enclave never saw a train call: it is still attestable
+    # as a fresh training enclave that serves no job.
+    assert client.job(job_id)["state"] == "created"
+    assert _job_enclave(url, client, job_id, tmp_path / "client") == enclave
 
 
 def test_query_sessions_relay_calls_and_enforce_who_may_make_them(tmp_path, live):
@@ -178,9 +256,7 @@ def test_idle_enclaves_are_stopped_and_unstarted_jobs_abandoned(tmp_path):
         token = create_account(service.db, service.pepper, name="alice", role="owner")
         operator = service.operator_token_path.read_text().strip()
         with ServiceClient(url, operator) as provider, ServiceClient(url, token) as client:
-            provider.register_recipe(
-                "mlp", source=RECIPE_SOURCE, provider=Identity.generate().public
-            )
+            provider.register_recipe("mlp", source=RECIPE_SOURCE, statement=signed_statement())
             dataset = tmp_path / "data.chd"
             make_dataset(dataset)
             job = client.create_job(

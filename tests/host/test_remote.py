@@ -12,7 +12,9 @@ import typer
 from typer.testing import CliRunner
 
 from chiron.client import cli_service
-from chiron.client.remote import RemoteQuerySession, ServiceClient
+from chiron.client.remote import RemoteJobSession, RemoteQuerySession, ServiceClient
+from chiron.core.contract import TrainAuthorization, TrainResult
+from chiron.core.encoding import b64decode, b64encode
 from chiron.core.errors import (
     AccessDenied,
     Conflict,
@@ -23,12 +25,20 @@ from chiron.core.errors import (
     UsageError,
 )
 from chiron.core.keys import Identity
+from chiron.core.recipe_statement import SignedRecipeStatement
 from chiron.host.accounts import create_account
 from chiron.host.config import ServiceConfig
 from chiron.host.server import running_service
 from chiron.host.service import Service
 
-from .helpers import RECIPE_SOURCE, make_dataset, make_model_file, sha256
+from .helpers import (
+    RECIPE_SOURCE,
+    make_dataset,
+    make_model_file,
+    sha256,
+    sign_manifest,
+    signed_statement,
+)
 
 
 @pytest.fixture
@@ -47,11 +57,12 @@ def test_sdk_covers_an_owners_and_a_providers_session(tmp_path, live):
         recipe = provider.register_recipe(
             "mlp",
             source=RECIPE_SOURCE,
-            provider=provider_identity.public,
+            statement=signed_statement(provider=provider_identity),
             description="small",
             input_schema={"input_shape": [4], "dtype": "float32", "num_classes": 3},
         )
         assert recipe["source_sha256"] == sha256(RECIPE_SOURCE)
+        assert recipe["provider_fingerprint"] == provider_identity.public.fingerprint
     dataset_path = tmp_path / "data.chd"
     make_dataset(dataset_path, records=300)
     with ServiceClient(url, owner) as client:
@@ -156,27 +167,26 @@ def test_service_commands(tmp_path, live):
     runner = CliRunner()
     source = tmp_path / "recipe.py"
     source.write_bytes(RECIPE_SOURCE)
-    public = Identity.generate().save(tmp_path / "provider.key")
+    key = tmp_path / "provider.key"
+    identity = Identity.generate()
+    public = identity.save(key)
+    register = ["recipes", "register", "mlp", "--source", str(source), "--url", url]
+    # The statement is signed with the private key; a public key cannot sign it.
+    unsigned = runner.invoke(app, [*register, "--key", str(public)], env={"CHIRON_TOKEN": operator})
+    assert unsigned.exit_code != 0 and "private identity" in str(unsigned.exception)
     registered = runner.invoke(
-        app,
-        [
-            "recipes",
-            "register",
-            "mlp",
-            "--source",
-            str(source),
-            "--provider",
-            str(public),
-            "--url",
-            url,
-        ],
-        env={"CHIRON_TOKEN": operator},
+        app, [*register, "--key", str(key), "--version", "2.1"], env={"CHIRON_TOKEN": operator}
     )
     assert registered.exit_code == 0, registered.output
+    assert identity.public.fingerprint[:16] in registered.output
     listed = runner.invoke(
         app, ["recipes", "list", "--url", url, "--json"], env={"CHIRON_TOKEN": owner}
     )
-    assert json.loads(listed.output)[0]["name"] == "mlp"
+    shown = json.loads(listed.output)[0]
+    assert shown["name"] == "mlp" and shown["version"] == "2.1"
+    statement = SignedRecipeStatement.from_bytes(b64decode(shown["statement"]))
+    assert statement.provider == identity.public
+    statement.check_recipe(RECIPE_SOURCE)
     dataset = tmp_path / "data.chd"
     make_dataset(dataset)
     uploaded = runner.invoke(
@@ -189,6 +199,59 @@ def test_service_commands(tmp_path, live):
     assert "no jobs" in runner.invoke(app, ["jobs", "list", "--url", url, "--token", owner]).output
     denied = runner.invoke(app, ["datasets", "list", "--url", url, "--token", "wrong"])
     assert denied.exit_code != 0 and isinstance(denied.exception, AccessDenied)
+
+
+def test_remote_job_session_starts_with_the_manifest_and_returns_four_results(tmp_path):
+    dataset = tmp_path / "data.chd"
+    make_dataset(dataset)
+    enclave = Identity.generate().public
+    manifest = sign_manifest(
+        job_id="j" * 8,
+        owner=Identity.generate(),
+        statement=signed_statement(),
+        dataset=dataset,
+        enclaves=(enclave,),
+    )
+    authorization = TrainAuthorization(manifest, b"sealed")
+    results = {
+        name: name.encode() * 3
+        for name in ("model", "receipt", "owner_report", "owner_report_signature")
+    }
+    started: list[dict] = []
+    polls = iter(
+        [
+            {"state": "running", "step": 1, "total": 4},
+            {"state": "done", "step": 4, "total": 4},
+        ]
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.endswith("/start"):
+            started.append(json.loads(request.content))
+            return httpx.Response(200, json={"state": "queued"})
+        if "/results/" in path:
+            data = results[path.rsplit("/", 1)[1]]
+            return httpx.Response(200, content=data, headers={"X-Content-SHA256": sha256(data)})
+        return httpx.Response(200, json=next(polls))
+
+    session = RemoteJobSession(_mock(handler), "j" * 8, poll_seconds=0)
+    events: list[dict] = []
+    wire = session.call("train", authorization.to_wire(), on_event=events.append)
+    assert started == [
+        {"manifest": b64encode(manifest.to_wire()), "sealed_data_key": b64encode(b"sealed")}
+    ]
+    result = TrainResult.from_wire(wire)
+    assert result.complete
+    assert {name: getattr(result, name) for name in results} == results
+    assert events == [
+        {"event": "progress", "step": 1, "total": 4},
+        {"event": "progress", "step": 4, "total": 4},
+    ]
+    # A manifest for another job is refused before anything is sent.
+    with pytest.raises(UsageError, match="job id"):
+        RemoteJobSession(_mock(handler), "k" * 8).call("train", authorization.to_wire())
+    assert len(started) == 1
 
 
 def test_account_create_command(tmp_path):

@@ -17,6 +17,8 @@ from chiron.client.remote import RemoteJobSession, RemoteQuerySession, ServiceCl
 from chiron.client.training import run_training
 from chiron.core import container
 from chiron.core.keys import DataKey, Identity
+from chiron.core.manifest import DatasetRef, Plan
+from chiron.core.recipe_statement import SignedRecipeStatement, make_statement
 from chiron.core.schema import DatasetSchema
 from chiron.host.accounts import create_account
 from chiron.host.config import ServiceConfig
@@ -53,6 +55,7 @@ def test_train_and_query_through_the_service(tmp_path):
     header = container.encrypt_dataset(
         [(x, y)], tmp_path / "train.chd", key, schema=schema, record_count=240
     )
+    _, header_sha256 = container.read_dataset_header_and_digest(tmp_path / "train.chd")
     policy = load_policy(None, allow_simulation=True)
     with running_service(ServiceConfig(state_dir=tmp_path / "service")) as (service, url):
         # Simulation: the client trusts the service's sim root, here read from its folder.
@@ -64,8 +67,16 @@ def test_train_and_query_through_the_service(tmp_path):
             ServiceClient(url, owner_token) as client,
         ):
             provider_client.register_recipe(
-                "tiny", source=TINY_RECIPE, provider=provider.public, input_schema=schema.to_dict()
+                "tiny",
+                source=TINY_RECIPE,
+                statement=make_statement(
+                    TINY_RECIPE, name="tiny", version="1", provider=provider
+                ).to_bytes(),
+                input_schema=schema.to_dict(),
             )
+            # The owner's client believes the statement only once it verifies.
+            statement = SignedRecipeStatement.from_bytes(client.recipe_statement("tiny"))
+            assert statement.provider == provider.public
             dataset = client.upload_dataset(tmp_path / "train.chd", progress=False)
             job = client.create_job(recipe="tiny", dataset=dataset["id"])
             events: list[dict] = []
@@ -73,10 +84,10 @@ def test_train_and_query_through_the_service(tmp_path):
                 RemoteJobSession(client, job["id"], poll_seconds=0.2),
                 job_id=job["id"],
                 data_key=DataKey(header.dataset_id, key),
+                dataset=DatasetRef(header.dataset_id, header_sha256),
                 owner=owner,
-                provider=provider.public,
-                epochs=None,
-                seed=3,
+                statement=statement,
+                plan=Plan(seed=3),
                 policy=policy,
                 state_dir=roots,
                 on_event=events.append,

@@ -17,7 +17,9 @@ from chiron.client.options import JSON, TOKEN, default_state_dir
 from chiron.client.remote import ServiceClient
 from chiron.core.errors import InputError, UsageError
 from chiron.core.fileio import read_input_file
-from chiron.core.keys import load_public_identity
+from chiron.core.keys import load_identity
+from chiron.core.limits import MAX_RECIPE_BYTES
+from chiron.core.recipe_statement import make_statement
 from chiron.core.schema import DatasetSchema
 
 SERVICE_URL = typer.Option(..., "--url", help="the Chiron service, e.g. http://127.0.0.1:8470")
@@ -124,7 +126,10 @@ recipes_app = typer.Typer(help="A provider's recipes on a service.", no_args_is_
 def recipes_register(
     name: str = typer.Argument(..., help="the recipe's name on the service"),
     source: Path = typer.Option(..., "--source", help="the recipe file (stays on the service)"),
-    provider: Path = typer.Option(..., "--provider", help="your public identity (.pub)"),
+    key: Path = typer.Option(
+        ..., "--key", help="your provider key (private; it signs here and is never sent)"
+    ),
+    version: str = typer.Option("1", "--version", help="the version you sign the recipe as"),
     description: str = typer.Option("", "--description", help="public description"),
     task: str = typer.Option("classification", "--task", help="what the recipe does"),
     input_schema: str | None = typer.Option(
@@ -136,24 +141,37 @@ def recipes_register(
     token: str | None = TOKEN,
     as_json: bool = JSON,
 ) -> None:
-    """Register a recipe: owners see its description, never its source."""
+    """Register a recipe with your signed statement: owners see both, never its source.
+
+    The statement (recipe SHA-256, name, version, query policy digest, your identity)
+    is signed here with your key; only the statement and the file are sent.
+    """
     schema = None
     if input_schema is not None:
         try:
             schema = DatasetSchema.from_dict(json.loads(input_schema)).to_dict()
         except json.JSONDecodeError:
             raise InputError("--input-schema is not valid JSON") from None
+    recipe_source = read_input_file(source, what="recipe", limit=MAX_RECIPE_BYTES)
+    statement = make_statement(
+        recipe_source, name=name, version=version, provider=load_identity(key)
+    )
     with ServiceClient(url, token) as client:
         recipe = client.register_recipe(
             name,
-            source=read_input_file(source, what="recipe", limit=1024 * 1024),
-            provider=load_public_identity(provider),
+            source=recipe_source,
+            statement=statement.to_bytes(),
             description=description,
             task=task,
             input_schema=schema,
         )
     _print(
-        recipe, as_json, [f"registered recipe {recipe['name']} ({recipe['source_sha256'][:16]})"]
+        recipe,
+        as_json,
+        [
+            f"registered recipe {recipe['name']} version {version} "
+            f"({recipe['source_sha256'][:16]}), provider {statement.provider.fingerprint[:16]}"
+        ],
     )
 
 

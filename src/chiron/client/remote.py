@@ -30,6 +30,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from chiron.core.contract import TrainAuthorization, TrainResult
 from chiron.core.encoding import b64decode, b64encode
 from chiron.core.errors import (
     AccessDenied,
@@ -45,7 +46,6 @@ from chiron.core.errors import (
     UsageError,
 )
 from chiron.core.fileio import atomic_output
-from chiron.core.keys import PublicIdentity
 from chiron.enclave.boundary import decode_message, encode_message
 
 EventHandler = Callable[[dict[str, Any]], None]
@@ -190,18 +190,19 @@ class ServiceClient:
         name: str,
         *,
         source: bytes,
-        provider: PublicIdentity,
+        statement: bytes,
         description: str = "",
         task: str = "classification",
         input_schema: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """Register a recipe with its provider's signed statement (`SignedRecipeStatement`)."""
         body = {
             "name": name,
             "description": description,
             "task": task,
             "input_schema": input_schema,
-            "provider_public": b64encode(provider.to_bytes()),
             "source": b64encode(source),
+            "statement": b64encode(statement),
         }
         return self._json("POST", "/recipes", json=body)
 
@@ -210,6 +211,22 @@ class ServiceClient:
 
     def recipe(self, name: str) -> dict[str, Any]:
         return self._json("GET", f"/recipes/{name}")
+
+    def recipe_statement(self, name: str) -> bytes:
+        """The provider's signed statement of a recipe, as the service relays it.
+
+        The service is not trusted to vouch for it: verify it with
+        `SignedRecipeStatement.from_bytes` before believing who the provider is.
+        """
+        encoded = self.recipe(name).get("statement")
+        if encoded is None:
+            raise Conflict(
+                f"recipe {name!r} has no provider statement; its provider must register it again"
+            )
+        try:
+            return b64decode(encoded)
+        except (TypeError, ValueError):
+            raise ServiceError("the service sent a malformed recipe statement") from None
 
     # --- uploads, datasets, models ----------------------------------------------------
 
@@ -354,22 +371,13 @@ class ServiceClient:
             self._json("GET", f"/jobs/{job_id}/evidence", params={"nonce": nonce.hex()})
         )
 
-    def start_job(
-        self,
-        job_id: str,
-        *,
-        sealed_data_key: bytes,
-        owner_public: bytes,
-        provider_public: bytes | None = None,
-        epochs: int | None = None,
-        seed: int = 0,
-    ) -> dict[str, Any]:
+    def start_job(self, job_id: str, authorization: TrainAuthorization) -> dict[str, Any]:
+        """Start a job with the owner's signed manifest and the data key sealed for it."""
+        if authorization.group is not None:
+            raise UsageError("a service job runs on one enclave; it takes no group")
         body = {
-            "sealed_data_key": b64encode(sealed_data_key),
-            "owner_public": b64encode(owner_public),
-            "provider_public": None if provider_public is None else b64encode(provider_public),
-            "epochs": epochs,
-            "seed": seed,
+            "manifest": b64encode(authorization.manifest.to_wire()),
+            "sealed_data_key": b64encode(authorization.sealed_data_key),
         }
         return self._json("POST", f"/jobs/{job_id}/start", json=body)
 
@@ -395,7 +403,10 @@ class ServiceClient:
             time.sleep(poll_seconds)
 
     def job_result(self, job_id: str, name: str, out: Path | None = None) -> bytes | None:
-        """A finished job's `model`, `receipt` or `owner_report` (returned, or written to `out`)."""
+        """A finished job's `model`, `receipt`, `owner_report` or `owner_report_signature`.
+
+        Returned, or written atomically to `out`.
+        """
         return self._download(f"/jobs/{job_id}/results/{name}", out)
 
     # --- query sessions ----------------------------------------------------------------------
@@ -455,8 +466,10 @@ def _progress_bar(enabled: bool, label: str, total: int) -> Iterator[Callable[[i
 class RemoteJobSession:
     """A service's training job seen as an enclave session (`train` via the job API).
 
-    `call("train", ...)` starts the job with the owner's sealed key, reports progress
-    events while it runs, and returns the enclave's results once it is done.
+    `call("train", TrainAuthorization(...).to_wire())` starts the job with the owner's
+    signed manifest and sealed key, reports progress events while it runs, and returns
+    the enclave's `TrainResult` (wire form) once it is done. The service adds the
+    recipe, its statement and the dataset; the enclave checks them against the manifest.
     """
 
     def __init__(self, client: ServiceClient, job_id: str, *, poll_seconds: float = 1.0) -> None:
@@ -472,26 +485,22 @@ class RemoteJobSession:
     ) -> dict[str, Any]:
         if name != "train":
             raise EnclaveError(f"a training job has no call {name!r}")
-        if args.get("job_id") != self.job_id:
+        authorization = TrainAuthorization.from_wire(args)
+        if authorization.manifest.manifest.job_id != self.job_id:
             raise UsageError("the train call must use the service's job id")
-        self.client.start_job(
-            self.job_id,
-            sealed_data_key=args["sealed_data_key"],
-            owner_public=args["owner_public"],
-            provider_public=args.get("provider_public"),
-            epochs=args.get("epochs"),
-            seed=int(args.get("seed", 0)),
-        )
+        self.client.start_job(self.job_id, authorization)
 
         def update(job: dict[str, Any]) -> None:
             if on_event is not None and job["state"] in ("running", "done") and job["total"]:
                 on_event({"event": "progress", "step": job["step"], "total": job["total"]})
 
         self.client.wait_job(self.job_id, on_update=update, poll_seconds=self._poll)
-        return {
-            name: self.client.job_result(self.job_id, name)
-            for name in ("model", "receipt", "owner_report")
-        }
+        return TrainResult(
+            model=self.client.job_result(self.job_id, "model"),
+            receipt=self.client.job_result(self.job_id, "receipt"),
+            owner_report=self.client.job_result(self.job_id, "owner_report"),
+            owner_report_signature=self.client.job_result(self.job_id, "owner_report_signature"),
+        ).to_wire()
 
     def close(self) -> None:
         """Nothing to stop: the service ends a job's enclave when the job ends."""

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 import chiron
+from chiron.core.contract import TrainAuthorization
 from chiron.core.encoding import b64decode, b64encode
 from chiron.core.errors import (
     AccessDenied,
@@ -35,13 +36,21 @@ from chiron.core.errors import (
     NotFound,
     ServiceError,
 )
+from chiron.core.limits import MAX_SEALED_KEY_BYTES
+from chiron.core.manifest import MAX_MANIFEST_BYTES
+from chiron.core.recipe_statement import MAX_STATEMENT_BYTES
 from chiron.enclave.boundary import decode_message, encode_message
 from chiron.host.accounts import Unauthenticated
 from chiron.host.config import MAX_CHUNK_BYTES
 from chiron.host.db import Account, Dataset, Job, Model, Recipe
 from chiron.host.enclaves import parse_nonce
-from chiron.host.jobs import StartRequest, status_text
-from chiron.host.recipes import MAX_DESCRIPTION_CHARS, MAX_RECIPE_BYTES, RecipeSubmission
+from chiron.host.jobs import RESULT_NAMES, status_text
+from chiron.host.recipes import (
+    MAX_DESCRIPTION_CHARS,
+    MAX_RECIPE_BYTES,
+    RecipeSubmission,
+    RegisteredRecipe,
+)
 from chiron.host.service import Service
 
 log = logging.getLogger("chiron.host.api")
@@ -61,6 +70,13 @@ _STATUS: tuple[tuple[type[ChironError], int], ...] = (
     (ChironError, 400),
 )
 _HEX64 = r"^[0-9a-f]{64}$"
+ResultName = Literal["model", "receipt", "owner_report", "owner_report_signature"]
+assert set(get_args(ResultName)) == set(RESULT_NAMES)
+
+
+def _b64_chars(limit: int) -> int:
+    """The longest base64 text of at most `limit` bytes."""
+    return 4 * -(-limit // 3)
 
 
 class ErrorOut(BaseModel):
@@ -92,17 +108,22 @@ class SimRootOut(BaseModel):
 
 
 class RecipeIn(BaseModel):
+    # No field may name a provider: only the signed statement does.
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(max_length=64, description="lowercase letters, digits, '_' or '-'")
     description: str = Field(default="", max_length=MAX_DESCRIPTION_CHARS)
     task: str = Field(default="classification", max_length=64)
     input_schema: dict[str, Any] | None = Field(
         default=None, description="DatasetSchema the recipe takes (input_shape, dtype, ...)"
     )
-    provider_public: str = Field(
-        max_length=200, description="the provider's 64-byte public identity, base64"
-    )
     source: str = Field(
-        max_length=2 * MAX_RECIPE_BYTES, description="the recipe file, base64 (stays on the host)"
+        max_length=_b64_chars(MAX_RECIPE_BYTES),
+        description="the recipe file, base64 (stays on the host)",
+    )
+    statement: str = Field(
+        max_length=_b64_chars(MAX_STATEMENT_BYTES),
+        description="the provider's signed recipe statement over `source`, base64",
     )
 
 
@@ -111,8 +132,18 @@ class RecipeOut(BaseModel):
     description: str
     task: str
     input_schema: dict[str, Any] | None
-    provider_public: str
     source_sha256: str
+    statement: str | None = Field(
+        description="the provider's signed statement, base64; verify it before believing it"
+    )
+    recipe_statement_sha256: str | None = Field(
+        description="the statement's digest, as a job manifest names it"
+    )
+    version: str | None = Field(description="the version the provider signed")
+    provider_public: str | None = Field(
+        description="the 64-byte public identity the statement names, base64"
+    )
+    provider_fingerprint: str | None
     created: int
 
 
@@ -160,13 +191,17 @@ class JobIn(BaseModel):
 
 
 class JobStartIn(BaseModel):
-    sealed_data_key: str = Field(max_length=8192, description="HPKE-sealed data key, base64")
-    owner_public: str = Field(max_length=200, description="64-byte public identity, base64")
-    provider_public: str | None = Field(
-        default=None, max_length=200, description="default: the recipe's registered provider"
+    # Everything the enclave acts on is in the owner's signed manifest.
+    model_config = ConfigDict(extra="forbid")
+
+    manifest: str = Field(
+        max_length=_b64_chars(MAX_MANIFEST_BYTES),
+        description="the owner's signed job manifest (SignedManifest.to_wire()), base64",
     )
-    epochs: int | None = Field(default=None, ge=1, le=1000)
-    seed: int = Field(default=0, ge=0, lt=2**63)
+    sealed_data_key: str = Field(
+        max_length=_b64_chars(MAX_SEALED_KEY_BYTES),
+        description="the data key HPKE-sealed to the job's attested enclave, base64",
+    )
 
 
 class JobOut(BaseModel):
@@ -225,14 +260,20 @@ def error_response(exc: ChironError) -> JSONResponse:
     return JSONResponse(status_code=_status(exc), content=body.model_dump(), headers=headers)
 
 
-def _recipe_out(recipe: Recipe) -> RecipeOut:
+def _recipe_out(registered: RegisteredRecipe) -> RecipeOut:
+    recipe: Recipe = registered.record
+    signed, data = registered.statement, registered.statement_bytes
     return RecipeOut(
         name=recipe.name,
         description=recipe.description,
         task=recipe.task,
         input_schema=None if recipe.input_schema is None else json.loads(recipe.input_schema),
-        provider_public=b64encode(bytes.fromhex(recipe.provider_public)),
         source_sha256=recipe.source_sha256,
+        statement=None if data is None else b64encode(data),
+        recipe_statement_sha256=None if signed is None else signed.sha256,
+        version=None if signed is None else signed.statement.version,
+        provider_public=None if signed is None else b64encode(signed.provider.to_bytes()),
+        provider_fingerprint=None if signed is None else signed.provider.fingerprint,
         created=recipe.created,
     )
 
@@ -350,8 +391,8 @@ def register_recipe(
         description=body.description,
         task=body.task,
         input_schema=body.input_schema,
-        provider_public=_decode(body.provider_public, "provider_public"),
         source=_decode(body.source, "source"),
+        statement=_decode(body.statement, "statement"),
     )
     return _recipe_out(_service(request).recipes.register(caller, submission))
 
@@ -525,18 +566,14 @@ def job_evidence(job_id: str, request: Request, nonce: str = Query(max_length=25
 def start_job(
     job_id: str, body: JobStartIn, request: Request, caller: Account = Depends(_caller)
 ) -> JobOut:
-    start = StartRequest(
-        sealed_data_key=_decode(body.sealed_data_key, "sealed_data_key"),
-        owner_public=_decode(body.owner_public, "owner_public"),
-        provider_public=(
-            None
-            if body.provider_public is None
-            else _decode(body.provider_public, "provider_public")
-        ),
-        epochs=body.epochs,
-        seed=body.seed,
+    """Queue the job's `train` call with the owner's manifest and sealed data key."""
+    authorization = TrainAuthorization.from_wire(
+        {
+            "manifest": _decode(body.manifest, "manifest"),
+            "sealed_data_key": _decode(body.sealed_data_key, "sealed_data_key"),
+        }
     )
-    return _job_out(_service(request).jobs.start(caller, job_id, start), caller)
+    return _job_out(_service(request).jobs.start(caller, job_id, authorization), caller)
 
 
 @router.get(
@@ -547,7 +584,7 @@ def start_job(
 )
 def job_result(
     job_id: str,
-    name: Literal["model", "receipt", "owner_report"],
+    name: ResultName,
     request: Request,
     caller: Account = Depends(_caller),
 ) -> Response:

@@ -20,6 +20,8 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from chiron.core.container import read_dataset_header_and_digest
+from chiron.core.contract import TrainAuthorization, TrainMaterials, TrainRequest, TrainResult
 from chiron.core.errors import (
     AccessDenied,
     AttestationError,
@@ -28,23 +30,21 @@ from chiron.core.errors import (
     InputError,
     IntegrityError,
     JobFailed,
-    KeyFileError,
     NotFound,
 )
-from chiron.core.keys import PublicIdentity
+from chiron.core.recipe_statement import SignedRecipeStatement
 from chiron.core.schema import DatasetSchema
 from chiron.host import headers
 from chiron.host.db import ACTIVE_JOB_STATES, Account, Database, Dataset, Job, Model, Recipe, now
 from chiron.host.enclaves import ManagedEnclave
+from chiron.host.recipes import Recipes
 from chiron.host.store import ArtifactStore
 
 log = logging.getLogger("chiron.host.jobs")
 
-RESULT_NAMES = ("model", "receipt", "owner_report")
+RESULT_NAMES = ("model", "receipt", "owner_report", "owner_report_signature")
 # Longest silence tolerated from a training enclave; it reports progress every 1% of steps.
 TRAIN_SILENCE_SECONDS = 6 * 3600.0
-MAX_SEALED_KEY_BYTES = 4096
-MAX_EPOCHS = 1000
 HOST_RESTART = "host_restart"
 ABANDONED = "abandoned"
 
@@ -57,35 +57,14 @@ _REASONS: tuple[tuple[type[ChironError], str], ...] = (
 
 
 @dataclass(frozen=True)
-class StartRequest:
-    """The owner's half of the `train` call, checked before the job is queued."""
+class PreparedTrain:
+    """What a queued job's `train` call is made of, fixed when the owner starts it."""
 
-    sealed_data_key: bytes
-    owner_public: bytes
-    provider_public: bytes | None
-    epochs: int | None
-    seed: int
-
-    def check(self) -> None:
-        if not 0 < len(self.sealed_data_key) <= MAX_SEALED_KEY_BYTES:
-            raise InputError("sealed_data_key is empty or too long")
-        for name, value in (
-            ("owner_public", self.owner_public),
-            ("provider_public", self.provider_public),
-        ):
-            if value is not None:
-                _public_identity(value, name)
-        if self.epochs is not None and not 1 <= self.epochs <= MAX_EPOCHS:
-            raise InputError(f"epochs must be between 1 and {MAX_EPOCHS}")
-        if not 0 <= self.seed < 2**63:
-            raise InputError("seed must be a non-negative 63-bit integer")
-
-
-def _public_identity(value: bytes, name: str) -> PublicIdentity:
-    try:
-        return PublicIdentity.from_bytes(value)
-    except (KeyFileError, ValueError):
-        raise InputError(f"{name} is not a 64-byte public identity") from None
+    authorization: TrainAuthorization
+    recipe_name: str
+    recipe_sha256: str
+    statement: SignedRecipeStatement
+    dataset_sha256: str
 
 
 def status_text(job: Job) -> str:
@@ -104,6 +83,7 @@ class Jobs:
         self,
         db: Database,
         store: ArtifactStore,
+        recipes: Recipes,
         *,
         enclave_dir: Path,
         checkpoints_dir: Path,
@@ -115,6 +95,7 @@ class Jobs:
         self._db = db
         self._instance_id = instance_id
         self._store = store
+        self._recipes = recipes
         self._enclave_dir = enclave_dir
         self._checkpoints = checkpoints_dir
         self._logs = logs_dir
@@ -205,31 +186,79 @@ class Jobs:
             raise Conflict(f"job {job_id} has no enclave waiting to be attested")
         return enclave.evidence(nonce)
 
-    def start(self, account: Account, job_id: str, request: StartRequest) -> Job:
-        request.check()
+    def start(self, account: Account, job_id: str, authorization: TrainAuthorization) -> Job:
+        """Queue the job's `train` call with the owner's signed manifest and sealed key.
+
+        The manifest is checked against this job first, as a courtesy: a manifest for
+        another job, recipe or dataset, or for a distributed plan, is refused here and
+        the job stays startable, its enclave untouched. The enclave checks all of it
+        again itself; nothing here is what makes a job safe.
+        """
         job = self.get(account, job_id)
         if job.account_id != account.id:
             raise AccessDenied("only the job's owner starts it")
         with self._guard:
             enclave = self._enclaves.get(job_id)
+        if job.state != "created" or enclave is None:
+            raise Conflict(f"job {job_id} is {status_text(job)}, not waiting to start")
+        prepared = self._prepare(job, authorization)
         with self._db.transaction() as session:
-            current = session.get_one(Job, job_id)
-            if current.state != "created" or enclave is None:
-                raise Conflict(f"job {job_id} is {status_text(current)}, not waiting to start")
-            current.state, current.updated = "queued", now()
-            recipe = session.get_one(Recipe, current.recipe_name)
-            dataset = session.get_one(Dataset, current.dataset_pk)
-        args = {
-            "job_id": job_id,
-            "recipe_name": f"{recipe.name}.py",
-            "sealed_data_key": request.sealed_data_key,
-            "owner_public": request.owner_public,
-            "provider_public": request.provider_public or bytes.fromhex(recipe.provider_public),
-            "epochs": request.epochs,
-            "seed": request.seed,
-        }
-        self._pool.submit(self._run, job_id, enclave, recipe.source_sha256, dataset.sha256, args)
+            # One conditional UPDATE: of two starts racing, exactly one queues the call.
+            queued = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == "created")
+                .values(state="queued", updated=now())
+            )
+            current = session.get_one(Job, job_id, populate_existing=True)
+        if not queued.rowcount:
+            raise Conflict(f"job {job_id} is {status_text(current)}, not waiting to start")
+        self._pool.submit(self._run, job_id, enclave, prepared)
         return current
+
+    def _prepare(self, job: Job, authorization: TrainAuthorization) -> PreparedTrain:
+        """Check the owner's manifest against what this service holds for the job."""
+        manifest = authorization.manifest.manifest
+        if authorization.group is not None or manifest.plan.workers != 1:
+            raise InputError("this service runs single-enclave jobs: the plan must have 1 worker")
+        if manifest.job_id != job.id:
+            raise InputError(f"the manifest is for job {manifest.job_id}, not {job.id}")
+        with self._db.transaction() as session:
+            recipe = session.get_one(Recipe, job.recipe_name)
+            dataset = session.get_one(Dataset, job.dataset_pk)
+        statement = self._recipes.statement(recipe)
+        if manifest.recipe_sha256 != recipe.source_sha256:
+            raise InputError(f"the manifest names another recipe than {recipe.name!r}")
+        if manifest.recipe_statement_sha256 != statement.sha256:
+            raise InputError(
+                f"the manifest names another provider statement than recipe {recipe.name!r} has"
+            )
+        if manifest.provider != statement.provider:
+            raise InputError("the manifest names another provider than the recipe's statement")
+        if manifest.dataset.dataset_id != dataset.dataset_id:
+            raise InputError(f"the manifest names another dataset than {dataset.dataset_id}")
+        if manifest.dataset.header_sha256 != self._header_sha256(dataset):
+            raise InputError(f"the manifest names another file of dataset {dataset.dataset_id}")
+        return PreparedTrain(
+            authorization=authorization,
+            recipe_name=f"{recipe.name}.py",
+            recipe_sha256=recipe.source_sha256,
+            statement=statement,
+            dataset_sha256=dataset.sha256,
+        )
+
+    def _header_sha256(self, dataset: Dataset) -> str:
+        """The dataset's header digest: recorded at upload, or read once from the file."""
+        if dataset.header_sha256 is not None:
+            return dataset.header_sha256
+        _, digest = read_dataset_header_and_digest(self._store.local_path(dataset.sha256))
+        self._set_dataset_header(dataset.id, digest)
+        return digest
+
+    def _set_dataset_header(self, dataset_pk: str, digest: str) -> None:
+        with self._db.transaction() as session:
+            session.execute(
+                update(Dataset).where(Dataset.id == dataset_pk).values(header_sha256=digest)
+            )
 
     def result(self, account: Account, job_id: str, name: str) -> str:
         """The SHA-256 of one of a finished job's results (owner only)."""
@@ -243,33 +272,32 @@ class Jobs:
         if name == "model":
             with self._db.transaction() as session:
                 return session.get_one(Model, job.model_pk).sha256
-        digest = job.receipt_sha256 if name == "receipt" else job.owner_report_sha256
-        assert digest is not None
+        digest = {
+            "receipt": job.receipt_sha256,
+            "owner_report": job.owner_report_sha256,
+            "owner_report_signature": job.owner_report_signature_sha256,
+        }[name]
+        if digest is None:
+            raise NotFound(f"job {job_id} finished before the service kept its {name}")
         return digest
 
     # --- running -------------------------------------------------------------
 
-    def _run(
-        self,
-        job_id: str,
-        enclave: ManagedEnclave,
-        recipe_sha256: str,
-        dataset_sha256: str,
-        args: dict[str, Any],
-    ) -> None:
+    def _run(self, job_id: str, enclave: ManagedEnclave, prepared: PreparedTrain) -> None:
         try:
             self._set(job_id, state="running")
             checkpoint_dir = self._checkpoints / job_id
             checkpoint_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            args = {
-                **args,
-                "recipe_source": self._store.read_bytes(recipe_sha256),
-                "dataset_path": str(self._store.local_path(dataset_sha256)),
-                "checkpoint_dir": str(checkpoint_dir),
-            }
+            materials = TrainMaterials(
+                recipe_name=prepared.recipe_name,
+                recipe_source=self._store.read_bytes(prepared.recipe_sha256),
+                recipe_statement=prepared.statement,
+                dataset_path=str(self._store.local_path(prepared.dataset_sha256)),
+                checkpoint_dir=str(checkpoint_dir),
+            )
             result = enclave.call(
                 "train",
-                args,
+                TrainRequest(prepared.authorization, materials).to_wire(),
                 on_event=lambda e: self._on_event(job_id, e),
                 timeout=TRAIN_SILENCE_SECONDS,
             )
@@ -302,10 +330,14 @@ class Jobs:
         with self._db.transaction() as session:
             session.execute(update(Job).where(Job.id == job_id).values(updated=now(), **values))
 
-    def _finish_done(self, job_id: str, result: dict[str, Any]) -> None:
-        blobs = {name: result.get(name) for name in RESULT_NAMES}
-        if not all(isinstance(blob, bytes) and blob for blob in blobs.values()):
+    def _finish_done(self, job_id: str, wire: dict[str, Any]) -> None:
+        try:
+            result = TrainResult.from_wire(wire)
+        except InputError:
+            raise JobFailed("bad_result", "the enclave's result is malformed") from None
+        if not result.complete:
             raise JobFailed("bad_result", "the enclave's result is incomplete")
+        blobs: dict[str, bytes] = {name: getattr(result, name) for name in RESULT_NAMES}
         try:
             info = headers.model_info_from_bytes(blobs["model"])
         except InputError:
@@ -330,6 +362,7 @@ class Jobs:
             job.model_pk = model.id
             job.receipt_sha256 = digests["receipt"]
             job.owner_report_sha256 = digests["owner_report"]
+            job.owner_report_signature_sha256 = digests["owner_report_signature"]
 
     def _finish_failed(self, job_id: str, reason: str, message: str) -> None:
         self._set(job_id, state="failed", reason=reason, message=message)

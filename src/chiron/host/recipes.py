@@ -1,8 +1,13 @@
-"""The recipe registry: providers publish a description; the source stays on the host.
+"""The recipe registry: providers publish a description and their signed statement.
 
-Owners list recipes by name, task, input schema and the provider's public identity
-(so their clients can check who will hold the model's second key share). The source
-is stored in the artifact store and read only to hand it to a training enclave.
+A recipe is registered with the provider's signed statement (`core.recipe_statement`)
+over its source. The service verifies the statement, that it signs this very source
+under this recipe's name, and that a provider account always registers under one
+provider identity (its first registration pins it). Owners list recipes by name, task,
+input schema and the statement, so their clients can check for themselves who will hold
+the model's second key share; nothing the service says about a provider is believed by
+an enclave, which checks the statement again. The source and the statement are stored
+in the artifact store; the source is read only to hand it to a training enclave.
 """
 
 from __future__ import annotations
@@ -12,29 +17,39 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 
-from chiron.core.errors import AccessDenied, Conflict, InputError, KeyFileError, NotFound
-from chiron.core.keys import PublicIdentity
+from chiron.core.errors import AccessDenied, Conflict, InputError, NotFound
 from chiron.core.limits import MAX_RECIPE_BYTES
+from chiron.core.recipe_statement import SignedRecipeStatement, check_recipe_name
 from chiron.core.schema import DatasetSchema
 from chiron.host.db import Account, Database, Recipe, now
 from chiron.host.store import ArtifactStore
 
 MAX_DESCRIPTION_CHARS = 4000
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_TASK = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_TASK = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 @dataclass(frozen=True)
 class RecipeSubmission:
+    """A registration request: the recipe file and the provider's signed statement over it."""
+
     name: str
     description: str
     task: str
     input_schema: dict[str, Any] | None
-    provider_public: bytes
     source: bytes
+    statement: bytes
+
+
+@dataclass(frozen=True)
+class RegisteredRecipe:
+    """A recipe record with its stored statement, parsed (what the API shows)."""
+
+    record: Recipe
+    statement: SignedRecipeStatement | None
+    statement_bytes: bytes | None
 
 
 class Recipes:
@@ -42,68 +57,123 @@ class Recipes:
         self._db = db
         self._store = store
 
-    def register(self, account: Account, submission: RecipeSubmission) -> Recipe:
+    def register(self, account: Account, submission: RecipeSubmission) -> RegisteredRecipe:
         """Publish a recipe; registering the very same recipe again is a no-op."""
         if account.role != "provider":
             raise AccessDenied("only providers register recipes")
-        _check(submission)
+        statement = _check(submission)
+        provider_public = statement.provider.to_bytes().hex()
         schema = (
             None
             if submission.input_schema is None
             else json.dumps(DatasetSchema.from_dict(submission.input_schema).to_dict())
         )
         source_sha256 = self._store.put_bytes(submission.source)
+        statement_sha256 = self._store.put_bytes(submission.statement)
         recipe = Recipe(
             name=submission.name,
             account_id=account.id,
             description=submission.description,
             task=submission.task,
             input_schema=schema,
-            provider_public=submission.provider_public.hex(),
+            provider_public=provider_public,
             source_sha256=source_sha256,
+            statement_sha256=statement_sha256,
             created=now(),
         )
         try:
             with self._db.transaction() as session:
+                _pin_provider(session, account, provider_public)
                 existing = session.get(Recipe, submission.name)
-                if existing is not None:
-                    if _same(existing, recipe):
-                        return existing
+                if existing is None:
+                    session.add(recipe)
+                elif _same(existing, recipe):
+                    recipe = existing
+                elif existing.statement_sha256 is None and existing.account_id == account.id:
+                    # Registered before statements existed: its provider signs it now.
+                    for field in (*_FIELDS, "source_sha256", "statement_sha256"):
+                        setattr(existing, field, getattr(recipe, field))
+                    recipe = existing
+                else:
                     raise Conflict(f"a different recipe named {submission.name!r} exists")
-                session.add(recipe)
         except DatabaseIntegrityError:
             raise Conflict(f"a recipe named {submission.name!r} was registered meanwhile") from None
-        return recipe
+        return RegisteredRecipe(recipe, statement, submission.statement)
 
-    def list(self) -> list[Recipe]:
+    def list(self) -> list[RegisteredRecipe]:
         with self._db.transaction() as session:
-            return list(session.scalars(select(Recipe).order_by(Recipe.name)).all())
+            records = list(session.scalars(select(Recipe).order_by(Recipe.name)).all())
+        return [self._with_statement(record) for record in records]
 
-    def get(self, name: str) -> Recipe:
+    def get(self, name: str) -> RegisteredRecipe:
+        return self._with_statement(self.record(name))
+
+    def record(self, name: str) -> Recipe:
         with self._db.transaction() as session:
             recipe = session.get(Recipe, name)
         if recipe is None:
             raise NotFound(f"no recipe named {name!r}")
         return recipe
 
+    def statement(self, recipe: Recipe) -> SignedRecipeStatement:
+        """The provider's statement a job on this recipe is started with."""
+        registered = self._with_statement(recipe)
+        if registered.statement is None:
+            raise Conflict(
+                f"recipe {recipe.name!r} has no provider statement; its provider must register "
+                "it again"
+            )
+        return registered.statement
 
-def _check(submission: RecipeSubmission) -> None:
-    if not _NAME.match(submission.name):
-        raise InputError("recipe names are 1-64 lowercase letters, digits, '_' or '-'")
-    if not _TASK.match(submission.task):
+    def _with_statement(self, recipe: Recipe) -> RegisteredRecipe:
+        if recipe.statement_sha256 is None:
+            return RegisteredRecipe(recipe, None, None)
+        data = self._store.read_bytes(recipe.statement_sha256)
+        return RegisteredRecipe(recipe, SignedRecipeStatement.from_bytes(data), data)
+
+
+def _check(submission: RecipeSubmission) -> SignedRecipeStatement:
+    """Validate a submission; return its statement, verified against the source and name."""
+    check_recipe_name(submission.name)
+    if not _TASK.fullmatch(submission.task):
         raise InputError("a task is 1-64 lowercase letters, digits, '_' or '-'")
     if len(submission.description) > MAX_DESCRIPTION_CHARS:
         raise InputError(f"the description is longer than {MAX_DESCRIPTION_CHARS} characters")
     if not 0 < len(submission.source) <= MAX_RECIPE_BYTES:
         raise InputError(f"recipe source must be between 1 and {MAX_RECIPE_BYTES} bytes")
-    try:
-        PublicIdentity.from_bytes(submission.provider_public)
-    except (KeyFileError, ValueError):
-        raise InputError("provider_public is not a 64-byte public identity") from None
+    statement = SignedRecipeStatement.from_bytes(submission.statement)
+    statement.check_recipe(submission.source)
+    if statement.statement.name != submission.name:
+        raise InputError(
+            f"the provider's statement names recipe {statement.statement.name!r}, "
+            f"not {submission.name!r}"
+        )
+    return statement
+
+
+def _pin_provider(session: Any, account: Account, provider_public: str) -> None:
+    """Pin the account to the statement's provider identity, or refuse another identity.
+
+    One UPDATE sets it only while unset, so two first registrations racing under
+    different identities cannot both win.
+    """
+    session.execute(
+        update(Account)
+        .where(Account.id == account.id, Account.provider_public.is_(None))
+        .values(provider_public=provider_public)
+    )
+    pinned = session.scalar(select(Account.provider_public).where(Account.id == account.id))
+    if pinned != provider_public:
+        raise AccessDenied(
+            "this account registers recipes under another provider identity; "
+            "use that key or another account"
+        )
+
+
+_FIELDS = ("account_id", "description", "task", "input_schema", "provider_public")
 
 
 def _same(a: Recipe, b: Recipe) -> bool:
-    fields = ("account_id", "description", "task", "input_schema", "provider_public")
-    return all(getattr(a, f) == getattr(b, f) for f in fields) and (
-        a.source_sha256 == b.source_sha256
+    return all(getattr(a, f) == getattr(b, f) for f in _FIELDS) and (
+        (a.source_sha256, a.statement_sha256) == (b.source_sha256, b.statement_sha256)
     )

@@ -58,6 +58,7 @@ class Service:
         self.jobs = Jobs(
             self.db,
             self.store,
+            self.recipes,
             enclave_dir=config.enclave_state_dir,
             checkpoints_dir=state / "checkpoints",
             logs_dir=config.logs_dir,
