@@ -65,8 +65,15 @@ def _status(path: Path) -> dict[str, str]:
 
 
 @contextmanager
-def watch_sandbox(monkeypatch: pytest.MonkeyPatch, period: float = 0.01) -> Iterator[HostView]:
-    """Sample the worker's state in the host's /proc from SETUP until the block ends."""
+def watch_sandbox(
+    monkeypatch: pytest.MonkeyPatch,
+    period: float = 0.01,
+    which: Callable[[Sandbox], bool] = lambda _: True,
+) -> Iterator[HostView]:
+    """Sample the worker's state in the host's /proc from SETUP until the block ends.
+
+    With several sandboxes running, `which` picks the one to watch (the first to speak).
+    """
     view = HostView()
     started = threading.Event()
     done = threading.Event()
@@ -74,7 +81,7 @@ def watch_sandbox(monkeypatch: pytest.MonkeyPatch, period: float = 0.01) -> Iter
     original_send: Callable[..., None] = Sandbox.send
 
     def send(self: Sandbox, kind: object, payload: bytes | memoryview = b"") -> None:
-        if not target:
+        if not target and which(self):
             target.append(self)
             pid = worker_pid(self)
             first = _sample(pid) if pid else None

@@ -14,16 +14,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import time
 import uuid
 from pathlib import Path
 
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
+_REMOVE_GRACE_SECONDS = 10.0
+_PREFIX = "chiron-sandbox-"
+# Longer than any sandbox's start-up: an empty group this old has no child to come.
+_STALE_SECONDS = 3600.0
 
 
 def create(max_tasks: int) -> Path | None:
     """A new pids cgroup allowing `max_tasks` tasks, or None where none can be made."""
     for parent in _candidates():
-        group = parent / f"chiron-sandbox-{uuid.uuid4().hex}"
+        _remove_stale(parent)
+        group = parent / f"{_PREFIX}{uuid.uuid4().hex}"
         try:
             group.mkdir(mode=0o755)
         except OSError:
@@ -43,10 +50,40 @@ def join(group: str) -> None:
         procs.write("0")
 
 
-def remove(group: Path) -> None:
-    """Remove an empty group; never raises (a group still in use stays)."""
-    with contextlib.suppress(OSError):
-        group.rmdir()
+def remove(group: Path, grace_seconds: float = _REMOVE_GRACE_SECONDS) -> None:
+    """Kill whatever is left in `group` and remove it; never raises.
+
+    A worker whose bootstrap was killed dies of its parent-death signal a moment later,
+    and a process with thousands of threads takes a while to end: until the group is
+    empty it cannot be removed. A group still busy after `grace_seconds` stays.
+    """
+    deadline = time.monotonic() + grace_seconds
+    while True:
+        try:
+            group.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                return
+        with contextlib.suppress(OSError, ValueError):
+            for pid in (group / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)  # only the sandbox's tasks are here
+        time.sleep(0.02)
+
+
+def _remove_stale(parent: Path) -> None:
+    """Remove the empty groups of enclaves that died before removing their own.
+
+    Only old ones: a new, empty group may belong to a child that is about to join it.
+    """
+    now = time.time()
+    for group in parent.glob(f"{_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            if now - group.stat().st_mtime > _STALE_SECONDS:
+                group.rmdir()  # refused while any task is in it
 
 
 def _candidates() -> list[Path]:
