@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from chiron.client.statements import statement_path_for
+
 RECIPE = textwrap.dedent(
     """
     import torch.nn as nn
@@ -79,6 +81,10 @@ class World:
             root / "slow.py",
         )
 
+    def statement(self, recipe: Path) -> Path:
+        """Where the provider's signed statement of `recipe` lies (`chiron recipe sign`)."""
+        return statement_path_for(recipe)
+
     def dataset(self, name: str) -> tuple[Path, Path]:
         return self.root / f"{name}.chd", self.root / f"{name}.key"
 
@@ -128,6 +134,11 @@ def make_world(root: Path, datasets: dict[str, int]) -> World:
     world.slow_recipe.write_text(SLOW_RECIPE)
     for key in (world.owner, world.provider):
         assert world.chiron("keygen", "--out", key).returncode == 0
+    # The provider signs its recipes: an enclave trains only a recipe with its statement.
+    for recipe in (world.recipe, world.slow_recipe):
+        signed = world.chiron("recipe", "sign", recipe, "--key", world.provider)
+        assert signed.returncode == 0, signed.stderr
+        assert world.statement(recipe).exists()
     for seed, (name, count) in enumerate(datasets.items()):
         x, y = noisy_images(count, seed)
         np.savez(root / f"{name}.npz", x=x, y=y)

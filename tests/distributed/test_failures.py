@@ -10,17 +10,21 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from chiron.client.attestation import local_sim_roots
-from chiron.client.distributed import ExchangeOptions, run_distributed_training
+from chiron.client.distributed import ExchangeTimeouts, run_distributed_training
 from chiron.client.sessions import LocalEnclaveSession
+from chiron.client.statements import load_statement
+from chiron.core import container
 from chiron.core.attestation import Policy
-from chiron.core.errors import AttestationError
-from chiron.core.keys import load_data_key, load_identity, load_public_identity
+from chiron.core.contract import TrainMaterials
+from chiron.core.errors import AttestationError, IntegrityError
+from chiron.core.keys import Identity, load_data_key, load_identity
+from chiron.core.manifest import DatasetRef, Plan
 from chiron.core.measurement import measure_runtime
 
 from .conftest import World, make_world
@@ -78,6 +82,64 @@ def test_a_dead_worker_fails_the_job_cleanly(world):
     assert psutil.wait_procs([p for p in workers if p.is_running()], timeout=30)[1] == []
 
 
+class HostRewrites:
+    """A member as a hostile host runs it: `rewrite` changes the client's arguments to one call."""
+
+    def __init__(self, session: LocalEnclaveSession, call: str, rewrite) -> None:
+        self._session = session
+        self._call = call
+        self._rewrite = rewrite
+
+    def evidence(self, nonce: bytes) -> bytes:
+        return self._session.evidence(nonce)
+
+    def call(self, name: str, args: dict[str, Any], on_event=None) -> dict[str, Any]:
+        if name == self._call:
+            args = self._rewrite(args)
+        return self._session.call(name, args, on_event)
+
+    def kill(self) -> None:
+        self._session.kill()
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def host_args(world: World) -> dict[str, Any]:
+    """What the host adds to a training enclave's `train` call: recipe, statement, dataset."""
+    chd, _ = world.dataset("a")
+    materials = TrainMaterials(
+        recipe_name=world.recipe.name,
+        recipe_source=world.recipe.read_bytes(),
+        recipe_statement=load_statement(world.statement(world.recipe)),
+        dataset_path=str(chd),
+    )
+    return {"train": materials.to_wire()}
+
+
+def run_job(world: World, server, workers, **options: Any):
+    """The owner's distributed flow against these members (a two-worker plan)."""
+    chd, key = world.dataset("a")
+    header, digest = container.read_dataset_header_and_digest(chd)
+    settings: dict[str, Any] = {
+        "job_id": "refused",
+        "data_key": load_data_key(key),
+        "dataset": DatasetRef(header.dataset_id, digest),
+        "owner": load_identity(world.owner),
+        "statement": load_statement(world.statement(world.recipe)),
+        "plan": Plan(seed=0, workers=2, exchange_every=10),
+        "policy": Policy(measurements=(measure_runtime().hex,), UNSAFE_allow_simulation=True),
+        "state_dir": world.home,
+        "store_host": "127.0.0.1",
+        **options,
+    }
+    try:
+        return run_distributed_training(server, workers, **settings)
+    finally:
+        for session in (server, *workers):
+            session.close()
+
+
 def test_an_enclave_that_fails_attestation_is_refused_by_its_peers(world, tmp_path):
     """Worker 2 runs on a simulated platform the other enclaves do not trust.
 
@@ -85,39 +147,18 @@ def test_an_enclave_that_fails_attestation_is_refused_by_its_peers(world, tmp_pa
     refuses worker 2, and the job fails with that reason before any data is touched.
     """
     other_platform = tmp_path / "elsewhere"
-    chd, key = world.dataset("a")
-    host_args = {
-        "train": {
-            "recipe_source": world.recipe.read_bytes(),
-            "recipe_name": "r.py",
-            "dataset_path": str(chd),
-        }
-    }
     server = LocalEnclaveSession("paramserver", world.home)
     workers = [
-        LocalEnclaveSession("train", world.home, extra_args=host_args),
-        LocalEnclaveSession("train", other_platform, extra_args=host_args),
+        LocalEnclaveSession("train", world.home, extra_args=host_args(world)),
+        LocalEnclaveSession("train", other_platform, extra_args=host_args(world)),
     ]
-    try:
-        with pytest.raises(AttestationError) as refused:
-            run_distributed_training(
-                server,
-                workers,
-                job_id="refused",
-                data_key=load_data_key(key),
-                owner=load_identity(world.owner),
-                provider=load_public_identity(Path(f"{world.provider}.pub")),
-                epochs=None,
-                seed=0,
-                options=ExchangeOptions(workers=2),
-                policy=Policy(measurements=(measure_runtime().hex,), UNSAFE_allow_simulation=True),
-                state_dir=world.home,
-                store_host="127.0.0.1",
-                sim_roots=lambda: local_sim_roots(world.home) + local_sim_roots(other_platform),
-            )
-    finally:
-        for session in (server, *workers):
-            session.close()
+    with pytest.raises(AttestationError) as refused:
+        run_job(
+            world,
+            server,
+            workers,
+            sim_roots=lambda: local_sim_roots(world.home) + local_sim_roots(other_platform),
+        )
     # Each side refuses the other; the job reports one of them, naming where it happened.
     message = str(refused.value)
     assert message.startswith(
@@ -128,6 +169,53 @@ def test_an_enclave_that_fails_attestation_is_refused_by_its_peers(world, tmp_pa
     )
     assert "root of trust: unknown root" in message
     assert "\n" not in message
+
+
+def impostor_in_place_of_worker_2(args: dict[str, Any]) -> dict[str, Any]:
+    """The host names an enclave of its own as worker 2 (keys it would read along with)."""
+    group = dict(args["group"])
+    group["members"] = [*group["members"][:2], Identity.generate().public.to_bytes()]
+    return {**args, "group": group}
+
+
+def test_a_host_that_names_other_members_is_refused_by_every_enclave(world):
+    """The host rewrites the members in every member's call: none of them starts."""
+    server = HostRewrites(
+        LocalEnclaveSession("paramserver", world.home), "exchange", impostor_in_place_of_worker_2
+    )
+    workers = [
+        HostRewrites(
+            LocalEnclaveSession("train", world.home, extra_args=host_args(world)),
+            "train",
+            impostor_in_place_of_worker_2,
+        )
+        for _ in range(2)
+    ]
+    with pytest.raises(IntegrityError) as refused:
+        run_job(world, server, workers)
+    message = str(refused.value)
+    assert message.startswith(("parameter server: ", "worker 1: "))
+    assert message.endswith("the job's members are not the enclaves the owner's manifest names")
+
+
+def test_a_host_that_names_other_members_to_one_worker_fails_the_job(world):
+    """Only worker 2's call names the impostor: worker 2 refuses, the others give up."""
+    server = LocalEnclaveSession("paramserver", world.home)
+    workers = [
+        LocalEnclaveSession("train", world.home, extra_args=host_args(world)),
+        HostRewrites(
+            LocalEnclaveSession("train", world.home, extra_args=host_args(world)),
+            "train",
+            impostor_in_place_of_worker_2,
+        ),
+    ]
+    started = time.monotonic()
+    with pytest.raises(IntegrityError) as refused:
+        run_job(world, server, workers, timeouts=ExchangeTimeouts(handshake=10.0))
+    assert str(refused.value) == (
+        "worker 2: the job's members are not the enclaves the owner's manifest names"
+    )
+    assert time.monotonic() - started < 120
 
 
 def test_the_owner_refuses_simulated_enclaves_unless_allowed(world):
@@ -145,12 +233,18 @@ def test_the_owner_refuses_simulated_enclaves_unless_allowed(world):
         (["--local", "--workers", "1", "--wire-trace", "t.json"], ["--wire-trace"]),
         (["--local", "--workers", "1", "--async-staleness", "2"], ["--async-staleness"]),
         (["--url", "http://127.0.0.1:9", "--workers", "2"], ["--local or --rendezvous"]),
-        (["--rendezvous", "nowhere"], ["HOST:PORT"]),
+        # The client signs a manifest naming the recipe's statement: it needs it.
+        (["--rendezvous", "127.0.0.1:1"], ["--statement"]),
+        (
+            ["--rendezvous", "nowhere", "--workers", "2", "--statement", "{statement}"],
+            ["HOST:PORT"],
+        ),
     ],
 )
 def test_bad_distributed_usage_is_one_line(world, extra, words):
     out = world.root / "usage.chm"
     args = [a for a in world.train_args("a", out) if a not in ("--workers", 2)]
+    extra = [a.format(statement=world.statement(world.recipe)) for a in extra]
     result = world.chiron(*args, *extra)
     assert_one_line_failure(result, *words)
     assert not out.exists()
