@@ -35,6 +35,9 @@ def test_torchrun_nodes_train_one_model_asynchronously(world):
     nodes = []
     for rank in range(3):
         training = ["--recipe", world.recipe, "--dataset", chd] if rank else []
+        if rank == 2:
+            # The statement beside the recipe is the default; rank 2 names it.
+            training += ["--statement", world.statement(world.recipe)]
         nodes.append(
             subprocess.Popen(
                 [
@@ -76,6 +79,8 @@ def test_torchrun_nodes_train_one_model_asynchronously(world):
             key,
             "--owner",
             world.owner,
+            "--statement",
+            world.statement(world.recipe),
             "--provider",
             f"{world.provider}.pub",
             "--out",
