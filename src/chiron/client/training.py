@@ -123,7 +123,12 @@ def run_training(
     authorization = TrainAuthorization(
         manifest, seal_data_key(attested.identity, data_key, manifest)
     )
-    result = TrainResult.from_wire(session.call("train", authorization.to_wire(), on_event))
+    reply = session.call("train", authorization.to_wire(), on_event)
+    try:
+        result = TrainResult.from_wire(reply)
+    except (AttributeError, TypeError, ValueError):
+        # The host relays the reply and may send anything: a named refusal, not a crash.
+        raise IntegrityError("the training enclave's result is malformed") from None
     return check_training_result(result, manifest, attested.identity, owner)
 
 
