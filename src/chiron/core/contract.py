@@ -88,7 +88,15 @@ CALLS_BY_ROLE: Mapping[Role, tuple[Call, ...]] = {
 # -- field readers: each raises InputError naming the request ------------------------
 
 
+def _mapping(args: object, what: str) -> Mapping[str, Any]:
+    """A wire document's fields, or a refusal: it may not even be a mapping."""
+    if not isinstance(args, Mapping):
+        raise InputError(f"malformed {what}: not a document")
+    return args
+
+
 def _get(args: Mapping[str, Any], name: str, what: str) -> Any:
+    # `args` comes off the wire: it may not even be a mapping.
     if not isinstance(args, Mapping) or name not in args:
         raise InputError(f"malformed {what} request: missing {name}")
     return args[name]
@@ -147,6 +155,7 @@ class AttestRequest:
 
     @classmethod
     def from_wire(cls, args: Mapping[str, Any]) -> AttestRequest:
+        args = _mapping(args, "AttestRequest")
         return cls(check_nonce(args.get("nonce") if isinstance(args, Mapping) else None))
 
 
@@ -159,6 +168,7 @@ class AttestResult:
 
     @classmethod
     def from_wire(cls, args: Mapping[str, Any]) -> AttestResult:
+        args = _mapping(args, "AttestResult")
         return cls(_bytes(args, "evidence", "attest result", MAX_EVIDENCE_BYTES))
 
 
@@ -189,6 +199,7 @@ class Rendezvous:
 
     @classmethod
     def from_wire(cls, args: Mapping[str, Any]) -> Rendezvous:
+        args = _mapping(args, "Rendezvous")
         what = "rendezvous"
         host_store = args.get("host_store", False) if isinstance(args, Mapping) else None
         if not isinstance(host_store, bool):
@@ -227,6 +238,7 @@ class GroupMembership:
 
     @classmethod
     def from_wire(cls, args: Mapping[str, Any]) -> GroupMembership:
+        args = _mapping(args, "GroupMembership")
         what = "group"
         raw = _get(args, "members", what)
         if not isinstance(raw, list) or not 2 <= len(raw) <= MAX_WORKERS + 1:
@@ -264,6 +276,7 @@ class TrainAuthorization:
 
     @classmethod
     def from_wire(cls, args: Mapping[str, Any]) -> TrainAuthorization:
+        args = _mapping(args, "TrainAuthorization")
         what = "train"
         return cls(
             manifest=SignedManifest.from_wire(_get(args, "manifest", what)),
@@ -297,6 +310,7 @@ class TrainMaterials:
 
     @classmethod
     def from_wire(cls, args: Mapping[str, Any]) -> TrainMaterials:
+        args = _mapping(args, "TrainMaterials")
         what = "train"
         return cls(
             recipe_name=_text(args, "recipe_name", what, 255),
@@ -326,6 +340,7 @@ class TrainRequest:
 
     @classmethod
     def from_wire(cls, args: Mapping[str, Any]) -> TrainRequest:
+        args = _mapping(args, "TrainRequest")
         return cls(TrainAuthorization.from_wire(args), TrainMaterials.from_wire(args))
 
 
@@ -363,6 +378,7 @@ class TrainResult:
 
     @classmethod
     def from_wire(cls, args: Mapping[str, Any]) -> TrainResult:
+        args = _mapping(args, "TrainResult")
         what = "train result"
         values = {}
         for name in ("model", "receipt", "owner_report", "owner_report_signature"):
@@ -375,11 +391,11 @@ class TrainResult:
         timings = args.get("timings", {})
         if not isinstance(trace, list) or not isinstance(timings, dict):
             raise InputError("malformed train result")
-        return cls(
-            **values,
-            wire_trace=trace,
-            timings={str(k): float(v) for k, v in timings.items()},
-        )
+        try:
+            seconds = {str(k): float(v) for k, v in timings.items()}
+        except (TypeError, ValueError):
+            raise InputError("malformed train result: timings are not numbers") from None
+        return cls(**values, wire_trace=trace, timings=seconds)
 
 
 # -- exchange (the parameter server) --------------------------------------------------
@@ -402,6 +418,7 @@ class ExchangeRequest:
 
     @classmethod
     def from_wire(cls, args: Mapping[str, Any]) -> ExchangeRequest:
+        args = _mapping(args, "ExchangeRequest")
         what = "exchange"
         return cls(
             manifest=SignedManifest.from_wire(_get(args, "manifest", what)),
@@ -422,6 +439,7 @@ class ExchangeResult:
 
     @classmethod
     def from_wire(cls, args: Mapping[str, Any]) -> ExchangeResult:
+        args = _mapping(args, "ExchangeResult")
         trace = args.get("wire_trace", [])
         if not isinstance(trace, list):
             raise InputError("malformed exchange result")
@@ -440,6 +458,7 @@ class LoadModelRequest:
 
     @classmethod
     def from_wire(cls, args: Mapping[str, Any]) -> LoadModelRequest:
+        args = _mapping(args, "LoadModelRequest")
         return cls(_bytes(args, "model", "load_model", MAX_MODEL_FILE_BYTES))
 
 
@@ -454,6 +473,7 @@ class LoadModelResult:
 
     @classmethod
     def from_wire(cls, args: Mapping[str, Any]) -> LoadModelResult:
+        args = _mapping(args, "LoadModelResult")
         policy, schema = args.get("query_policy"), args.get("schema")
         if not isinstance(policy, dict) or not isinstance(schema, dict):
             raise InputError("malformed load_model result")
@@ -470,6 +490,7 @@ class ProvisionShareRequest:
 
     @classmethod
     def from_wire(cls, args: Mapping[str, Any]) -> ProvisionShareRequest:
+        args = _mapping(args, "ProvisionShareRequest")
         party = _get(args, "party", "provision_share")
         if party not in PARTIES:
             raise InputError("malformed provision_share request: party is owner or provider")
@@ -485,6 +506,7 @@ class ProvisionShareResult:
 
     @classmethod
     def from_wire(cls, args: Mapping[str, Any]) -> ProvisionShareResult:
+        args = _mapping(args, "ProvisionShareResult")
         return cls(args.get("unlocked") is True)
 
 
@@ -512,6 +534,7 @@ class QueryRequest:
 
     @classmethod
     def from_wire(cls, args: Mapping[str, Any]) -> QueryRequest:
+        args = _mapping(args, "QueryRequest")
         what = "query"
         return cls(
             request_id=check_request_id(_get(args, "request_id", what)),
@@ -538,6 +561,7 @@ class QueryResult:
 
     @classmethod
     def from_wire(cls, args: Mapping[str, Any]) -> QueryResult:
+        args = _mapping(args, "QueryResult")
         what = "query result"
         budget = args.get("budget_left")
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)):
@@ -568,6 +592,7 @@ class EvaluateRequest:
 
     @classmethod
     def from_wire(cls, args: Mapping[str, Any]) -> EvaluateRequest:
+        args = _mapping(args, "EvaluateRequest")
         what = "evaluate"
         return cls(
             request_id=check_request_id(_get(args, "request_id", what)),
@@ -590,6 +615,7 @@ class EvaluateResult:
 
     @classmethod
     def from_wire(cls, args: Mapping[str, Any]) -> EvaluateResult:
+        args = _mapping(args, "EvaluateResult")
         what = "evaluate result"
         return cls(
             sealed_report=_bytes(args, "sealed_report", what, MAX_SEALED_INPUT_BYTES),

@@ -122,7 +122,8 @@ def accept_job(context: EnclaveContext, request: TrainRequest) -> AcceptedJob:
     return AcceptedJob(
         signed=signed,
         statement=statement,
-        recipe_name=materials.recipe_name,
+        # The provider's signed name, not the host's: it is stored in the model file.
+        recipe_name=f"{statement.statement.name}.py",
         recipe_source=materials.recipe_source,
         dataset_path=dataset_path,
         header=header,
