@@ -101,9 +101,17 @@ class World:
         )
 
     def train_args(
-        self, dataset: str, out: Path, *, workers: int = 2, recipe: Path | None = None
+        self,
+        dataset: str,
+        out: Path,
+        *,
+        workers: int = 2,
+        recipe: Path | None = None,
+        pin_provider: bool = True,
     ) -> list[object]:
+        """`chiron train` of the provider's signed recipe; `pin_provider`: with --provider."""
         chd, key = self.dataset(dataset)
+        pinned = ["--provider", f"{self.provider}.pub"] if pin_provider else []
         return [
             "train",
             "--allow-simulation",
@@ -115,8 +123,7 @@ class World:
             key,
             "--owner",
             self.owner,
-            "--provider",
-            f"{self.provider}.pub",
+            *pinned,
             "--out",
             out,
             "--seed",

@@ -226,6 +226,29 @@ def test_the_owner_refuses_simulated_enclaves_unless_allowed(world):
     assert not out.exists()
 
 
+def test_a_recipe_its_provider_did_not_sign_as_is_refused(world, tmp_path):
+    """Before any enclave starts: no statement, a recipe changed after it was signed, or
+    a statement by another provider than the one the owner pinned."""
+    out = world.root / "unsigned.chm"
+    unsigned = tmp_path / "unsigned.py"
+    unsigned.write_text(world.recipe.read_text())
+    result = world.chiron(*world.train_args("a", out, recipe=unsigned), "--local")
+    assert_one_line_failure(result, "has no signed statement", "chiron recipe sign")
+
+    changed = tmp_path / "changed.py"
+    changed.write_text(world.recipe.read_text().replace("32", "64"))
+    world.statement(changed).write_bytes(world.statement(world.recipe).read_bytes())
+    result = world.chiron(*world.train_args("a", out, recipe=changed), "--local")
+    assert_one_line_failure(result, "not the one its provider's statement signs")
+
+    other = tmp_path / "other.key"
+    assert world.chiron("keygen", "--out", other).returncode == 0
+    args = world.train_args("a", out, pin_provider=False)
+    result = world.chiron(*args, "--provider", f"{other}.pub", "--local")
+    assert_one_line_failure(result, "the recipe is signed by provider", "not by the expected")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
