@@ -169,6 +169,8 @@ def train(
         raise InputError(f"{out} already exists (use --force to overwrite)")
     if not out.parent.is_dir():
         raise InputError(f"cannot write {out}: directory {out.parent} does not exist")
+    if rendezvous is not None and workers < 2:
+        raise UsageError("with --rendezvous, --workers N names the training enclaves (2 or more)")
     if rendezvous is not None and statement_file is None:
         raise UsageError("with --rendezvous, --statement names the recipe's signed statement")
     state = state_dir or default_state_dir()
