@@ -29,7 +29,6 @@ one training enclave, or the parameter server then the workers.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass
@@ -49,10 +48,16 @@ from chiron.core.limits import (
     MAX_STALENESS,
     MAX_WORKERS,
 )
+from chiron.core.signed_document import DocumentKind
 
-MANIFEST_TYPE = "chiron.job-manifest"
-MANIFEST_VERSION = 1
 MAX_MANIFEST_BYTES = 64 * 1024
+MANIFEST = DocumentKind(
+    type="chiron.job-manifest",
+    version=1,
+    body_field="manifest",
+    max_bytes=MAX_MANIFEST_BYTES,
+    what="job manifest",
+)
 EXCHANGE_MODES = ("sync", "async")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -250,28 +255,12 @@ class SignedManifest:
         return sha256_hex(self.manifest.signed_bytes())
 
     def to_wire(self) -> bytes:
-        document = {
-            "type": MANIFEST_TYPE,
-            "version": MANIFEST_VERSION,
-            "manifest": self.manifest.body(),
-            "signature": b64encode(self.signature),
-        }
-        return canonical_json(document)
+        return MANIFEST.encode(self.manifest.body(), self.signature)
 
     @classmethod
     def from_wire(cls, data: object) -> SignedManifest:
-        if not isinstance(data, bytes) or len(data) > MAX_MANIFEST_BYTES:
-            raise InputError("malformed job manifest")
-        try:
-            document = json.loads(data.decode("utf-8"))
-            if document.get("type") != MANIFEST_TYPE:
-                raise ValueError("type")
-            if document.get("version") != MANIFEST_VERSION:
-                raise ValueError("version")
-            signature = b64decode(document["signature"])
-        except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
-            raise InputError("malformed job manifest") from None
-        manifest = JobManifest.from_body(document.get("manifest"))
+        body, signature = MANIFEST.decode(data)
+        manifest = JobManifest.from_body(body)
         verify_signature(
             manifest.owner.signing_key,
             signature,

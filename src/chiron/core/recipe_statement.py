@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -31,10 +30,16 @@ from chiron.core.encoding import b64decode, b64encode, canonical_json, sha256_he
 from chiron.core.errors import InputError, IntegrityError, KeyFileError
 from chiron.core.keys import Identity, PublicIdentity
 from chiron.core.query_protocol import normalize_query_policy, query_policy_sha256
+from chiron.core.signed_document import DocumentKind
 
-STATEMENT_TYPE = "chiron.recipe-statement"
-STATEMENT_VERSION = 1
 MAX_STATEMENT_BYTES = 16 * 1024
+STATEMENT = DocumentKind(
+    type="chiron.recipe-statement",
+    version=1,
+    body_field="statement",
+    max_bytes=MAX_STATEMENT_BYTES,
+    what="recipe statement",
+)
 STATEMENT_SUFFIX = ".statement.json"
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
@@ -127,29 +132,13 @@ class SignedRecipeStatement:
         return self.statement.provider
 
     def to_bytes(self) -> bytes:
-        document = {
-            "type": STATEMENT_TYPE,
-            "version": STATEMENT_VERSION,
-            "statement": self.statement.body(),
-            "signature": b64encode(self.signature),
-        }
-        return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        return STATEMENT.encode(self.statement.body(), self.signature, pretty=True)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SignedRecipeStatement:
         """Parse and verify: the signature must be the named provider's."""
-        if not isinstance(data, bytes) or len(data) > MAX_STATEMENT_BYTES:
-            raise InputError("malformed recipe statement")
-        try:
-            document = json.loads(data.decode("utf-8"))
-            if document.get("type") != STATEMENT_TYPE:
-                raise ValueError("type")
-            if document.get("version") != STATEMENT_VERSION:
-                raise ValueError("version")
-            signature = b64decode(document["signature"])
-        except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
-            raise InputError("malformed recipe statement") from None
-        statement = RecipeStatement.from_body(document.get("statement"))
+        body, signature = STATEMENT.decode(data)
+        statement = RecipeStatement.from_body(body)
         verify_signature(
             statement.provider.signing_key,
             signature,
