@@ -121,7 +121,9 @@ def run_training(
         enclaves=(attested.identity,),
     )
     authorization = TrainAuthorization(
-        manifest, seal_data_key(attested.identity, data_key, manifest)
+        manifest,
+        seal_data_key(attested.identity, data_key, manifest),
+        sealed_job_secret=seal_job_secret(attested.identity, owner, manifest),
     )
     reply = session.call("train", authorization.to_wire(), on_event)
     try:
@@ -141,6 +143,21 @@ def seal_data_key(enclave: PublicIdentity, data_key: DataKey, manifest: SignedMa
         data_key.key,
         purpose=purposes.TRAINING_DATA_KEY,
         context=training_data_key_context(manifest.digest, data_key.dataset_id),
+    )
+
+
+def seal_job_secret(enclave: PublicIdentity, owner: Identity, manifest: SignedManifest) -> bytes:
+    """The job's checkpoint secret, sealed like the data key to the attested enclave.
+
+    Derived from the owner's key and the job (not the enclave instance), so a resumed
+    job gets the same secret and its new enclave opens the old checkpoints.
+    """
+    secret = owner.derive_secret("job-secret", canonical_json(manifest.manifest.job_binding()))
+    return seal(
+        enclave.hpke_key,
+        secret,
+        purpose=purposes.JOB_SECRET,
+        context=training_data_key_context(manifest.digest, manifest.manifest.dataset.dataset_id),
     )
 
 

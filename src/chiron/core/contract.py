@@ -264,6 +264,8 @@ class TrainAuthorization:
     manifest: SignedManifest
     sealed_data_key: bytes
     group: GroupMembership | None = None
+    # The job's secret, sealed like the data key: checkpoints are sealed under it.
+    sealed_job_secret: bytes | None = None
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -272,6 +274,8 @@ class TrainAuthorization:
         }
         if self.group is not None:
             wire["group"] = self.group.to_wire()
+        if self.sealed_job_secret is not None:
+            wire["sealed_job_secret"] = self.sealed_job_secret
         return wire
 
     @classmethod
@@ -282,6 +286,11 @@ class TrainAuthorization:
             manifest=SignedManifest.from_wire(_get(args, "manifest", what)),
             sealed_data_key=_bytes(args, "sealed_data_key", what, MAX_SEALED_KEY_BYTES),
             group=None if args.get("group") is None else GroupMembership.from_wire(args["group"]),
+            sealed_job_secret=(
+                None
+                if args.get("sealed_job_secret") is None
+                else _bytes(args, "sealed_job_secret", what, MAX_SEALED_KEY_BYTES)
+            ),
         )
 
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from chiron.core.crypto import KEY_BYTES
+from chiron.core.crypto import KEY_BYTES, derive_key
 from chiron.core.encoding import b64decode, b64encode
 from chiron.core.errors import KeyFileError
 from chiron.core.fileio import atomic_write, read_input_file
@@ -98,6 +98,20 @@ class Identity:
 
     def __repr__(self) -> str:  # never print private material
         return f"Identity(fingerprint={self.public.fingerprint[:16]}...)"
+
+    def derive_secret(self, label: str, context: bytes) -> bytes:
+        """A 256-bit secret only this identity can recompute, for one use and one context.
+
+        HKDF over the private HPKE key, domain-separated by `label` and bound to
+        `context`: the owner's client recomputes a job's secret to resume that job,
+        without storing it anywhere.
+        """
+        raw = self.hpke_key.private_bytes(_RAW, _RAW_PRIVATE, _NO_ENCRYPTION)
+        return derive_key(
+            raw,
+            salt=hashlib.sha256(context).digest(),
+            info=b"chiron/identity-secret/v1\x00" + label.encode("utf-8"),
+        )
 
     def to_document(self) -> dict[str, Any]:
         return {

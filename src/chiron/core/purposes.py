@@ -41,3 +41,9 @@ EVALUATION_DATA_KEY = "evaluation-data-key"
 QUERY_ANSWERS_SIGNATURE = "query-answers-signature"
 EVALUATION_REPORT_SIGNATURE = "evaluation-report-signature"
 OWNER_REPORT_SIGNATURE = "owner-report-signature"
+# HPKE: the secret the owner's client derives for one job, sealed to the attested training
+# enclave beside the data key; the enclave seals the job's checkpoints under it.
+JOB_SECRET = "job-secret"  # noqa: S105 (a label, not a secret)
+# Signature: the owner asking a provider's key-release agent for the provider's share
+# for one attested query enclave (core.key_release).
+KEY_RELEASE_REQUEST = "key-release-request"

@@ -1,10 +1,17 @@
-"""Sealed storage: encrypt enclave state so only the same runtime on the same platform opens it.
+"""Sealed storage: encrypt enclave state so only the same runtime, for the same secret, opens it.
 
-Like SGX's MRENCLAVE sealing, the key is derived from a platform secret and the runtime
+Like SGX's MRENCLAVE sealing, a key is derived from a secret and the runtime
 measurement, so a changed runtime cannot read old state and the host, which stores the
-ciphertext, cannot read or forge it. On the `sim` platform the platform secret is a file
-in the state directory: it exercises the protocol but protects nothing against the
-host's root (see docs/attestation.md).
+ciphertext, cannot read or forge it. Two secrets are used:
+
+- a job's secret (`SealingKey.for_job`): derived by the owner's client for one job and
+  sealed to the attested training enclave beside the data key. Checkpoints are sealed
+  under it, so they work on every platform (a TDX or SEV-SNP VM has no sealing key of
+  its own that survives a restart), and only a runtime the owner released the job's
+  secret to can resume them;
+- the platform secret (`SealingKey`), on the `sim` platform only: a file in the state
+  directory. It exercises the protocol but protects nothing against the host's root
+  (see docs/attestation.md).
 """
 
 from __future__ import annotations
@@ -12,10 +19,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-from chiron.core.crypto import KEY_BYTES, NONCE_BYTES, aead_decrypt, aead_encrypt, random_key
+from chiron.core.crypto import (
+    KEY_BYTES,
+    NONCE_BYTES,
+    aead_decrypt,
+    aead_encrypt,
+    derive_key,
+    random_key,
+)
 from chiron.core.encoding import canonical_json
 from chiron.core.errors import EnclaveError, IntegrityError
 from chiron.core.fileio import atomic_write
@@ -49,17 +60,28 @@ def _platform_secret(state_dir: Path, platform_name: str) -> bytes:
     return secret
 
 
+def _derive(secret: bytes, measurement: str, purpose: str) -> bytes:
+    return derive_key(
+        secret,
+        salt=bytes.fromhex(measurement),
+        info=b"chiron/sealing/v1\x00" + purpose.encode(),
+    )
+
+
 class SealingKey:
-    """A key bound to (platform secret, runtime measurement, purpose)."""
+    """A key bound to (secret, runtime measurement, purpose); by default the platform's."""
 
     def __init__(self, *, state_dir: Path, platform_name: str, measurement: str, purpose: str):
-        secret = _platform_secret(state_dir, platform_name)
-        self._key = HKDF(
-            algorithm=hashes.SHA256(),
-            length=KEY_BYTES,
-            salt=bytes.fromhex(measurement),
-            info=b"chiron/sealing/v1\x00" + purpose.encode(),
-        ).derive(secret)
+        self._key = _derive(_platform_secret(state_dir, platform_name), measurement, purpose)
+
+    @classmethod
+    def for_job(cls, job_secret: bytes, *, measurement: str, purpose: str) -> SealingKey:
+        """A key from the secret the owner released for one job (any platform)."""
+        if len(job_secret) != KEY_BYTES:
+            raise EnclaveError("a job secret is 32 bytes")
+        key = cls.__new__(cls)
+        key._key = _derive(job_secret, measurement, purpose)
+        return key
 
     def seal(self, plaintext: bytes, binding: dict[str, object]) -> bytes:
         nonce = os.urandom(NONCE_BYTES)

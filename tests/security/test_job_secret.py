@@ -1,0 +1,108 @@
+"""Checkpoints sealed under the owner's job secret: any platform, this job only."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from chiron.core.errors import IntegrityError
+from chiron.core.keys import Identity
+from chiron.core.manifest import DatasetRef, JobManifest, Plan
+from chiron.enclave.context import EnclaveContext
+from chiron.enclave.sealing import SealingKey
+from chiron.enclave.trainer import AcceptedJob, _checkpoint_key
+
+MEASUREMENT = hashlib.sha256(b"runtime").hexdigest()
+
+
+def manifest(
+    owner: Identity, provider: Identity, *, seed: int = 1, enclave: str = "a"
+) -> JobManifest:
+    return JobManifest(
+        job_id="job-1",
+        owner=owner.public,
+        provider=provider.public,
+        recipe_sha256="1" * 64,
+        recipe_statement_sha256="2" * 64,
+        datasets=(DatasetRef("3" * 32, "4" * 64),),
+        plan=Plan(seed=seed),
+        enclaves=(hashlib.sha256(enclave.encode()).hexdigest(),),
+        issued_at=1,
+    )
+
+
+def job_secret(owner: Identity, job: JobManifest) -> bytes:
+    from chiron.core.encoding import canonical_json
+
+    return owner.derive_secret("job-secret", canonical_json(job.job_binding()))
+
+
+def test_the_same_job_gets_the_same_secret_under_a_new_manifest_for_new_enclaves():
+    owner, provider = Identity.generate(), Identity.generate()
+    first = manifest(owner, provider, enclave="a")
+    resumed = dataclasses.replace(first, enclaves=(hashlib.sha256(b"b").hexdigest(),), issued_at=9)
+    assert job_secret(owner, first) == job_secret(owner, resumed)
+    assert len(job_secret(owner, first)) == 32
+
+
+def test_another_job_or_another_owner_gets_another_secret():
+    owner, provider, stranger = Identity.generate(), Identity.generate(), Identity.generate()
+    job = manifest(owner, provider)
+    assert job_secret(owner, job) != job_secret(owner, manifest(owner, provider, seed=2))
+    assert job_secret(owner, job) != job_secret(stranger, job)
+
+
+def test_a_checkpoint_sealed_under_one_job_secret_does_not_open_under_another():
+    owner, provider = Identity.generate(), Identity.generate()
+    ours = SealingKey.for_job(
+        job_secret(owner, manifest(owner, provider)), measurement=MEASUREMENT, purpose="p"
+    )
+    theirs = SealingKey.for_job(
+        job_secret(owner, manifest(owner, provider, seed=2)), measurement=MEASUREMENT, purpose="p"
+    )
+    blob = ours.seal(b"training state", {"job": 1})
+    assert ours.unseal(blob, {"job": 1}) == b"training state"
+    with pytest.raises(IntegrityError):
+        theirs.unseal(blob, {"job": 1})
+    # Another runtime (measurement) cannot open it either.
+    other_runtime = SealingKey.for_job(
+        job_secret(owner, manifest(owner, provider)), measurement="0" * 64, purpose="p"
+    )
+    with pytest.raises(IntegrityError):
+        other_runtime.unseal(blob, {"job": 1})
+
+
+def _accepted(checkpoints: Path | None, secret: bytes | None) -> AcceptedJob:
+    return AcceptedJob(
+        signed=None,  # type: ignore[arg-type]  (not read by _checkpoint_key)
+        statement=None,  # type: ignore[arg-type]
+        recipe_name="r.py",
+        recipe_source=b"",
+        dataset_path=Path("/nonexistent"),
+        header=None,  # type: ignore[arg-type]
+        data_key=b"",
+        checkpoint_dir=checkpoints,
+        job_secret=secret,
+    )
+
+
+def test_a_job_on_hardware_checkpoints_with_the_owners_secret_and_no_platform_secret(tmp_path):
+    context = EnclaveContext.create(
+        role="train", state_dir=str(tmp_path / "state"), platform_name="tsm"
+    )
+    key = _checkpoint_key(context, _accepted(tmp_path / "ckpt", b"k" * 32))
+    assert key is not None
+    assert key.unseal(key.seal(b"state", {}), {}) == b"state"
+    # Nothing of a simulated platform secret was created or used.
+    assert not (tmp_path / "state" / "sim-sealing").exists()
+
+
+def test_without_the_owners_secret_a_hardware_job_has_no_checkpoints(tmp_path):
+    context = EnclaveContext.create(
+        role="train", state_dir=str(tmp_path / "state"), platform_name="tsm"
+    )
+    assert _checkpoint_key(context, _accepted(tmp_path / "ckpt", None)) is None
+    assert _checkpoint_key(context, _accepted(None, b"k" * 32)) is None
