@@ -87,3 +87,7 @@ class Conflict(ChironError):
 
 class ServiceError(ChironError):
     """A Chiron service could not be reached or failed to answer a request."""
+
+
+class KeyReleaseRefused(ChironError):
+    """A provider's key-release agent did not release its share (refused, or unreachable)."""
