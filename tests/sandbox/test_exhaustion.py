@@ -64,10 +64,10 @@ SLEEPER = recipe(
         time.sleep(3600)
     """
 )
-SLOW_STEPS = recipe(  # every step within its own deadline, the job past its own
+SLOW_STEPS = recipe(  # every step well within its own deadline, the job past its own
     """
     def train_step(model, optimizer, x, y, hp):
-        time.sleep(1)
+        time.sleep(5)
         return torch.zeros(())
     """
 )
@@ -120,7 +120,11 @@ def _beside_an_honest_job(bomb: bytes, limits: SandboxLimits) -> tuple[Ending, E
         (FORK_BOMB, SandboxLimits(threads=1), "policy_violation"),
         (MEMORY_BALLOON, SandboxLimits(threads=1, memory_bytes=2 * GIB), "resource_limit"),
         (SLEEPER, SandboxLimits(threads=1, wall_timeout_seconds=5), "timeout"),
-        (SLOW_STEPS, SandboxLimits(threads=1, job_timeout_seconds=8), "timeout"),
+        (
+            SLOW_STEPS,
+            SandboxLimits(threads=1, wall_timeout_seconds=60, job_timeout_seconds=8),
+            "timeout",
+        ),
     ],
     ids=["threads", "stubborn-threads", "fork", "memory", "sleep", "job-time"],
 )
