@@ -48,12 +48,14 @@ def _register_rooms() -> None:
         cli_dataset,
         cli_demo,
         cli_evidence,
+        cli_keys,
         cli_recipe,
         cli_service,
         cli_train,
     )
 
     rooms = (cli_dataset, cli_attest, cli_evidence, cli_train, cli_recipe, cli_service, cli_demo)
+    rooms += (cli_keys,)
     for room in rooms:
         room.register(app)
 
