@@ -22,6 +22,7 @@ from chiron.client.distributed import (
     train_through_rendezvous,
 )
 from chiron.client.inputs import load_query_inputs
+from chiron.client.key_release import AgentShareSource
 from chiron.client.options import (
     ALLOW_SIMULATION,
     JSON,
@@ -321,12 +322,32 @@ def _progress_bar(quiet: bool) -> Progress:
     )
 
 
+PROVIDER_AGENT = typer.Option(
+    None,
+    "--provider",
+    help="URL of the provider's key-release agent (`chiron keys serve`), "
+    "e.g. http://127.0.0.1:8471: it releases the provider's share to the attested enclave",
+)
+
+
+def _provider_agent(stack: ExitStack, provider_url: str | None) -> AgentShareSource:
+    """The provider's agent: the only way the provider's share reaches a query enclave."""
+    if provider_url is None:
+        raise UsageError(
+            "the provider's share comes from its key-release agent: pass --provider URL "
+            "(the provider runs `chiron keys serve`)"
+        )
+    source = AgentShareSource(provider_url)
+    stack.callback(source.close)
+    return source
+
+
 def _unlocked_session(
     stack: ExitStack,
     *,
     model_path: Path,
     owner_key: Path,
-    provider_key: Path,
+    provider_url: str | None,
     local: bool,
     url: str | None,
     token: str | None,
@@ -335,11 +356,11 @@ def _unlocked_session(
     state_dir: Path | None,
 ):
     require_one_target(local, url)
+    provider = _provider_agent(stack, provider_url)
     state = state_dir or default_state_dir()
     policy = load_policy(policy_file, allow_simulation=allow_simulation)
     model = read_input_file(model_path, what="model file")
     owner = load_identity(owner_key)
-    provider = load_identity(provider_key)
     if url is not None:
         client = stack.enter_context(ServiceClient(url, token))
         session: EnclaveSession = stack.enter_context(
@@ -363,7 +384,7 @@ def _unlocked_session(
 def evaluate_command(
     model_path: Path = typer.Option(..., "--model", help="escrowed model file (.chm)"),
     owner_key: Path = typer.Option(..., "--owner", help="the owner's private key file"),
-    provider_key: Path = typer.Option(..., "--provider", help="the provider's private key file"),
+    provider_url: str | None = PROVIDER_AGENT,
     dataset: Path = typer.Option(..., "--dataset", help="encrypted labelled dataset (.chd)"),
     data_key_path: Path = typer.Option(..., "--data-key", help="the dataset's key file"),
     local: bool = LOCAL,
@@ -382,7 +403,7 @@ def evaluate_command(
             stack,
             model_path=model_path,
             owner_key=owner_key,
-            provider_key=provider_key,
+            provider_url=provider_url,
             local=local,
             url=url,
             token=token,
@@ -418,7 +439,7 @@ def evaluate_command(
 def query_command(
     model_path: Path = typer.Option(..., "--model", help="escrowed model file (.chm)"),
     owner_key: Path = typer.Option(..., "--owner", help="the owner's private key file"),
-    provider_key: Path = typer.Option(..., "--provider", help="the provider's private key file"),
+    provider_url: str | None = PROVIDER_AGENT,
     inputs_path: Path = typer.Option(
         ..., "--inputs", help=".npy, .npz (array x), IDX, an image file or a folder of images"
     ),
@@ -436,7 +457,7 @@ def query_command(
             stack,
             model_path=model_path,
             owner_key=owner_key,
-            provider_key=provider_key,
+            provider_url=provider_url,
             local=local,
             url=url,
             token=token,

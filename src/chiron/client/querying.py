@@ -1,7 +1,11 @@
-"""Owner and provider sides of using an escrowed model: unlock it, evaluate, query.
+"""The owner's side of using an escrowed model: unlock it, evaluate, query.
 
-Each party opens its own share of the model key from the model file and re-seals it to
-a query enclave that its client has just attested as a fresh query enclave. Queries and
+The owner's client opens the owner's share of the model key from the model file and
+re-seals it to a query enclave it has just attested as a fresh query enclave. The
+provider's share comes from a `ProviderShareSource`: in every command, the provider's
+key-release agent (`client.key_release.AgentShareSource`), which checks the enclave
+against the provider's release policy and seals the share to it, so the owner never
+holds the provider's key nor anything it could open with its own. Queries and
 evaluations are signed by the owner named in the model file and answered under a fresh
 reply key, so only that owner can ask and only that owner can read the answers.
 
@@ -17,7 +21,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -39,6 +43,7 @@ from chiron.core.contract import (
 from chiron.core.crypto import open_sealed, reply_key_pair, seal, sign
 from chiron.core.errors import InputError, IntegrityError
 from chiron.core.identifiers import check_model_id
+from chiron.core.key_release import open_escrowed_share, seal_share_to_enclave
 from chiron.core.keys import DataKey, Identity, PublicIdentity
 from chiron.core.query_protocol import (
     decode_answers,
@@ -67,30 +72,45 @@ def _new_request_id() -> str:
     return os.urandom(16).hex()
 
 
-def _release_share(
-    session: EnclaveSession,
-    header: modelfile.ModelHeader,
-    party: str,
-    identity: Identity,
-    enclave: PublicIdentity,
-) -> bool:
-    """Re-seal our share to the attested enclave; whether the model is now unlocked."""
-    share = open_sealed(
-        identity.hpke_key,
-        header.share_for(party),
-        purpose=purposes.MODEL_SHARE_ESCROW,
-        context={"model_id": header.model_id, "party": party},
-        what=f"the {party}'s key share",
-    )
-    request = ProvisionShareRequest(
-        party,
-        seal(
-            enclave.hpke_key,
-            share,
-            purpose=purposes.MODEL_SHARE_PROVISION,
-            context={"model_id": header.model_id, "party": party},
-        ),
-    )
+class ProviderShareSource(Protocol):
+    """Where the provider's share comes from: sealed to `enclave`, for `header`'s model."""
+
+    def sealed_share(
+        self,
+        session: EnclaveSession,
+        header: modelfile.ModelHeader,
+        enclave: PublicIdentity,
+        owner: Identity,
+    ) -> bytes: ...
+
+
+class ProviderKeyShare:
+    """The provider's share re-sealed with the provider's own key, on the provider's side.
+
+    What the key-release agent does after its checks; used directly only where one
+    process legitimately holds the provider's key (the agent's own tests, benchmarks of
+    the enclave). No command gives the owner this.
+    """
+
+    def __init__(self, provider: Identity) -> None:
+        self._provider = provider
+
+    def sealed_share(
+        self,
+        session: EnclaveSession,
+        header: modelfile.ModelHeader,
+        enclave: PublicIdentity,
+        owner: Identity,
+    ) -> bytes:
+        if self._provider.public != header.provider:
+            raise InputError("the provider key given is not the provider named in this model file")
+        share = open_escrowed_share(self._provider, header, "provider")
+        return seal_share_to_enclave(enclave, share, header.model_id, "provider")
+
+
+def _provision(session: EnclaveSession, party: str, sealed_share: bytes) -> bool:
+    """Hand a share sealed to the enclave over; whether the model is now unlocked."""
+    request = ProvisionShareRequest(party, sealed_share)
     result = session.call(Call.PROVISION_SHARE.value, request.to_wire())
     return ProvisionShareResult.from_wire(result).unlocked
 
@@ -100,18 +120,21 @@ def unlock_model(
     *,
     model: bytes,
     owner: Identity,
-    provider: Identity | None,
+    provider: ProviderShareSource | Identity | None,
     policy: Policy,
     state_dir: Path,
     sim_roots: SimRootSource | None = None,
 ) -> UnlockedModel:
-    """Attest the query enclave, load the model, release the shares we hold."""
+    """Attest the query enclave, load the model, release the owner's share and the provider's.
+
+    `provider` is normally the provider's key-release agent; an `Identity` stands for
+    the provider's own key (`ProviderKeyShare`); None leaves the model locked.
+    """
     header = modelfile.read_model_header(model)
     check_model_id(header.model_id)
-    parties = [("owner", owner)] + ([("provider", provider)] if provider is not None else [])
-    for party, identity in parties:
-        if identity.public != header.identity_of(party):
-            raise InputError(f"the {party} key given is not the {party} named in this model file")
+    if owner.public != header.identity_of("owner"):
+        raise InputError("the owner key given is not the owner named in this model file")
+    source = ProviderKeyShare(provider) if isinstance(provider, Identity) else provider
     # A share goes only to a fresh query enclave: not a training enclave (whose key must
     # never see a model key), not one already serving another model.
     attested = verify_enclave(
@@ -122,8 +145,17 @@ def unlock_model(
     )
     if loaded.model_id != header.model_id:
         raise IntegrityError("the query enclave loaded another model than this model file")
-    for party, identity in parties:
-        _release_share(session, header, party, identity, attested.identity)
+    owner_share = open_escrowed_share(owner, header, "owner")
+    _provision(
+        session,
+        "owner",
+        seal_share_to_enclave(attested.identity, owner_share, header.model_id, "owner"),
+    )
+    if source is not None:
+        # The enclave is now bound to this model: the provider's agent checks exactly
+        # that in fresh evidence of its own before it seals its share to this enclave.
+        sealed = source.sealed_share(session, header, attested.identity, owner)
+        _provision(session, "provider", sealed)
     return UnlockedModel(session, header, owner, attested.identity)
 
 
