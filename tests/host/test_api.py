@@ -361,11 +361,11 @@ def test_uploaded_models_are_registered_once_and_downloaded_intact(api):
     )
     assert download.content == data
     assert download.headers["x-content-sha256"] == sha256(data)
-    # The provider needs the file to open its own share of the model key.
-    provider = api.http.get(
-        f"/v1/models/{first['result_id']}/file", headers=bearer(api.operator["token"])
-    )
-    assert provider.content == data
+    # A model its owner uploaded was made by no job of a provider's recipe here: no
+    # provider sees it (the owner's client relays the provider's share, core.key_release).
+    for path in (f"/v1/models/{first['result_id']}", f"/v1/models/{first['result_id']}/file"):
+        refused = api.http.get(path, headers=bearer(api.operator["token"]))
+        assert refused.status_code == 404 and refused.json()["error"] == "NotFound", path
 
 
 def test_jobs_check_the_recipe_and_dataset(api, dataset_bytes):

@@ -40,6 +40,7 @@ from chiron.core.limits import MAX_SEALED_KEY_BYTES
 from chiron.core.manifest import MAX_MANIFEST_BYTES
 from chiron.core.recipe_statement import MAX_STATEMENT_BYTES
 from chiron.enclave.boundary import decode_message, encode_message
+from chiron.host import authorization
 from chiron.host.accounts import Unauthenticated
 from chiron.host.config import MAX_CHUNK_BYTES
 from chiron.host.db import Account, Dataset, Job, Model, Recipe
@@ -207,7 +208,7 @@ class JobStartIn(BaseModel):
 class JobOut(BaseModel):
     id: str
     recipe: str
-    dataset: str
+    dataset: str | None = Field(description="the owner's dataset (owner only)")
     state: str
     status: str
     step: int
@@ -304,16 +305,17 @@ def _model_out(model: Model) -> ModelOut:
 
 
 def _job_out(job: Job, account: Account) -> JobOut:
+    private = authorization.sees_private_fields(account, job)
     return JobOut(
         id=job.id,
         recipe=job.recipe_name,
-        dataset=job.dataset_pk,
+        dataset=job.dataset_pk if private else None,
         state=job.state,
         status=status_text(job),
         step=job.step,
         total=job.total,
         reason=job.reason,
-        message=job.message if job.account_id == account.id else None,
+        message=job.message if private else None,
         model=job.model_pk,
         created=job.created,
         updated=job.updated,
@@ -399,12 +401,12 @@ def register_recipe(
 
 @router.get("/recipes", response_model=list[RecipeOut], tags=["recipes"])
 def list_recipes(request: Request, caller: Account = Depends(_caller)) -> list[RecipeOut]:
-    return [_recipe_out(r) for r in _service(request).recipes.list()]
+    return [_recipe_out(r) for r in _service(request).recipes.list(caller)]
 
 
 @router.get("/recipes/{name}", response_model=RecipeOut, tags=["recipes"])
 def get_recipe(name: str, request: Request, caller: Account = Depends(_caller)) -> RecipeOut:
-    return _recipe_out(_service(request).recipes.get(name))
+    return _recipe_out(_service(request).recipes.get(caller, name))
 
 
 # --- uploads -------------------------------------------------------------------
@@ -532,7 +534,7 @@ def get_model(model_id: str, request: Request, caller: Account = Depends(_caller
 )
 def download_model(model_id: str, request: Request, caller: Account = Depends(_caller)) -> Response:
     service = _service(request)
-    model = service.model(caller, model_id)
+    model = service.model_file(caller, model_id)
     return _download(service, model.sha256, f"{model.id}.chm")
 
 
@@ -556,9 +558,14 @@ def get_job(job_id: str, request: Request, caller: Account = Depends(_caller)) -
 
 
 @router.get("/jobs/{job_id}/evidence", response_model=EvidenceOut, tags=["jobs"])
-def job_evidence(job_id: str, request: Request, nonce: str = Query(max_length=256)) -> EvidenceOut:
-    """Evidence from the job's own training enclave, before it starts (public)."""
-    evidence = _service(request).jobs.evidence(job_id, parse_nonce(nonce))
+def job_evidence(
+    job_id: str,
+    request: Request,
+    nonce: str = Query(max_length=256),
+    caller: Account = Depends(_caller),
+) -> EvidenceOut:
+    """Evidence from the job's own training enclave, before it starts (the job's owner)."""
+    evidence = _service(request).jobs.evidence(caller, job_id, parse_nonce(nonce))
     return EvidenceOut(evidence=b64encode(evidence))
 
 
@@ -610,9 +617,7 @@ def get_query_session(
     session_id: str, request: Request, caller: Account = Depends(_caller)
 ) -> QuerySessionOut:
     service = _service(request)
-    session = service.queries.get(session_id)
-    if caller.role == "owner" and session.account_id != caller.id:
-        raise NotFound(f"no query session {session_id}")
+    session = service.queries.get(caller, session_id)
     model = service.model(caller, session.model_pk)
     return QuerySessionOut(id=session.id, model=model.id, model_id=model.model_id)
 
@@ -621,10 +626,13 @@ def get_query_session(
     "/query-sessions/{session_id}/evidence", response_model=EvidenceOut, tags=["query sessions"]
 )
 def query_session_evidence(
-    session_id: str, request: Request, nonce: str = Query(max_length=256)
+    session_id: str,
+    request: Request,
+    nonce: str = Query(max_length=256),
+    caller: Account = Depends(_caller),
 ) -> EvidenceOut:
-    """Evidence from the session's query enclave (public)."""
-    evidence = _service(request).queries.evidence(session_id, parse_nonce(nonce))
+    """Evidence from the session's query enclave (whoever sees the session)."""
+    evidence = _service(request).queries.evidence(caller, session_id, parse_nonce(nonce))
     return EvidenceOut(evidence=b64encode(evidence))
 
 

@@ -3,7 +3,8 @@
 A job is created with its enclave already running, so the owner's client can attest
 that very enclave and seal the data key to it; starting the job queues the `train` call,
 which runs when one of `concurrency` worker slots is free. What anyone but the owner
-learns of a job is its state, its step count and a reason class on failure.
+learns of a job is its state, its step count and a reason class on failure; who may see
+or act on a job is decided in `host.authorization`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from chiron.core.container import read_dataset_header_and_digest
 from chiron.core.contract import TrainAuthorization, TrainMaterials, TrainRequest, TrainResult
 from chiron.core.errors import (
-    AccessDenied,
     AttestationError,
     ChironError,
     Conflict,
@@ -35,6 +35,9 @@ from chiron.core.errors import (
 from chiron.core.recipe_statement import SignedRecipeStatement
 from chiron.core.schema import DatasetSchema
 from chiron.host import headers
+
+# Imported by name: in this module "authorization" is the owner's signed TrainAuthorization.
+from chiron.host.authorization import Action, Kind, find, listing, require
 from chiron.host.db import ACTIVE_JOB_STATES, Account, Database, Dataset, Job, Model, Recipe, now
 from chiron.host.enclaves import ManagedEnclave
 from chiron.host.recipes import Recipes
@@ -127,29 +130,19 @@ class Jobs:
     # --- records -------------------------------------------------------------
 
     def get(self, account: Account, job_id: str) -> Job:
+        """A job its owner or its recipe's provider may see (`host.authorization`)."""
         with self._db.transaction() as session:
-            job = session.get(Job, job_id)
-        if job is None or (account.role == "owner" and job.account_id != account.id):
-            raise NotFound(f"no job {job_id}")
-        return job
+            return find(session, Kind.JOB, account, job_id)
 
     def list(self, account: Account) -> list[Job]:
-        query = select(Job).order_by(Job.created, Job.id)
-        if account.role == "owner":
-            query = query.where(Job.account_id == account.id)
         with self._db.transaction() as session:
-            return list(session.scalars(query).all())
+            return listing(session, Kind.JOB, account)
 
     def create(self, account: Account, *, recipe_name: str, dataset_pk: str) -> Job:
-        if account.role != "owner":
-            raise AccessDenied("only data owners create training jobs")
+        require(Action.CREATE_JOB, account)
         with self._db.transaction() as session:
-            recipe = session.get(Recipe, recipe_name)
-            dataset = session.get(Dataset, dataset_pk)
-        if recipe is None:
-            raise NotFound(f"no recipe named {recipe_name!r}")
-        if dataset is None or dataset.account_id != account.id:
-            raise NotFound(f"no dataset {dataset_pk}")
+            recipe = find(session, Kind.RECIPE, account, recipe_name)
+            dataset = find(session, Kind.DATASET, account, dataset_pk)
         _check_schema(recipe, dataset)
         job = Job(
             id=uuid.uuid4().hex,
@@ -179,7 +172,8 @@ class Jobs:
             self._enclaves[job.id] = enclave
         return job
 
-    def evidence(self, job_id: str, nonce: bytes) -> bytes:
+    def evidence(self, account: Account, job_id: str, nonce: bytes) -> bytes:
+        require(Action.ATTEST_JOB, account, self.get(account, job_id))
         with self._guard:
             enclave = self._enclaves.get(job_id)
         if enclave is None or enclave.busy:
@@ -195,8 +189,7 @@ class Jobs:
         again itself; nothing here is what makes a job safe.
         """
         job = self.get(account, job_id)
-        if job.account_id != account.id:
-            raise AccessDenied("only the job's owner starts it")
+        require(Action.START_JOB, account, job)
         with self._guard:
             enclave = self._enclaves.get(job_id)
         if job.state != "created" or enclave is None:
@@ -265,8 +258,7 @@ class Jobs:
         if name not in RESULT_NAMES:
             raise NotFound(f"a job has no result {name!r} (use one of {', '.join(RESULT_NAMES)})")
         job = self.get(account, job_id)
-        if job.account_id != account.id:
-            raise AccessDenied("only the job's owner downloads its results")
+        require(Action.DOWNLOAD_RESULTS, account, job)
         if job.state != "done":
             raise Conflict(f"job {job_id} is {status_text(job)}; results exist once it is done")
         if name == "model":

@@ -1,8 +1,9 @@
 """Query sessions: a query enclave per session, relaying the owner's and provider's calls.
 
 The service adds only what it holds (the model file for `load_model`, a dataset's path
-for `evaluate`) and decides who may make which call; inputs, key shares, answers and
-reports cross sealed to the enclave or to the owner, so relaying them reveals nothing.
+for `evaluate`) and decides who may make which call (`host.authorization`); inputs, key
+shares, answers and reports cross sealed to the enclave or to the owner, so relaying
+them reveals nothing.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chiron.core.errors import AccessDenied, InputError, NotFound
-from chiron.host.db import Account, Database, Dataset, Model
+from chiron.core.errors import InputError, NotFound
+from chiron.host import authorization
+from chiron.host.authorization import Action, Kind
+from chiron.host.db import Account, Database, Model
 from chiron.host.enclaves import ManagedEnclave
 from chiron.host.store import ArtifactStore
 
@@ -50,8 +53,7 @@ class QuerySessions:
         self._guard = threading.Lock()
 
     def create(self, account: Account, model_pk: str) -> tuple[QuerySession, Model]:
-        if account.role != "owner":
-            raise AccessDenied("only data owners open query sessions")
+        authorization.require(Action.OPEN_QUERY_SESSION, account)
         model = self._model(account, model_pk)
         session_id = uuid.uuid4().hex
         enclave = ManagedEnclave(
@@ -67,20 +69,20 @@ class QuerySessions:
 
     def _model(self, account: Account, model_pk: str) -> Model:
         with self._db.transaction() as db_session:
-            model = db_session.get(Model, model_pk)
-        if model is None or (account.role == "owner" and model.account_id != account.id):
-            raise NotFound(f"no model {model_pk}")
-        return model
+            return authorization.find(db_session, Kind.MODEL, account, model_pk)
 
-    def get(self, session_id: str) -> QuerySession:
+    def get(self, account: Account, session_id: str) -> QuerySession:
+        """A live session `account` may see: its owner's, or its model's provider's."""
         with self._guard:
             session = self._sessions.get(session_id)
-        if session is None:
-            raise NotFound(f"no query session {session_id}")
-        return session
+        if session is not None:
+            with self._db.transaction() as db_session:
+                if authorization.query_session_visible(db_session, account, session.model_pk):
+                    return session
+        raise authorization.not_found(Kind.QUERY_SESSION, session_id)
 
-    def evidence(self, session_id: str, nonce: bytes) -> bytes:
-        return self.get(session_id).enclave.evidence(nonce)
+    def evidence(self, account: Account, session_id: str, nonce: bytes) -> bytes:
+        return self.get(account, session_id).enclave.evidence(nonce)
 
     def call(
         self, account: Account, session_id: str, name: str, args: dict[str, Any]
@@ -88,19 +90,15 @@ class QuerySessions:
         """Relay one call, after deciding whether this caller may make it."""
         if name not in RELAYED_CALLS:
             raise NotFound(f"no call {name!r} (use one of {', '.join(RELAYED_CALLS)})")
-        session = self.get(session_id)
-        is_owner = account.id == session.account_id
+        session = self.get(account, session_id)
         # The session's owner makes every call (the enclave checks each share and
-        # signature itself); a provider only releases the provider's share.
-        allowed = is_owner or (
-            account.role == "provider"
-            and name == "provision_share"
-            and args.get("party") == "provider"
+        # signature itself); the model's provider only relays the provider's share.
+        releases_provider_share = name == "provision_share" and args.get("party") == "provider"
+        authorization.require(
+            Action.RELEASE_PROVIDER_SHARE if releases_provider_share else Action.CALL_QUERY_SESSION,
+            account,
+            session,
         )
-        if not allowed:
-            if account.role == "owner":
-                raise NotFound(f"no query session {session_id}")
-            raise AccessDenied(f"this token may not make the {name!r} call here")
         args = dict(args)
         if name == "load_model":
             args = {"model": self._store.read_bytes(self._model(account, session.model_pk).sha256)}
@@ -112,15 +110,12 @@ class QuerySessions:
         if not isinstance(dataset_pk, str):
             raise InputError("evaluate needs 'dataset': the id of one of your datasets")
         with self._db.transaction() as db_session:
-            dataset = db_session.get(Dataset, dataset_pk)
-        if dataset is None or dataset.account_id != account.id:
-            raise NotFound(f"no dataset {dataset_pk}")
+            dataset = authorization.find(db_session, Kind.DATASET, account, dataset_pk)
         return str(self._store.local_path(dataset.sha256))
 
     def close(self, account: Account, session_id: str) -> None:
-        session = self.get(session_id)
-        if session.account_id != account.id:
-            raise NotFound(f"no query session {session_id}")
+        session = self.get(account, session_id)
+        authorization.require(Action.CLOSE_QUERY_SESSION, account, session)
         self._remove(session)
 
     def _remove(self, session: QuerySession) -> None:

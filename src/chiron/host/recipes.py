@@ -5,8 +5,9 @@ over its source. The service verifies the statement, that it signs this very sou
 under this recipe's name, and that a provider account always registers under one
 provider identity (its first registration pins it). Owners list recipes by name, task,
 input schema and the statement, so their clients can check for themselves who will hold
-the model's second key share; nothing the service says about a provider is believed by
-an enclave, which checks the statement again. The source and the statement are stored
+the model's second key share (a provider lists only its own: `host.authorization`);
+nothing the service says about a provider is believed by an enclave, which checks the
+statement again. The source and the statement are stored
 in the artifact store; the source is read only to hand it to a training enclave.
 """
 
@@ -20,10 +21,12 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 
-from chiron.core.errors import AccessDenied, Conflict, InputError, NotFound
+from chiron.core.errors import AccessDenied, Conflict, InputError
 from chiron.core.limits import MAX_RECIPE_BYTES
 from chiron.core.recipe_statement import SignedRecipeStatement, check_recipe_name
 from chiron.core.schema import DatasetSchema
+from chiron.host import authorization
+from chiron.host.authorization import Action, Kind
 from chiron.host.db import Account, Database, Recipe, now
 from chiron.host.store import ArtifactStore
 
@@ -59,8 +62,7 @@ class Recipes:
 
     def register(self, account: Account, submission: RecipeSubmission) -> RegisteredRecipe:
         """Publish a recipe; registering the very same recipe again is a no-op."""
-        if account.role != "provider":
-            raise AccessDenied("only providers register recipes")
+        authorization.require(Action.REGISTER_RECIPE, account)
         statement = _check(submission)
         provider_public = statement.provider.to_bytes().hex()
         schema = (
@@ -100,20 +102,16 @@ class Recipes:
             raise Conflict(f"a recipe named {submission.name!r} was registered meanwhile") from None
         return RegisteredRecipe(recipe, statement, submission.statement)
 
-    def list(self) -> list[RegisteredRecipe]:
+    def list(self, account: Account) -> list[RegisteredRecipe]:
+        """The recipes `account` may see: the catalogue for owners, its own for providers."""
         with self._db.transaction() as session:
-            records = list(session.scalars(select(Recipe).order_by(Recipe.name)).all())
+            records = authorization.listing(session, Kind.RECIPE, account)
         return [self._with_statement(record) for record in records]
 
-    def get(self, name: str) -> RegisteredRecipe:
-        return self._with_statement(self.record(name))
-
-    def record(self, name: str) -> Recipe:
+    def get(self, account: Account, name: str) -> RegisteredRecipe:
         with self._db.transaction() as session:
-            recipe = session.get(Recipe, name)
-        if recipe is None:
-            raise NotFound(f"no recipe named {name!r}")
-        return recipe
+            record = authorization.find(session, Kind.RECIPE, account, name)
+        return self._with_statement(record)
 
     def statement(self, recipe: Recipe) -> SignedRecipeStatement:
         """The provider's statement a job on this recipe is started with."""

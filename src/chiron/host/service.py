@@ -18,12 +18,12 @@ import time
 import uuid
 from pathlib import Path
 
-from sqlalchemy import select
-
 from chiron.core.attestation import SimRoot, load_sim_root
 from chiron.core.errors import NotFound, ServiceError
 from chiron.core.fileio import atomic_write, read_input_file
+from chiron.host import authorization
 from chiron.host.accounts import authenticate, ensure_operator, load_pepper
+from chiron.host.authorization import Action, Kind
 from chiron.host.config import ServiceConfig
 from chiron.host.db import Account, Database, Dataset, Model
 from chiron.host.enclaves import ServiceEnclave
@@ -96,32 +96,26 @@ class Service:
     # --- datasets and models -----------------------------------------------
 
     def datasets(self, account: Account) -> list[Dataset]:
-        query = select(Dataset).order_by(Dataset.created, Dataset.id)
-        if account.role == "owner":
-            query = query.where(Dataset.account_id == account.id)
         with self.db.transaction() as session:
-            return list(session.scalars(query).all())
+            return authorization.listing(session, Kind.DATASET, account)
 
     def dataset(self, account: Account, dataset_pk: str) -> Dataset:
         with self.db.transaction() as session:
-            dataset = session.get(Dataset, dataset_pk)
-        if dataset is None or (account.role == "owner" and dataset.account_id != account.id):
-            raise NotFound(f"no dataset {dataset_pk}")
-        return dataset
+            return authorization.find(session, Kind.DATASET, account, dataset_pk)
 
     def models(self, account: Account) -> list[Model]:
-        query = select(Model).order_by(Model.created, Model.id)
-        if account.role == "owner":
-            query = query.where(Model.account_id == account.id)
         with self.db.transaction() as session:
-            return list(session.scalars(query).all())
+            return authorization.listing(session, Kind.MODEL, account)
 
     def model(self, account: Account, model_pk: str) -> Model:
-        """A model's record; providers see every model (they provision their share)."""
+        """A model's record, for its owner and its provider (who holds a key share)."""
         with self.db.transaction() as session:
-            model = session.get(Model, model_pk)
-        if model is None or (account.role == "owner" and model.account_id != account.id):
-            raise NotFound(f"no model {model_pk}")
+            return authorization.find(session, Kind.MODEL, account, model_pk)
+
+    def model_file(self, account: Account, model_pk: str) -> Model:
+        """A model whose escrowed file `account` may download: its owner only."""
+        model = self.model(account, model_pk)
+        authorization.require(Action.DOWNLOAD_MODEL_FILE, account, model)
         return model
 
     def sim_root(self) -> SimRoot:

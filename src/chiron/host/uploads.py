@@ -22,8 +22,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from chiron.core.errors import AccessDenied, Conflict, InputError, IntegrityError, NotFound
-from chiron.host import headers
+from chiron.core.errors import Conflict, InputError, IntegrityError
+from chiron.host import authorization, headers
+from chiron.host.authorization import Action, Kind
 from chiron.host.db import UPLOAD_KINDS, Account, Database, Dataset, Model, Upload, now
 from chiron.host.store import ArtifactStore, file_sha256
 
@@ -65,8 +66,7 @@ class Uploads:
                 path.unlink(missing_ok=True)
 
     def create(self, account: Account, *, kind: str, size: int, sha256: str) -> Upload:
-        if account.role != "owner":
-            raise AccessDenied("only data owners upload datasets and models")
+        authorization.require(Action.UPLOAD, account)
         if kind not in UPLOAD_KINDS:
             raise InputError(f"kind must be one of {', '.join(UPLOAD_KINDS)}")
         if not 0 < size <= self._max_bytes:
@@ -90,9 +90,7 @@ class Uploads:
     def get(self, account: Account, upload_id: str) -> tuple[Upload, int]:
         """The upload and how many bytes the service holds (where to resume)."""
         with self._db.transaction() as session:
-            upload = session.get(Upload, upload_id)
-        if upload is None or upload.account_id != account.id:
-            raise NotFound(f"no upload {upload_id}")
+            upload = authorization.find(session, Kind.UPLOAD, account, upload_id)
         if upload.result_id is not None:
             return upload, upload.size
         try:
@@ -103,12 +101,7 @@ class Uploads:
     def open_uploads(self, account: Account) -> list[Upload]:
         """The caller's unfinished uploads, so a client can resume after a crash."""
         with self._db.transaction() as session:
-            query = (
-                select(Upload)
-                .where(Upload.account_id == account.id, Upload.result_id.is_(None))
-                .order_by(Upload.created, Upload.id)
-            )
-            return list(session.scalars(query).all())
+            return authorization.listing(session, Kind.UPLOAD, account, Upload.result_id.is_(None))
 
     def write_chunk(
         self, account: Account, upload_id: str, *, offset: int, data: bytes, sha256: str
