@@ -221,7 +221,7 @@ jobs_app = typer.Typer(help="Training jobs on a service.", no_args_is_help=True)
 
 @jobs_app.command("list")
 def jobs_list(url: str = SERVICE_URL, token: str | None = TOKEN, as_json: bool = JSON) -> None:
-    """List jobs (owners: your own; providers: every job's state)."""
+    """List jobs (owners: your own; providers: the state of jobs on your recipes)."""
     with ServiceClient(url, token) as client:
         jobs = client.jobs()
     _print(jobs, as_json, [f"{j['id']}\t{j['recipe']}\t{j['status']}" for j in jobs] or ["no jobs"])
@@ -250,7 +250,7 @@ models_app = typer.Typer(help="Escrowed models on a service.", no_args_is_help=T
 
 @models_app.command("list")
 def models_list(url: str = SERVICE_URL, token: str | None = TOKEN, as_json: bool = JSON) -> None:
-    """List models (owners: your own)."""
+    """List models (owners: your own; providers: those trained with your recipes)."""
     with ServiceClient(url, token) as client:
         models = client.models()
     _print(

@@ -379,6 +379,8 @@ class ServiceClient:
             "manifest": b64encode(authorization.manifest.to_wire()),
             "sealed_data_key": b64encode(authorization.sealed_data_key),
         }
+        if authorization.sealed_job_secret is not None:
+            body["sealed_job_secret"] = b64encode(authorization.sealed_job_secret)
         return self._json("POST", f"/jobs/{job_id}/start", json=body)
 
     def wait_job(

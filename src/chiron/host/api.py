@@ -203,6 +203,12 @@ class JobStartIn(BaseModel):
         max_length=_b64_chars(MAX_SEALED_KEY_BYTES),
         description="the data key HPKE-sealed to the job's attested enclave, base64",
     )
+    sealed_job_secret: str | None = Field(
+        default=None,
+        max_length=_b64_chars(MAX_SEALED_KEY_BYTES),
+        description="the owner's secret for this job (checkpoints are sealed under it), "
+        "HPKE-sealed like the data key, base64",
+    )
 
 
 class JobOut(BaseModel):
@@ -578,6 +584,11 @@ def start_job(
         {
             "manifest": _decode(body.manifest, "manifest"),
             "sealed_data_key": _decode(body.sealed_data_key, "sealed_data_key"),
+            "sealed_job_secret": (
+                None
+                if body.sealed_job_secret is None
+                else _decode(body.sealed_job_secret, "sealed_job_secret")
+            ),
         }
     )
     return _job_out(_service(request).jobs.start(caller, job_id, authorization), caller)
