@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from chiron.core.container import DatasetHeader, encrypt_dataset, verify_dataset
 from chiron.core.crypto import random_key
+from chiron.core.dataset import DatasetHeader, encrypt_dataset, verify_dataset
 from chiron.core.schema import DatasetSchema
 
 SCHEMA = DatasetSchema((3, 32, 32), "uint8", 10)

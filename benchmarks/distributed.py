@@ -244,8 +244,8 @@ def training(worker_counts: list[int], records: int, epochs: int, every: int) ->
     from chiron.client.distributed import train_locally
     from chiron.client.sessions import LocalEnclaveSession
     from chiron.client.training import run_training
-    from chiron.core.container import read_dataset_header_and_digest
     from chiron.core.contract import TrainMaterials
+    from chiron.core.dataset import read_dataset_header_and_digest
     from chiron.core.keys import Identity, load_data_key
     from chiron.core.manifest import DatasetRef, Plan
     from chiron.core.recipe_statement import make_statement

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from chiron.client.remote import ServiceClient
-from chiron.core.container import encrypt_dataset
 from chiron.core.crypto import random_key
+from chiron.core.dataset import encrypt_dataset
 from chiron.core.schema import DatasetSchema
 from chiron.host.accounts import create_account
 from chiron.host.config import ServiceConfig

@@ -62,7 +62,7 @@ class PeakRss:
 PLAIN = """
 import json, sys, time
 import numpy as np
-from chiron.core.container import load_dataset
+from chiron.core.dataset import load_dataset
 from chiron.core.keys import load_data_key
 from chiron.core.recipe_protocol import TrainingPlan, holdout_split
 from chiron.recipes.sdk import train_plain
@@ -83,7 +83,7 @@ from pathlib import Path
 from chiron.client.attestation import load_policy
 from chiron.client.sessions import LocalEnclaveSession
 from chiron.client.training import run_training
-from chiron.core.container import read_dataset_header_and_digest
+from chiron.core.dataset import read_dataset_header_and_digest
 from chiron.core.contract import TrainMaterials
 from chiron.core.keys import Identity, load_data_key
 from chiron.core.manifest import DatasetRef, Plan

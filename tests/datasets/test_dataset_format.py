@@ -1,4 +1,4 @@
-"""The encrypted dataset container: layout, validation, tampering, interrupted writes."""
+"""The encrypted dataset format (core.dataset): layout, validation, tampering, interrupted writes."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 
 from chiron.core import container
-from chiron.core.container import (
+from chiron.core import dataset as dataset_format
+from chiron.core.crypto import TAG_BYTES, random_key
+from chiron.core.dataset import (
     DatasetHeader,
     encrypt_dataset,
     load_dataset,
     read_dataset_header,
     verify_dataset,
 )
-from chiron.core.crypto import TAG_BYTES, random_key
 from chiron.core.errors import InputError, IntegrityError
 from chiron.core.schema import DatasetSchema
 
@@ -57,7 +58,7 @@ def test_round_trip_and_public_header(dataset):
     assert header == read_dataset_header(path)
     assert (header.record_count, header.chunk_count) == (len(x), 3)
     assert header.schema == SCHEMA and len(header.dataset_id) == 32
-    assert header.format_version == container.DATASET_FORMAT_VERSION
+    assert header.format_version == dataset_format.DATASET_FORMAT_VERSION
 
 
 def test_verify_streams_every_record(dataset):
@@ -175,7 +176,7 @@ def test_forged_record_count_is_refused_before_reading(tmp_path, dataset):
 def test_authentic_but_out_of_range_labels_are_refused_on_read(tmp_path):
     # Only a key holder can make such a file; the reader still validates every label.
     schema = DatasetSchema((2,), "float32", 3)
-    header = DatasetHeader.plan(container.new_dataset_id(), schema, 2)
+    header = DatasetHeader.plan(dataset_format.new_dataset_id(), schema, 2)
     x = np.zeros((2, 2), dtype="<f4")
     y = np.array([1, 7], dtype="<i8")
     key = random_key()

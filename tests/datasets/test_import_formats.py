@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from chiron.client.importers import DIGIT_CLASSES, FASHION_MNIST_CLASSES
-from chiron.core.container import load_dataset
+from chiron.core.dataset import load_dataset
 from chiron.core.keys import load_data_key
 
 from .makers import make_images, write_cifar_batch, write_image_folder, write_mnist_folder

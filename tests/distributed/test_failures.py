@@ -19,9 +19,9 @@ from chiron.client.attestation import local_sim_roots
 from chiron.client.distributed import ExchangeTimeouts, run_distributed_training
 from chiron.client.sessions import LocalEnclaveSession
 from chiron.client.statements import load_statement
-from chiron.core import container
 from chiron.core.attestation import Policy
 from chiron.core.contract import TrainMaterials
+from chiron.core.dataset import read_dataset_header_and_digest
 from chiron.core.errors import AttestationError, IntegrityError
 from chiron.core.keys import Identity, load_data_key, load_identity
 from chiron.core.manifest import DatasetRef, Plan
@@ -120,7 +120,7 @@ def host_args(world: World) -> dict[str, Any]:
 def run_job(world: World, server, workers, **options: Any):
     """The owner's distributed flow against these members (a two-worker plan)."""
     chd, key = world.dataset("a")
-    header, digest = container.read_dataset_header_and_digest(chd)
+    header, digest = read_dataset_header_and_digest(chd)
     settings: dict[str, Any] = {
         "job_id": "refused",
         "data_key": load_data_key(key),

@@ -96,7 +96,7 @@ def test_model_file_holds_no_plaintext_weights(world, run_chiron):
 
 
 def test_weights_are_bit_identical_to_a_plain_pytorch_run(world, run_chiron):
-    from chiron.core.container import load_dataset
+    from chiron.core.dataset import load_dataset
     from chiron.core.keys import load_data_key
     from chiron.recipes.sdk import train_plain
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 from fastapi.testclient import TestClient
 
-from chiron.core import container, modelfile
+from chiron.core import modelfile
+from chiron.core.dataset import encrypt_dataset, read_dataset_header_and_digest
 from chiron.core.encoding import b64encode
 from chiron.core.keys import Identity, PublicIdentity
 from chiron.core.manifest import DatasetRef, Plan, SignedManifest, new_manifest
@@ -43,7 +44,7 @@ def make_dataset(path: Path, records: int = 40, seed: int = 0) -> bytes:
     x = rng.random((records, 4), dtype=np.float32)
     y = np.arange(records) % 3
     key = os.urandom(32)
-    container.encrypt_dataset([(x, y)], path, key, schema=SCHEMA, record_count=records)
+    encrypt_dataset([(x, y)], path, key, schema=SCHEMA, record_count=records)
     return key
 
 
@@ -155,7 +156,7 @@ def sign_manifest(
 ) -> SignedManifest:
     """The owner's signed manifest for a job on `source` and the dataset file `dataset`."""
     signed = SignedRecipeStatement.from_bytes(statement)
-    header, header_sha256 = container.read_dataset_header_and_digest(dataset)
+    header, header_sha256 = read_dataset_header_and_digest(dataset)
     return new_manifest(
         job_id=job_id,
         owner=owner,

@@ -15,7 +15,7 @@ from chiron.client.attestation import load_policy
 from chiron.client.querying import query, unlock_model
 from chiron.client.remote import RemoteJobSession, RemoteQuerySession, ServiceClient
 from chiron.client.training import run_training
-from chiron.core import container
+from chiron.core.dataset import encrypt_dataset, read_dataset_header_and_digest
 from chiron.core.keys import DataKey, Identity
 from chiron.core.manifest import DatasetRef, Plan
 from chiron.core.recipe_statement import SignedRecipeStatement, make_statement
@@ -52,10 +52,10 @@ def test_train_and_query_through_the_service(tmp_path):
     schema = DatasetSchema((1, 8, 8), "uint8", 3)
     x, y = _images(240, seed=1)
     key = bytes(range(32))
-    header = container.encrypt_dataset(
+    header = encrypt_dataset(
         [(x, y)], tmp_path / "train.chd", key, schema=schema, record_count=240
     )
-    _, header_sha256 = container.read_dataset_header_and_digest(tmp_path / "train.chd")
+    _, header_sha256 = read_dataset_header_and_digest(tmp_path / "train.chd")
     policy = load_policy(None, allow_simulation=True)
     with running_service(ServiceConfig(state_dir=tmp_path / "service")) as (service, url):
         # Simulation: the client trusts the service's sim root, here read from its folder.

@@ -36,7 +36,8 @@ from chiron.client.training import (
     run_training,
     seal_data_key,
 )
-from chiron.core import container, modelfile, purposes
+from chiron.core import dataset as dataset_format
+from chiron.core import modelfile, purposes
 from chiron.core.attestation import Policy
 from chiron.core.contract import TrainAuthorization, TrainMaterials
 from chiron.core.crypto import random_key, seal, sign
@@ -126,14 +127,14 @@ def encrypt_records(
 ) -> DatasetRef:
     """Encrypt marked records to `path`; `dataset_id` forces an id (as a re-encryption would)."""
     x, y = marked_records(seed=seed)
-    original = container.new_dataset_id
+    original = dataset_format.new_dataset_id
     if dataset_id is not None:
-        container.new_dataset_id = lambda: dataset_id  # type: ignore[assignment]
+        dataset_format.new_dataset_id = lambda: dataset_id  # type: ignore[assignment]
     try:
-        header = container.encrypt_dataset([(x, y)], path, key, schema=SCHEMA, record_count=len(y))
+        header = dataset_format.encrypt_dataset([(x, y)], path, key, schema=SCHEMA, record_count=len(y))
     finally:
-        container.new_dataset_id = original  # type: ignore[assignment]
-    _, digest = container.read_dataset_header_and_digest(path)
+        dataset_format.new_dataset_id = original  # type: ignore[assignment]
+    _, digest = dataset_format.read_dataset_header_and_digest(path)
     return DatasetRef(header.dataset_id, digest)
 
 

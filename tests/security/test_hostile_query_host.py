@@ -27,7 +27,8 @@ from chiron.client import querying
 from chiron.client.attestation import load_policy
 from chiron.client.querying import UnlockedModel, evaluate, query, unlock_model
 from chiron.client.sessions import LocalEnclaveSession
-from chiron.core import container, modelfile, purposes, query_protocol
+from chiron.core import dataset as container
+from chiron.core import modelfile, purposes, query_protocol
 from chiron.core.attestation import Policy
 from chiron.core.crypto import (
     open_sealed,

@@ -19,22 +19,16 @@ from rich.progress import (
 
 from chiron.client.importers import FORMATS, SPLITS, open_source
 from chiron.client.options import JSON
-from chiron.core.container import (
-    FORMAT_VERSION,
+from chiron.core.container import FORMAT_VERSION
+from chiron.core.crypto import random_key
+from chiron.core.dataset import (
     DatasetHeader,
     encrypt_dataset,
     read_dataset_header,
     verify_dataset,
 )
-from chiron.core.crypto import random_key
 from chiron.core.errors import InputError, IntegrityError, UsageError
 from chiron.core.keys import DataKey, load_data_key
-
-dataset_app = typer.Typer(
-    name="dataset",
-    help="Encrypt a data set for training, inspect its public header, verify it.",
-    no_args_is_help=True,
-)
 
 
 @contextlib.contextmanager
@@ -67,7 +61,6 @@ def _describe_schema(header: DatasetHeader) -> str:
     return f"{shape} {schema.dtype}, {schema.num_classes} classes"
 
 
-@dataset_app.command()
 def encrypt(
     src: Path = typer.Argument(..., help="data to import: a file or a folder"),
     out: Path = typer.Option(..., "--out", help="encrypted dataset to write (.chd)"),
@@ -113,7 +106,6 @@ def encrypt(
     typer.echo(f"data key written to {key} (0600): keep it secret")
 
 
-@dataset_app.command()
 def inspect(
     file: Path = typer.Argument(..., help="encrypted dataset (.chd)"),
     as_json: bool = JSON,
@@ -139,7 +131,6 @@ def inspect(
     typer.echo("(public header, not yet authenticated: `chiron dataset verify` checks it)")
 
 
-@dataset_app.command()
 def verify(
     file: Path = typer.Argument(..., help="encrypted dataset (.chd)"),
     key: Path = typer.Option(..., "--key", help="the dataset's data key file"),
@@ -158,5 +149,13 @@ def verify(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `dataset` commands to the `chiron` app."""
-    app.add_typer(dataset_app)
+    """Add this room's commands to the `chiron` app."""
+    dataset_app = typer.Typer(
+        help="Local dataset files: encrypt a data set for training, inspect its public "
+        "header, verify it (`chiron service datasets` for those on a service).",
+        no_args_is_help=True,
+    )
+    dataset_app.command("encrypt")(encrypt)
+    dataset_app.command("inspect")(inspect)
+    dataset_app.command("verify")(verify)
+    app.add_typer(dataset_app, name="dataset")

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from chiron.core import container, modelfile, purposes, replies
+from chiron.core import dataset as container
+from chiron.core import modelfile, purposes, replies
 from chiron.core.contract import (
     EvaluateRequest,
     EvaluateResult,

@@ -18,8 +18,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from chiron.core import container, purposes, replies
-from chiron.core.container import DatasetHeader
+from chiron.core import dataset as container
+from chiron.core import purposes, replies
+from chiron.core.dataset import DatasetHeader
 from chiron.core.contract import TrainRequest, TrainResult
 from chiron.core.crypto import open_sealed, seal
 from chiron.core.errors import InputError, IntegrityError

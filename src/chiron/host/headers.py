@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chiron.core import container, modelfile
+from chiron.core import modelfile
+from chiron.core.contract import MAX_MODEL_FILE_BYTES
+from chiron.core.dataset import read_dataset_header_and_digest
 from chiron.core.errors import InputError
 from chiron.core.fileio import read_input_file
-
-MAX_MODEL_BYTES = 4 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class ModelInfo:
 
 def dataset_info(path: Path) -> DatasetInfo:
     """The public header of an encrypted dataset file (InputError if it is not one)."""
-    header, header_sha256 = container.read_dataset_header_and_digest(path)
+    header, header_sha256 = read_dataset_header_and_digest(path)
     return DatasetInfo(
         header.dataset_id, header.schema.to_dict(), int(header.record_count), header_sha256
     )
@@ -44,7 +44,7 @@ def dataset_info(path: Path) -> DatasetInfo:
 
 def model_info(path: Path) -> ModelInfo:
     """The public header of an escrowed model file (InputError if it is not one)."""
-    return model_info_from_bytes(read_input_file(path, what="model", limit=MAX_MODEL_BYTES))
+    return model_info_from_bytes(read_input_file(path, what="model", limit=MAX_MODEL_FILE_BYTES))
 
 
 def model_info_from_bytes(data: bytes) -> ModelInfo:

@@ -21,8 +21,8 @@ from typing import Any
 
 from sqlalchemy import update
 
-from chiron.core.container import read_dataset_header_and_digest
 from chiron.core.contract import TrainAuthorization, TrainMaterials, TrainRequest, TrainResult
+from chiron.core.dataset import read_dataset_header_and_digest
 from chiron.core.errors import (
     AttestationError,
     ChironError,
