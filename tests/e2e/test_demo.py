@@ -26,7 +26,7 @@ def test_the_demo_tells_the_whole_story(run_chiron, tmp_path):
         assert Path(plot).read_bytes().startswith(b"\x89PNG")
     for step in (
         "keygen",
-        "recipes register",
+        "service recipes register",
         "dataset encrypt",
         "attest",
         "train --url",

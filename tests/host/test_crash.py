@@ -75,6 +75,7 @@ def _owner_token(state: Path) -> str:
     completed = subprocess.run(
         [
             *CHIRON,
+            "service",
             "account",
             "create",
             "alice",

@@ -172,7 +172,7 @@ def test_service_commands(tmp_path, live):
     key = tmp_path / "provider.key"
     identity = Identity.generate()
     public = identity.save(key)
-    register = ["recipes", "register", "mlp", "--source", str(source), "--url", url]
+    register = ["service", "recipes", "register", "mlp", "--source", str(source), "--url", url]
     # The statement is signed with the private key; a public key cannot sign it.
     unsigned = runner.invoke(app, [*register, "--key", str(public)], env={"CHIRON_TOKEN": operator})
     assert unsigned.exit_code != 0 and "private identity" in str(unsigned.exception)
@@ -182,7 +182,7 @@ def test_service_commands(tmp_path, live):
     assert registered.exit_code == 0, registered.output
     assert identity.public.fingerprint[:16] in registered.output
     listed = runner.invoke(
-        app, ["recipes", "list", "--url", url, "--json"], env={"CHIRON_TOKEN": owner}
+        app, ["service", "recipes", "list", "--url", url, "--json"], env={"CHIRON_TOKEN": owner}
     )
     shown = json.loads(listed.output)[0]
     assert shown["name"] == "mlp" and shown["version"] == "2.1"
@@ -192,14 +192,14 @@ def test_service_commands(tmp_path, live):
     dataset = tmp_path / "data.chd"
     make_dataset(dataset)
     uploaded = runner.invoke(
-        app, ["datasets", "upload", str(dataset), "--url", url, "--token", owner]
+        app, ["service", "datasets", "upload", str(dataset), "--url", url, "--token", owner]
     )
     assert uploaded.exit_code == 0 and "40 records" in uploaded.output
     assert (
-        "records" in runner.invoke(app, ["datasets", "list", "--url", url, "--token", owner]).output
+        "records" in runner.invoke(app, ["service", "datasets", "list", "--url", url, "--token", owner]).output
     )
-    assert "no jobs" in runner.invoke(app, ["jobs", "list", "--url", url, "--token", owner]).output
-    denied = runner.invoke(app, ["datasets", "list", "--url", url, "--token", "wrong"])
+    assert "no jobs" in runner.invoke(app, ["service", "jobs", "list", "--url", url, "--token", owner]).output
+    denied = runner.invoke(app, ["service", "datasets", "list", "--url", url, "--token", "wrong"])
     assert denied.exit_code != 0 and isinstance(denied.exception, AccessDenied)
 
 
@@ -261,15 +261,15 @@ def test_account_create_command(tmp_path):
     cli_service.register(app)
     state = tmp_path / "service"
     runner = CliRunner()
-    missing = runner.invoke(app, ["account", "create", "dora", "--state", str(state)])
+    missing = runner.invoke(app, ["service", "account", "create", "dora", "--state", str(state)])
     assert isinstance(missing.exception, UsageError)
     Service.open(ServiceConfig(state_dir=state)).close()
-    first = runner.invoke(app, ["account", "create", "dora", "--state", str(state)])
+    first = runner.invoke(app, ["service", "account", "create", "dora", "--state", str(state)])
     assert first.exit_code == 0 and first.output.startswith("chiron_")
-    again = runner.invoke(app, ["account", "create", "dora", "--state", str(state)])
+    again = runner.invoke(app, ["service", "account", "create", "dora", "--state", str(state)])
     assert isinstance(again.exception, Conflict)
     bad_role = runner.invoke(
-        app, ["account", "create", "eve", "--role", "root", "--state", str(state)]
+        app, ["service", "account", "create", "eve", "--role", "root", "--state", str(state)]
     )
     assert bad_role.exit_code != 0
     assert first.output.strip() not in (state / "chiron.db").read_bytes().decode("latin-1")

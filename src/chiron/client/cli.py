@@ -1,18 +1,44 @@
-"""The `chiron` command line.
+"""The `chiron` command line: the app, its rooms, and the one error rule.
 
-Each room of commands lives in its own module and registers itself here. Every
-ChironError becomes exactly one line on stderr and a non-zero exit status.
+Every room of commands is a `cli_*` module with a `register(app)` that adds its
+commands: `app.command(NAME)(function)` for a top-level command, or a `typer.Typer`
+group built inside `register` and added with `app.add_typer(group, name=NAME)`. No room
+keeps an app at module level or wires itself anywhere else; `ROOMS` below is the whole
+command line (tests/layout checks both). Every ChironError becomes exactly one line on
+stderr and a non-zero exit status.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import typer
 
+from chiron.client import (
+    cli_attest,
+    cli_dataset,
+    cli_demo,
+    cli_evidence,
+    cli_keys,
+    cli_node,
+    cli_recipe,
+    cli_service,
+    cli_train,
+)
 from chiron.core.errors import ChironError
-from chiron.core.keys import Identity
+
+# In the order `chiron --help` lists them.
+ROOMS = (
+    cli_keys,  # keygen, keys serve|revoke|trust-sim-root
+    cli_dataset,  # dataset encrypt|inspect|verify (local files)
+    cli_attest,  # measure, attest
+    cli_evidence,  # evidence verify
+    cli_train,  # train, evaluate, query, receipt verify
+    cli_recipe,  # recipe dry-run|sign (local files)
+    cli_service,  # serve, service account|recipes|datasets|jobs|models ...
+    cli_node,  # node-agent
+    cli_demo,  # demo
+)
 
 app = typer.Typer(
     name="chiron",
@@ -28,39 +54,8 @@ def _root() -> None:
     """Privacy-preserving machine learning as a service."""
 
 
-@app.command()
-def keygen(
-    out: Path = typer.Option(
-        ..., "--out", help="private key file to write (0600); FILE.pub beside it"
-    ),
-    force: bool = typer.Option(False, "--force", help="overwrite existing key files"),
-) -> None:
-    """Create an identity: an Ed25519 signing key and an X25519 HPKE key."""
-    identity = Identity.generate()
-    public_path = identity.save(out, overwrite=force)
-    typer.echo(f"wrote {out} (private, 0600) and {public_path}")
-    typer.echo(f"fingerprint {identity.public.fingerprint}")
-
-
-def _register_rooms() -> None:
-    from chiron.client import (
-        cli_attest,
-        cli_dataset,
-        cli_demo,
-        cli_evidence,
-        cli_keys,
-        cli_recipe,
-        cli_service,
-        cli_train,
-    )
-
-    rooms = (cli_dataset, cli_attest, cli_evidence, cli_train, cli_recipe, cli_service, cli_demo)
-    rooms += (cli_keys,)
-    for room in rooms:
-        room.register(app)
-
-
-_register_rooms()
+for _room in ROOMS:
+    _room.register(app)
 
 
 def main() -> None:

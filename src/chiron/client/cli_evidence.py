@@ -24,17 +24,10 @@ from chiron.core.attestation.vendor_crypto import MAX_CERTIFICATE_FILE_BYTES
 from chiron.core.errors import AttestationError, UsageError
 from chiron.core.fileio import read_input_file
 
-evidence_app = typer.Typer(
-    name="evidence",
-    help="Verify TEE evidence (SEV-SNP reports, TDX quotes) against the vendors' pinned roots.",
-    no_args_is_help=True,
-)
-
 # What users type, to the platform names the rest of Chiron uses.
 _PLATFORMS = {"snp": PLATFORM_SEV_SNP, "sev-snp": PLATFORM_SEV_SNP, "tdx": PLATFORM_TDX}
 
 
-@evidence_app.command("verify")
 def verify(
     evidence_file: Path = typer.Argument(..., help="SNP report / Azure HCL report, or TDX quote"),
     platform: str = typer.Option(..., "--platform", help="snp or tdx"),
@@ -126,5 +119,10 @@ def _print(result: HardwareVerification, when: datetime) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `evidence` commands to the `chiron` app."""
-    app.add_typer(evidence_app)
+    """Add this room's commands to the `chiron` app."""
+    evidence_app = typer.Typer(
+        help="Verify TEE evidence (SEV-SNP reports, TDX quotes) against the vendors' pinned roots.",
+        no_args_is_help=True,
+    )
+    evidence_app.command("verify")(verify)
+    app.add_typer(evidence_app, name="evidence")

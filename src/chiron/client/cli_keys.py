@@ -1,4 +1,5 @@
-"""`chiron keys`: the provider's key-release agent and its state (revocations, roots)."""
+"""Keys: `chiron keygen` (an identity), and `chiron keys` (the provider's key-release agent
+and its state: revocations, trusted simulation roots)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,11 @@ from chiron.core.attestation import SimRoot
 from chiron.core.errors import AttestationError, PolicyError, UsageError
 from chiron.core.fileio import read_input_file
 from chiron.core.key_release import DEFAULT_CHALLENGE_SECONDS
-from chiron.core.keys import load_identity
+from chiron.core.keys import Identity, load_identity
+from chiron.core.limits import MAX_POLICY_BYTES, MAX_ROOT_DOCUMENT_BYTES
 from chiron.core.measurement import measure_runtime
 from chiron.core.release_policy import ReleasePolicy
 
-MAX_POLICY_BYTES = 64 * 1024
-MAX_ROOT_BYTES = 16 * 1024
 DEFAULT_PORT = 8471
 
 STATE = typer.Option(
@@ -142,7 +142,7 @@ def trust_sim_root(
             root = SimRoot.from_document(service.sim_root(), source=f"the simulation root of {url}")
     else:
         assert root_file is not None
-        raw = read_input_file(root_file, what="simulation root", limit=MAX_ROOT_BYTES)
+        raw = read_input_file(root_file, what="simulation root", limit=MAX_ROOT_DOCUMENT_BYTES)
         try:
             document = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -152,7 +152,22 @@ def trust_sim_root(
     typer.echo(f"trusting simulation root {root.fingerprint[:16]}… ({path})")
 
 
+def keygen(
+    out: Path = typer.Option(
+        ..., "--out", help="private key file to write (0600); FILE.pub beside it"
+    ),
+    force: bool = typer.Option(False, "--force", help="overwrite existing key files"),
+) -> None:
+    """Create an identity: an Ed25519 signing key and an X25519 HPKE key."""
+    identity = Identity.generate()
+    public_path = identity.save(out, overwrite=force)
+    typer.echo(f"wrote {out} (private, 0600) and {public_path}")
+    typer.echo(f"fingerprint {identity.public.fingerprint}")
+
+
 def register(app: typer.Typer) -> None:
+    """Add this room's commands to the `chiron` app."""
+    app.command("keygen")(keygen)
     keys_app = typer.Typer(
         help="The provider's key-release agent: its model shares, only to attested enclaves.",
         no_args_is_help=True,

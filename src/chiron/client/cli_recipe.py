@@ -32,7 +32,11 @@ _stderr = Console(stderr=True)
 
 def register(app: typer.Typer) -> None:
     """Add this room's commands to the `chiron` app."""
-    recipe_app = typer.Typer(help="A provider's local recipe tools.", no_args_is_help=True)
+    recipe_app = typer.Typer(
+        help="A provider's local recipe files: dry-run in the sandbox, sign "
+        "(`chiron service recipes` for those registered on a service).",
+        no_args_is_help=True,
+    )
     recipe_app.command("dry-run")(dry_run)
     recipe_app.command("sign")(sign)
     app.add_typer(recipe_app, name="recipe")

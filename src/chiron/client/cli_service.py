@@ -1,8 +1,10 @@
 """Service commands: `chiron serve`, accounts, and a provider's and owner's view of a service.
 
-`serve` and `account create` act on a state directory on this machine (the operator's);
-the rest talk to a running service over HTTP with a token (`--token` or CHIRON_TOKEN).
-Provider commands live under `recipes` (plural) beside the `recipe` room's local tools.
+`serve` and `service account create` act on a state directory on this machine (the
+operator's); the rest (`service recipes|datasets|jobs|models ...`) talk to a running
+service over HTTP with a token (`--token` or CHIRON_TOKEN). Everything about a service
+is under `chiron service`, so it never reads like the local file tools beside it
+(`chiron dataset` encrypts a file, `chiron service datasets` lists those uploaded).
 """
 
 from __future__ import annotations
@@ -90,10 +92,6 @@ def serve(
     serve_forever(config, host=host, port=port, on_ready=ready)
 
 
-account_app = typer.Typer(help="Accounts of a service you run.", no_args_is_help=True)
-
-
-@account_app.command("create")
 def account_create(
     name: str = typer.Argument(..., help="account name"),
     role: str = typer.Option("owner", "--role", help="owner or provider"),
@@ -119,10 +117,6 @@ def account_create(
     typer.echo(token)
 
 
-recipes_app = typer.Typer(help="A provider's recipes on a service.", no_args_is_help=True)
-
-
-@recipes_app.command("register")
 def recipes_register(
     name: str = typer.Argument(..., help="the recipe's name on the service"),
     source: Path = typer.Option(..., "--source", help="the recipe file (stays on the service)"),
@@ -175,7 +169,6 @@ def recipes_register(
     )
 
 
-@recipes_app.command("list")
 def recipes_list(url: str = SERVICE_URL, token: str | None = TOKEN, as_json: bool = JSON) -> None:
     """List the recipes a service offers."""
     with ServiceClient(url, token) as client:
@@ -187,10 +180,6 @@ def recipes_list(url: str = SERVICE_URL, token: str | None = TOKEN, as_json: boo
     )
 
 
-datasets_app = typer.Typer(help="Your encrypted datasets on a service.", no_args_is_help=True)
-
-
-@datasets_app.command("upload")
 def datasets_upload(
     path: Path = typer.Argument(..., help="an encrypted dataset (.chd)"),
     url: str = SERVICE_URL,
@@ -203,7 +192,6 @@ def datasets_upload(
     _print(dataset, as_json, [f"dataset {dataset['id']} ({dataset['record_count']} records)"])
 
 
-@datasets_app.command("list")
 def datasets_list(url: str = SERVICE_URL, token: str | None = TOKEN, as_json: bool = JSON) -> None:
     """List your datasets."""
     with ServiceClient(url, token) as client:
@@ -216,10 +204,6 @@ def datasets_list(url: str = SERVICE_URL, token: str | None = TOKEN, as_json: bo
     )
 
 
-jobs_app = typer.Typer(help="Training jobs on a service.", no_args_is_help=True)
-
-
-@jobs_app.command("list")
 def jobs_list(url: str = SERVICE_URL, token: str | None = TOKEN, as_json: bool = JSON) -> None:
     """List jobs (owners: your own; providers: the state of jobs on your recipes)."""
     with ServiceClient(url, token) as client:
@@ -227,7 +211,6 @@ def jobs_list(url: str = SERVICE_URL, token: str | None = TOKEN, as_json: bool =
     _print(jobs, as_json, [f"{j['id']}\t{j['recipe']}\t{j['status']}" for j in jobs] or ["no jobs"])
 
 
-@jobs_app.command("show")
 def jobs_show(
     job_id: str = typer.Argument(...),
     url: str = SERVICE_URL,
@@ -245,10 +228,6 @@ def jobs_show(
     _print(job, as_json, lines)
 
 
-models_app = typer.Typer(help="Escrowed models on a service.", no_args_is_help=True)
-
-
-@models_app.command("list")
 def models_list(url: str = SERVICE_URL, token: str | None = TOKEN, as_json: bool = JSON) -> None:
     """List models (owners: your own; providers: those trained with your recipes)."""
     with ServiceClient(url, token) as client:
@@ -260,7 +239,6 @@ def models_list(url: str = SERVICE_URL, token: str | None = TOKEN, as_json: bool
     )
 
 
-@models_app.command("download")
 def models_download(
     model: str = typer.Argument(..., help="model id"),
     out: Path = typer.Option(..., "--out", help="file to write (the escrowed model)"),
@@ -274,10 +252,39 @@ def models_download(
 
 
 def register(app: typer.Typer) -> None:
-    """Add this room's commands to the `chiron` app."""
-    app.command()(serve)
-    app.add_typer(account_app, name="account")
-    app.add_typer(recipes_app, name="recipes")
-    app.add_typer(datasets_app, name="datasets")
-    app.add_typer(jobs_app, name="jobs")
-    app.add_typer(models_app, name="models")
+    """Add this room's commands to the `chiron` app: `serve`, and `service ...`.
+
+    Everything that lives on a service is under `chiron service` (plural nouns, like the
+    REST resources), apart from the local file tools of the `dataset` and `recipe` rooms.
+    """
+    app.command("serve")(serve)
+    service_app = typer.Typer(
+        help="A Chiron service: its accounts (on the machine that runs it), and the "
+        "recipes, datasets, jobs and models it holds (over HTTP, --url).",
+        no_args_is_help=True,
+    )
+    groups = (
+        ("account", "Accounts of a service you run.", {"create": account_create}),
+        (
+            "recipes",
+            "A provider's recipes on a service (`chiron recipe` for local recipe files).",
+            {"register": recipes_register, "list": recipes_list},
+        ),
+        (
+            "datasets",
+            "Your encrypted datasets on a service (`chiron dataset` for local .chd files).",
+            {"upload": datasets_upload, "list": datasets_list},
+        ),
+        ("jobs", "Training jobs on a service.", {"list": jobs_list, "show": jobs_show}),
+        (
+            "models",
+            "Escrowed models on a service.",
+            {"list": models_list, "download": models_download},
+        ),
+    )
+    for name, help_text, commands in groups:
+        group = typer.Typer(help=help_text, no_args_is_help=True)
+        for command, function in commands.items():
+            group.command(command)(function)
+        service_app.add_typer(group, name=name)
+    app.add_typer(service_app, name="service")

@@ -109,7 +109,7 @@ def run_demo(out: Path, *, epochs: int, queries: int) -> dict[str, object]:
             _chiron(["keygen", "--out", str(out / "owner.key"), "--force"], env)
             operator = (state / "operator.token").read_text().strip()
             owner_token = _chiron(
-                ["account", "create", "alice", "--role", "owner", "--state", str(state)],
+                ["service", "account", "create", "alice", "--role", "owner", "--state", str(state)],
                 env,
                 capture=True,
             ).strip()
@@ -119,6 +119,7 @@ def run_demo(out: Path, *, epochs: int, queries: int) -> dict[str, object]:
             _console.rule("[bold]2. The provider registers its secret recipe")
             _chiron(
                 [
+                    "service",
                     "recipes",
                     "register",
                     "fashion-cnn",

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from chiron.core.errors import EnclaveError, InputError
+from chiron.core.limits import CALL_SILENCE_SECONDS
 from chiron.enclave.boundary import EnclaveProcess
 
 EventHandler = Callable[[dict[str, Any]], None]
-CALL_SILENCE_SECONDS = 600.0
 MIN_NONCE_BYTES, MAX_NONCE_BYTES = 16, 64
 _HEX = re.compile(r"^(?:[0-9a-fA-F]{2})+$")
 

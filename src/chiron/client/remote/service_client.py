@@ -1,11 +1,8 @@
-"""The HTTP client SDK for a Chiron service (`--url`).
+"""`ServiceClient`: every endpoint of a Chiron service's REST API (docs/api.md), typed.
 
-`ServiceClient` covers every endpoint of the REST API (docs/api.md) and turns every
-failure into a one-line `chiron.core.errors` exception: the service's own error class
-when it sent one, `ServiceError` when it could not be reached. `RemoteJobSession` and
-`RemoteQuerySession` present a service's job and query enclaves through the same
-interface as an enclave process on this machine (`client.sessions.EnclaveSession`),
-so client flows are written once for `--local` and `--url`.
+Uploads resume where the service says they stopped and survive the service restarting;
+downloads are checked against the SHA-256 the service names. The HTTP plumbing and the
+error mapping are `transport`'s.
 """
 
 from __future__ import annotations
@@ -14,72 +11,26 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
-from chiron.core.contract import TrainAuthorization, TrainResult
+from chiron.client.remote.progress import progress_bar
+from chiron.client.remote.transport import TRANSIENT_RETRIES, HttpTransport
+from chiron.core.contract import TrainAuthorization
 from chiron.core.encoding import b64decode, b64encode
 from chiron.core.errors import (
-    AccessDenied,
-    AttestationError,
-    ChironError,
     Conflict,
-    EnclaveError,
     InputError,
     IntegrityError,
     JobFailed,
-    NotFound,
     ServiceError,
     UsageError,
 )
-from chiron.core.fileio import atomic_output
 from chiron.enclave.boundary import decode_message, encode_message
 
-EventHandler = Callable[[dict[str, Any]], None]
 DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
-TRANSIENT_RETRIES = 5
 _HASH_BLOCK = 1024 * 1024
-
-# Error classes the service may name; anything else becomes ServiceError.
-_ERRORS: dict[str, type[ChironError]] = {
-    cls.__name__: cls
-    for cls in (
-        AccessDenied,
-        NotFound,
-        Conflict,
-        InputError,
-        IntegrityError,
-        AttestationError,
-        EnclaveError,
-        ServiceError,
-        UsageError,
-        ChironError,
-    )
-}
-
-
-def _error_from(response: httpx.Response) -> ChironError:
-    try:
-        body = response.json()
-        name, message = str(body["error"]), str(body["message"])
-    except (ValueError, KeyError, TypeError):
-        return ServiceError(f"the service answered HTTP {response.status_code}")
-    if name == "JobFailed":
-        return JobFailed(str(body.get("reason_class") or "unknown"), message)
-    return _ERRORS.get(name, ServiceError)(message)
 
 
 def file_sha256(path: Path) -> str:
@@ -90,82 +41,8 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class ServiceClient:
-    """A typed client for one Chiron service; `transport` lets tests plug in an app."""
-
-    def __init__(
-        self,
-        url: str,
-        token: str | None = None,
-        *,
-        transport: httpx.BaseTransport | None = None,
-        timeout: float = 120.0,
-    ) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise UsageError(f"--url must start with http:// or https://, not {url!r}")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.url = url.rstrip("/")
-        self._http = httpx.Client(
-            base_url=self.url + "/v1", headers=headers, transport=transport, timeout=timeout
-        )
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> ServiceClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # --- plumbing --------------------------------------------------------------
-
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise ServiceError(f"cannot reach the Chiron service at {self.url}: {exc}") from None
-        if response.is_success:
-            return response
-        raise _error_from(response)
-
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._send(method, path, **kwargs)
-        try:
-            return response.json()
-        except ValueError:
-            raise ServiceError(f"the service sent a malformed answer to {path}") from None
-
-    @contextmanager
-    def _stream(self, path: str) -> Iterator[httpx.Response]:
-        try:
-            with self._http.stream("GET", path) as response:
-                if not response.is_success:
-                    response.read()
-                    raise _error_from(response)
-                yield response
-        except httpx.TransportError as exc:
-            raise ServiceError(f"cannot reach the Chiron service at {self.url}: {exc}") from None
-
-    def _download(self, path: str, out: Path | None) -> bytes | None:
-        """Fetch an artifact, checking the SHA-256 the service names; write it atomically."""
-        digest = hashlib.sha256()
-        with self._stream(path) as response:
-            expected = response.headers.get("x-content-sha256")
-            if out is None:
-                data = response.read()
-                digest.update(data)
-            else:
-                data = None
-                with atomic_output(out) as handle:
-                    for block in response.iter_bytes():
-                        digest.update(block)
-                        handle.write(block)
-                    if expected is not None and digest.hexdigest() != expected:
-                        raise IntegrityError(f"the download of {path} was corrupted")
-        if expected is not None and digest.hexdigest() != expected:
-            raise IntegrityError(f"the download of {path} was corrupted")
-        return data
+class ServiceClient(HttpTransport):
+    """A typed client for one Chiron service: `ServiceClient(url, token)`."""
 
     # --- service and attestation -------------------------------------------------
 
@@ -279,7 +156,7 @@ class ServiceClient:
         upload = self._resumable(kind, size, sha256)
         upload_id = upload["id"]
         with (
-            _progress_bar(progress, f"uploading {path.name}", size) as advance,
+            progress_bar(progress, f"uploading {path.name}", size) as advance,
             open(path, "rb") as source,
         ):
             advance(upload["offset"])
@@ -305,16 +182,6 @@ class ServiceClient:
             if (candidate["kind"], candidate["size"], candidate["sha256"]) == (kind, size, sha256):
                 return candidate
         return self.create_upload(kind=kind, size=size, sha256=sha256)
-
-    def _retrying(self, request: Callable[[], Any]) -> Any:
-        for attempt in range(TRANSIENT_RETRIES):
-            try:
-                return request()
-            except ServiceError:
-                if attempt == TRANSIENT_RETRIES - 1:
-                    raise
-                time.sleep(min(8.0, 0.25 * 2 ** (attempt + 1)))
-        raise AssertionError("unreachable")
 
     def upload_dataset(
         self, path: str | os.PathLike[str], *, progress: bool = True
@@ -446,129 +313,3 @@ def _evidence(answer: Any) -> bytes:
         return b64decode(answer["evidence"])
     except (KeyError, TypeError, ValueError):
         raise ServiceError("the service sent malformed evidence") from None
-
-
-@contextmanager
-def _progress_bar(enabled: bool, label: str, total: int) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda _n: None
-        return
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
-
-
-class RemoteJobSession:
-    """A service's training job seen as an enclave session (`train` via the job API).
-
-    `call("train", TrainAuthorization(...).to_wire())` starts the job with the owner's
-    signed manifest and sealed key, reports progress events while it runs, and returns
-    the enclave's `TrainResult` (wire form) once it is done. The service adds the
-    recipe, its statement and the dataset; the enclave checks them against the manifest.
-    """
-
-    def __init__(self, client: ServiceClient, job_id: str, *, poll_seconds: float = 1.0) -> None:
-        self.client = client
-        self.job_id = job_id
-        self._poll = poll_seconds
-
-    def evidence(self, nonce: bytes) -> bytes:
-        return self.client.job_evidence(self.job_id, nonce)
-
-    def call(
-        self, name: str, args: dict[str, Any], on_event: EventHandler | None = None
-    ) -> dict[str, Any]:
-        if name != "train":
-            raise EnclaveError(f"a training job has no call {name!r}")
-        authorization = TrainAuthorization.from_wire(args)
-        if authorization.manifest.manifest.job_id != self.job_id:
-            raise UsageError("the train call must use the service's job id")
-        self.client.start_job(self.job_id, authorization)
-
-        def update(job: dict[str, Any]) -> None:
-            if on_event is not None and job["state"] in ("running", "done") and job["total"]:
-                on_event({"event": "progress", "step": job["step"], "total": job["total"]})
-
-        self.client.wait_job(self.job_id, on_update=update, poll_seconds=self._poll)
-        return TrainResult(
-            model=self.client.job_result(self.job_id, "model"),
-            receipt=self.client.job_result(self.job_id, "receipt"),
-            owner_report=self.client.job_result(self.job_id, "owner_report"),
-            owner_report_signature=self.client.job_result(self.job_id, "owner_report_signature"),
-        ).to_wire()
-
-    def close(self) -> None:
-        """Nothing to stop: the service ends a job's enclave when the job ends."""
-
-
-class RemoteQuerySession:
-    """A service's query enclave seen as an enclave session.
-
-    The service holds the model and the datasets, so the two calls that name local
-    files are translated: `load_model` checks that the bytes given are the session's
-    model (the service loads its own copy), and `evaluate` uploads the dataset at
-    `dataset_path` (skipped when already there) and names it by id. With
-    `provider_client` (a provider's token), the provider's share is released through it.
-    """
-
-    def __init__(
-        self,
-        client: ServiceClient,
-        model: str,
-        *,
-        provider_client: ServiceClient | None = None,
-        progress: bool = True,
-    ) -> None:
-        self.client = client
-        self._provider_client = provider_client
-        self._progress = progress
-        self._model = client.model(model)
-        self.session_id = client.open_query_session(model)["id"]
-
-    @classmethod
-    def for_model_file(
-        cls,
-        client: ServiceClient,
-        path: str | os.PathLike[str],
-        *,
-        provider_client: ServiceClient | None = None,
-        progress: bool = True,
-    ) -> RemoteQuerySession:
-        """Upload a local model file if the service lacks it, then open a session on it."""
-        model = client.upload_model(path, progress=progress)["id"]
-        return cls(client, model, provider_client=provider_client, progress=progress)
-
-    def evidence(self, nonce: bytes) -> bytes:
-        return self.client.query_session_evidence(self.session_id, nonce)
-
-    def call(
-        self, name: str, args: dict[str, Any], on_event: EventHandler | None = None
-    ) -> dict[str, Any]:
-        args = dict(args)
-        if name == "load_model":
-            model = args.pop("model", None)
-            if model is not None and hashlib.sha256(model).hexdigest() != self._model["sha256"]:
-                raise UsageError("this query session was opened on a different model file")
-        elif name == "evaluate" and "dataset_path" in args:
-            dataset = self.client.upload_dataset(args.pop("dataset_path"), progress=self._progress)
-            args["dataset"] = dataset["id"]
-        elif name == "provision_share" and args.get("party") == "provider":
-            via = self._provider_client or self.client
-            return via.query_session_call(self.session_id, name, args)
-        return self.client.query_session_call(self.session_id, name, args)
-
-    def close(self) -> None:
-        self.client.close_query_session(self.session_id)
-
-    def __enter__(self) -> RemoteQuerySession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
