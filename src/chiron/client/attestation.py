@@ -30,6 +30,7 @@ from chiron.core.attestation import (
 from chiron.core.errors import AttestationError, PolicyError
 from chiron.core.fileio import atomic_write, read_input_file
 from chiron.core.keys import PublicIdentity
+from chiron.core.limits import MAX_POLICY_BYTES, MAX_ROOT_DOCUMENT_BYTES
 from chiron.core.measurement import measure_runtime
 from chiron.core.roles import Role
 
@@ -37,8 +38,6 @@ EvidenceSource = Callable[[bytes], bytes]
 SimRootSource = Callable[[], Sequence[SimRoot]]
 
 NONCE_BYTES = 32
-MAX_POLICY_BYTES = 64 * 1024
-MAX_ROOT_DOCUMENT_BYTES = 16 * 1024
 KNOWN_SIM_ROOTS_DIRECTORY = "known-sim-roots"
 
 

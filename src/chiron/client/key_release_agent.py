@@ -62,6 +62,7 @@ from chiron.core.key_release import (
     seal_share_to_enclave,
 )
 from chiron.core.keys import Identity, PublicIdentity
+from chiron.core.limits import MAX_ROOT_DOCUMENT_BYTES
 from chiron.core.query_protocol import query_policy_sha256
 from chiron.core.release_policy import ReleaseFacts, ReleasePolicy
 
@@ -73,7 +74,6 @@ LOCK_FILE = ".lock"
 # someone is flooding the agent, and the oldest are dropped.
 MAX_OUTSTANDING_CHALLENGES = 4096
 _MAX_STATE_FILE = 16 * 1024 * 1024
-_MAX_ROOT_FILE = 16 * 1024
 
 Log = Callable[[str], None]
 
@@ -116,7 +116,7 @@ class AgentState:
             return ()
         roots = []
         for path in sorted(folder.glob("*.json")):
-            raw = read_input_file(path, what="simulation root", limit=_MAX_ROOT_FILE)
+            raw = read_input_file(path, what="simulation root", limit=MAX_ROOT_DOCUMENT_BYTES)
             try:
                 document = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError):

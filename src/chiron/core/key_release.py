@@ -65,6 +65,7 @@ from chiron.core.encoding import b64decode, b64encode, canonical_json
 from chiron.core.errors import InputError, KeyFileError
 from chiron.core.identifiers import check_model_id
 from chiron.core.keys import Identity, PublicIdentity
+from chiron.core.limits import MAX_EVIDENCE_BYTES, MAX_SIGNATURE_BYTES
 
 PROTOCOL_VERSION = 1
 INFO_PATH = "/v1/info"
@@ -76,8 +77,6 @@ DEFAULT_CHALLENGE_SECONDS = 120
 # A release request carries evidence (at most 256 KiB) and a model header (a schema,
 # a query policy, two sealed shares): a generous bound that still stops a flood.
 MAX_REQUEST_BYTES = 1024 * 1024
-MAX_EVIDENCE_BYTES = 256 * 1024
-MAX_SIGNATURE_BYTES = 128
 MAX_SEALED_SHARE_BYTES = 4096
 PARTY = "provider"
 

@@ -1,4 +1,5 @@
 """The measured set: what "Chiron's enclave runtime" means, declared in one place.
+Long on purpose: what is measured, and how it is hashed and cached, must not drift apart.
 
 A verifier accepts an enclave only if its measurement is one the verifier expects, so the
 measurement must change whenever the code that can run inside the enclave changes. It

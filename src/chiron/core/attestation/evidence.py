@@ -23,6 +23,7 @@ from typing import Any
 from chiron.core.encoding import b64decode, b64encode, canonical_json
 from chiron.core.errors import AttestationError, KeyFileError
 from chiron.core.keys import PublicIdentity
+from chiron.core.limits import MAX_EVIDENCE_BYTES
 from chiron.core.roles import ROLES
 
 PLATFORM_SIM = "sim"
@@ -32,7 +33,6 @@ PLATFORMS = (PLATFORM_SIM, PLATFORM_TDX, PLATFORM_SEV_SNP)
 
 EVIDENCE_TYPE = "chiron.attestation.evidence"
 EVIDENCE_VERSION = 1
-MAX_EVIDENCE_BYTES = 256 * 1024
 REPORT_DATA_BYTES = 64
 NONCE_MIN_BYTES = 16
 NONCE_MAX_BYTES = 64

@@ -27,6 +27,7 @@ from chiron.core.crypto import KEY_BYTES
 from chiron.core.encoding import b64decode, b64encode, canonical_json
 from chiron.core.errors import AttestationError
 from chiron.core.fileio import read_input_file
+from chiron.core.limits import MAX_ROOT_DOCUMENT_BYTES
 
 SIM_PLATFORM_DIRECTORY = "sim-platform"
 SIM_ROOT_PUBLIC_FILE = "root.pub"
@@ -35,7 +36,6 @@ SIM_ROOT_TYPE = "chiron.attestation.sim-root"
 SIM_CERTIFICATE_TYPE = "chiron.attestation.sim-platform-certificate"
 # The simulated platform's current security version; `old TCB` evidence is below it.
 SIM_TCB_LEVEL = 1
-_MAX_ROOT_FILE = 16 * 1024
 
 
 def raw_public_bytes(key: Ed25519PublicKey) -> bytes:
@@ -88,7 +88,7 @@ def load_sim_root(state_dir: str | os.PathLike[str]) -> SimRoot | None:
     path = sim_platform_directory(state_dir) / SIM_ROOT_PUBLIC_FILE
     if not path.exists():
         return None
-    raw = read_input_file(path, what="simulation root", limit=_MAX_ROOT_FILE)
+    raw = read_input_file(path, what="simulation root", limit=MAX_ROOT_DOCUMENT_BYTES)
     try:
         document = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
