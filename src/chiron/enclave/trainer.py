@@ -20,9 +20,9 @@ import numpy as np
 
 from chiron.core import dataset as container
 from chiron.core import purposes, replies
-from chiron.core.dataset import DatasetHeader
 from chiron.core.contract import TrainRequest, TrainResult
 from chiron.core.crypto import open_sealed, seal
+from chiron.core.dataset import DatasetHeader
 from chiron.core.errors import InputError, IntegrityError
 from chiron.core.fileio import atomic_write
 from chiron.core.manifest import JobManifest, SignedManifest, training_data_key_context
