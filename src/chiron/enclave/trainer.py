@@ -50,6 +50,24 @@ from chiron.enclave.sandbox import Sandbox
 from chiron.enclave.sealing import SealingKey
 
 CHECKPOINT_EVERY_STEPS = 1000
+# The longest JSON text of any float (sign, 17 significant digits, 3-digit exponent).
+# Every accuracy in the owner's report and in checkpoint metadata is padded as if it took
+# this many characters, so the digits a figure happens to need (which a recipe steers
+# through its predictions) never show in the size of what is sealed.
+_WIDEST_FLOAT = -1.2345678901234567e300
+
+
+def _padded_json(value: Any, widest: Any) -> bytes:
+    """`value` as JSON padded with spaces (still valid JSON) to the length of `widest`.
+
+    `widest` is the same document with every data-dependent figure at its longest, built
+    from public facts only (epochs, steps, classes, held-out records), so the padded
+    size is a function of those facts alone.
+    """
+    data, size = encode_json(value), len(encode_json(widest))
+    if len(data) > size:
+        raise IntegrityError("a sealed document is larger than its fixed size")
+    return data + b" " * (size - len(data))
 
 
 @dataclass(frozen=True)
@@ -140,8 +158,12 @@ class _Progress:
     step: int = 0
     epoch_accuracy: list[float] | None = None
 
-    def to_bytes(self) -> bytes:
-        return encode_json({"step": self.step, "epoch_accuracy": self.epoch_accuracy or []})
+    def to_bytes(self, plan: TrainingPlan) -> bytes:
+        """Of one size for `plan`, whatever the accuracies (see `_padded_json`)."""
+        return _padded_json(
+            {"step": self.step, "epoch_accuracy": self.epoch_accuracy or []},
+            {"step": plan.total_steps, "epoch_accuracy": [_WIDEST_FLOAT] * plan.epochs},
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> _Progress:
@@ -178,10 +200,10 @@ class _Checkpoints:
         split = int.from_bytes(plain[:4], "big")
         return _Progress.from_bytes(plain[4 : 4 + split]), plain[4 + split :]
 
-    def save(self, progress: _Progress, child_state: bytes) -> None:
+    def save(self, progress: _Progress, child_state: bytes, plan: TrainingPlan) -> None:
         if self._directory is None:
             return
-        meta = progress.to_bytes()
+        meta = progress.to_bytes(plan)
         plain = len(meta).to_bytes(4, "big") + meta + child_state
         self._directory.mkdir(parents=True, exist_ok=True)
         atomic_write(self._directory / self.FILE, self._key.seal(plain, self._binding), mode=0o600)
@@ -326,7 +348,7 @@ def train(
                 logits = predict_logits(sandbox, x_holdout, schema, declaration.num_outputs)
                 progress.epoch_accuracy.append(float(np.mean(logits.argmax(1) == y_holdout)))
             if checkpointing:
-                checkpoints.save(progress, child_state)
+                checkpoints.save(progress, child_state, plan)
 
         sandbox.send(ToChild.FINISH, b"")
         weights = sandbox.expect(FromChild.MODEL, size=declaration.model_nbytes)
@@ -392,7 +414,16 @@ def train(
     )
     sealed_report = seal(
         manifest.owner.hpke_key,
-        encode_json(owner_report),
+        _padded_json(
+            owner_report,
+            {
+                **owner_report,
+                "epoch_accuracy": [_WIDEST_FLOAT] * plan.epochs,
+                "final_holdout_accuracy": _WIDEST_FLOAT,
+                "confusion_matrix": [[len(y_holdout)] * schema.num_classes] * schema.num_classes,
+                "resumed_from_step": plan.total_steps,
+            },
+        ),
         purpose=purposes.OWNER_REPORT,
         context={"manifest": job.signed.digest},
     )
