@@ -55,7 +55,7 @@ class World:
 def world(tmp_path: Path, run_chiron) -> World:
     run_chiron("keygen", "--out", tmp_path / "owner.key", check=True)
     run_chiron("keygen", "--out", tmp_path / "provider.key", check=True)
-    for name, count, seed in (("train", 320, 1), ("test", 90, 2)):
+    for name, count, seed in (("train", 320, 1), ("test", 120, 2)):
         x, y = make_images(count, seed)
         np.savez(tmp_path / f"{name}.npz", x=x, y=y)
         run_chiron(

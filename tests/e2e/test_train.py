@@ -55,9 +55,9 @@ def test_train_then_evaluate_then_query(world, run_chiron):
     )
     assert evaluated.returncode == 0, evaluated.stderr
     metrics = json.loads(evaluated.stdout)
-    assert metrics["records"] == 90
+    assert metrics["records"] == 120
     assert metrics["accuracy"] > 0.8
-    assert sum(map(sum, metrics["confusion_matrix"])) == 90
+    assert sum(map(sum, metrics["confusion_matrix"])) == 120
 
     x, y = make_images(12, seed=3)
     np.save(world.root / "inputs.npy", x)

@@ -186,10 +186,10 @@ def inputs(count: int = 4, seed: int = 0) -> np.ndarray:
 
 
 def evaluation_set(scene: Scene) -> tuple[Path, DataKey]:
-    x, y = inputs(30, seed=1), np.random.default_rng(2).integers(0, 3, size=30)
+    x, y = inputs(120, seed=1), np.random.default_rng(2).integers(0, 3, size=120)
     key = random_key()
     header = container.encrypt_dataset(
-        [(x, y)], scene.root / "eval.chd", key, schema=SCHEMA, record_count=30
+        [(x, y)], scene.root / "eval.chd", key, schema=SCHEMA, record_count=120
     )
     return scene.root / "eval.chd", DataKey(header.dataset_id, key)
 
@@ -286,7 +286,7 @@ def test_a_replayed_evaluation_is_refused_and_yields_nothing(scene, host):
     unlocked = scene.unlock(host)
     dataset, data_key = evaluation_set(scene)
     report = evaluate(unlocked, dataset_path=str(dataset), data_key=data_key)
-    assert report["records"] == 30 and report["dataset_id"] == data_key.dataset_id
+    assert report["records"] == 120 and report["dataset_id"] == data_key.dataset_id
 
     (recorded,) = [args for name, args in host.calls if name == "evaluate"]
     with pytest.raises(InputError, match="replayed"):

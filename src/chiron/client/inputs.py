@@ -1,7 +1,9 @@
 """Query inputs from the files an owner has: .npy, .npz, IDX images, image files or folders.
 
-The enclave checks shape, dtype and values again; this module only decodes files and
-turns unreadable ones into one-line errors.
+The enclave checks shape, dtype and values again; this module decodes files, shapes
+them into a batch the way the enclave does (`core.query_protocol.as_batch`: bare
+grayscale images (N, H, W) suit a single-channel model) and turns unreadable or
+misshapen ones into one-line errors before anything is sent.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from chiron.client.importers import _idx_stream, _read_idx_header
 from chiron.core.errors import InputError
 from chiron.core.fileio import read_exactly
+from chiron.core.query_protocol import as_batch
 from chiron.core.schema import DatasetSchema
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -21,6 +24,10 @@ _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".w
 
 def load_query_inputs(path: Path, schema: DatasetSchema) -> np.ndarray:
     """A batch shaped (N, *schema.input_shape) from whatever `path` is."""
+    return as_batch(_load(path, schema), schema.input_shape)
+
+
+def _load(path: Path, schema: DatasetSchema) -> np.ndarray:
     if not path.exists():
         raise InputError(f"inputs not found: {path}")
     if path.is_dir():

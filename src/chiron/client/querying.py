@@ -17,7 +17,6 @@ authenticated, checks out for the very request it answers; only then is it opene
 from __future__ import annotations
 
 import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ from chiron.core.key_release import open_escrowed_share, seal_share_to_enclave
 from chiron.core.keys import DataKey, Identity, PublicIdentity
 from chiron.core.query_protocol import (
     decode_answers,
+    decode_evaluation_report,
     evaluation_data_key_context,
     evaluation_report_context,
     evaluation_request_message,
@@ -224,15 +224,15 @@ def evaluate(unlocked: UnlockedModel, *, dataset_path: str, data_key: DataKey) -
     replies.verify_evaluation_report(
         unlocked.enclave, result.signature, model_id, request_id, result.sealed_report
     )
-    report = json.loads(
+    return decode_evaluation_report(
         open_sealed(
             reply_private,
             result.sealed_report,
             purpose=purposes.EVALUATION_REPORT,
             context=evaluation_report_context(model_id, request_id),
             what="evaluation report",
-        )
+        ),
+        model_id=model_id,
+        dataset_id=data_key.dataset_id,
+        schema=unlocked.header.schema,
     )
-    if report.get("model_id") != model_id or report.get("dataset_id") != data_key.dataset_id:
-        raise IntegrityError("the evaluation report is about another model or dataset")
-    return report

@@ -7,17 +7,25 @@ Shared by `client` (which builds requests and opens answers) and the query encla
 from __future__ import annotations
 
 import hashlib
+import struct
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from chiron.core.encoding import canonical_json
-from chiron.core.errors import IntegrityError
+from chiron.core.errors import InputError, IntegrityError
 from chiron.core.roles import Role
+from chiron.core.schema import DatasetSchema
 
 MAX_QUERY_BATCH = 1024
 QUERY_OUTPUTS = ("label", "probabilities")
 MAX_ROUNDING = 8
+# The smallest labelled set an evaluation runs on unless the provider's policy says
+# otherwise: below it, a confusion matrix is close to a per-record answer (with one
+# record it *is* one: the model's label for it, next to the owner's).
+DEFAULT_MIN_EVALUATION_RECORDS = 100
+_POLICY_KEYS = frozenset({"output", "rounding", "budget", "min_evaluation_records"})
 
 
 def normalize_query_policy(policy: Any) -> dict[str, Any]:
@@ -26,11 +34,12 @@ def normalize_query_policy(policy: Any) -> dict[str, Any]:
     The provider signs the digest of this form (core.recipe_statement) and the query
     enclave enforces it, so both sides must derive it the same way: here, once.
     """
-    if not isinstance(policy, dict) or set(policy) - {"output", "rounding", "budget"}:
+    if not isinstance(policy, dict) or set(policy) - _POLICY_KEYS:
         raise ValueError("bad query policy")
     output = policy.get("output", "probabilities")
     rounding = policy.get("rounding")
     budget = policy.get("budget")
+    min_records = policy.get("min_evaluation_records", DEFAULT_MIN_EVALUATION_RECORDS)
     if output not in QUERY_OUTPUTS:
         raise ValueError("bad query output")
     if rounding is not None and (
@@ -43,7 +52,37 @@ def normalize_query_policy(policy: Any) -> dict[str, Any]:
         raise ValueError("bad budget")
     if budget is not None and budget <= 0:
         raise ValueError("bad budget")
-    return {"output": output, "rounding": rounding, "budget": budget}
+    if isinstance(min_records, bool) or not isinstance(min_records, int) or min_records < 1:
+        raise ValueError("bad minimum evaluation size")
+    return {
+        "output": output,
+        "rounding": rounding,
+        "budget": budget,
+        "min_evaluation_records": min_records,
+    }
+
+
+@dataclass(frozen=True)
+class QueryPolicy:
+    """The provider's normalised query policy, as the query enclave enforces it."""
+
+    output: str
+    rounding: int | None
+    # Inputs (queries) plus records (evaluations) the model answers in its lifetime.
+    budget: int | None
+    min_evaluation_records: int
+
+    @classmethod
+    def of(cls, document: Any) -> QueryPolicy:
+        """The policy of a model header (authenticated once the model is unlocked).
+
+        A model file written before `min_evaluation_records` existed gets the default.
+        """
+        try:
+            normal = normalize_query_policy(document)
+        except ValueError:
+            raise IntegrityError("the model's query policy is malformed") from None
+        return cls(**normal)
 
 
 def query_policy_sha256(policy: dict[str, Any]) -> str:
@@ -122,6 +161,35 @@ def encode_answers(logits: np.ndarray, policy: dict[str, Any]) -> bytes:
     return labels.tobytes() + probabilities.astype("<f4").tobytes()
 
 
+def as_batch(array: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    """`array` as a batch (N, *input_shape), or an InputError naming the shapes.
+
+    Accepted: one input of exactly `input_shape`, a batch of them, and for a
+    single-channel image model (1, H, W) bare grayscale images (N, H, W), the way the
+    dataset importer reads them. Only an axis of length 1 is ever added; no data moves.
+    """
+    if array.shape == input_shape:
+        return array[None]
+    if (
+        len(input_shape) == 3
+        and input_shape[0] == 1
+        and array.ndim == 3
+        and array.shape[1:] == input_shape[1:]
+    ):
+        return array[:, None]
+    if array.ndim == 0 or array.shape[1:] != input_shape:
+        takes = ", ".join(map(str, input_shape))
+        grayscale = (
+            f" or (N, {', '.join(map(str, input_shape[1:]))})"
+            if len(input_shape) == 3 and input_shape[0] == 1
+            else ""
+        )
+        raise InputError(
+            f"inputs have shape {tuple(array.shape)}; this model takes (N, {takes}){grayscale}"
+        )
+    return array
+
+
 def decode_answers(
     data: bytes, count: int, num_classes: int, policy: dict[str, Any]
 ) -> list[dict[str, Any]]:
@@ -143,3 +211,78 @@ def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, num_classes: int)
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(matrix, (truth.astype(np.int64), predicted.astype(np.int64)), 1)
     return matrix
+
+
+# -- the sealed evaluation report --------------------------------------------------------
+#
+# Its size depends only on the number of classes: a fixed header (both ids, the budget
+# left) and the k x k confusion matrix as unsigned 64-bit counts. Accuracy, precision and
+# recall are derived from the matrix by the client, so nothing of variable length (no
+# float printed in as many digits as it happens to need) is ever sealed, and the host,
+# which sees the ciphertext's length, learns nothing from it.
+
+_EVALUATION_MAGIC = b"CHIRON-EVALUATION-1\n"
+_EVALUATION_HEADER = struct.Struct(">16s16sq")  # model id, dataset id, budget left or -1
+_NO_BUDGET = -1
+
+
+def evaluation_report_size(num_classes: int) -> int:
+    """The plaintext size of every evaluation report of a model with `num_classes`."""
+    return len(_EVALUATION_MAGIC) + _EVALUATION_HEADER.size + 8 * num_classes * num_classes
+
+
+def encode_evaluation_report(
+    model_id: str, dataset_id: str, matrix: np.ndarray, budget_left: int | None
+) -> bytes:
+    """The report the query enclave seals to the owner: ids, budget left, the matrix."""
+    header = _EVALUATION_HEADER.pack(
+        bytes.fromhex(model_id),
+        bytes.fromhex(dataset_id),
+        _NO_BUDGET if budget_left is None else budget_left,
+    )
+    counts = np.ascontiguousarray(matrix, dtype=">u8").tobytes()
+    data = _EVALUATION_MAGIC + header + counts
+    assert len(data) == evaluation_report_size(len(matrix))
+    return data
+
+
+def decode_evaluation_report(
+    data: bytes, *, model_id: str, dataset_id: str, schema: DatasetSchema
+) -> dict[str, Any]:
+    """The owner's evaluation report from the opened plaintext, checked and derived.
+
+    Accuracy and per-class precision and recall are computed here from the confusion
+    matrix (rows are true classes, columns predicted ones); the class names come from
+    the model's authenticated schema.
+    """
+    num_classes = schema.num_classes
+    if len(data) != evaluation_report_size(num_classes) or not data.startswith(_EVALUATION_MAGIC):
+        raise IntegrityError("the evaluation report is malformed")
+    offset = len(_EVALUATION_MAGIC)
+    model, dataset, budget_left = _EVALUATION_HEADER.unpack_from(data, offset)
+    if (model.hex(), dataset.hex()) != (model_id, dataset_id):
+        raise IntegrityError("the evaluation report is about another model or dataset")
+    matrix = np.frombuffer(data, dtype=">u8", offset=offset + _EVALUATION_HEADER.size)
+    matrix = matrix.reshape(num_classes, num_classes).astype(np.int64)
+    support, predicted_totals, diagonal = matrix.sum(1), matrix.sum(0), np.diag(matrix)
+    records = int(matrix.sum())
+    names = schema.class_names or tuple(str(i) for i in range(num_classes))
+    return {
+        "model_id": model_id,
+        "dataset_id": dataset_id,
+        "records": records,
+        "accuracy": float(diagonal.sum() / max(1, records)),
+        "per_class": [
+            {
+                "class": name,
+                "support": int(support[i]),
+                "recall": float(diagonal[i] / support[i]) if support[i] else None,
+                "precision": (
+                    float(diagonal[i] / predicted_totals[i]) if predicted_totals[i] else None
+                ),
+            }
+            for i, name in enumerate(names)
+        ],
+        "confusion_matrix": matrix.tolist(),
+        "budget_left": None if budget_left == _NO_BUDGET else int(budget_left),
+    }

@@ -10,17 +10,29 @@ leave sealed to a reply key the owner chose, so the host relays only ciphertext.
 Against a host that rewrites, replays and forges messages:
 - the enclave serves one model for its whole life (`EnclaveContext.bind`), whose id is
   checked before it names anything (the sealed budget file);
-- each signed request id is answered at most once by this process; a request cannot be
-  replayed to another process either, since its inputs or data key are sealed to this
-  process's ephemeral key;
+- each signed request id is answered at most once per model: this process remembers
+  it, and the model's sealed ledger (shared by every query enclave of the model on
+  this state directory) records it in the same locked step that charges the budget,
+  so a replay to this or another enclave gets a refusal, never a second answer that a
+  recipe could vary;
 - every reply is signed by this enclave's attested key over the request it answers
   (`core.replies`), so the client rejects a forged or swapped reply before opening it.
+
+Against an owner who wants more than the policy allows:
+- every input queried and every record evaluated is charged to the budget before the
+  recipe runs, under an exclusive lock, so concurrent enclaves cannot overspend it;
+- an evaluation needs at least the policy's `min_evaluation_records` and returns only
+  a confusion matrix, sealed at a size fixed by the number of classes.
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
-from collections.abc import Callable
+import os
+import struct
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,15 +57,18 @@ from chiron.core.fileio import atomic_write
 from chiron.core.identifiers import check_dataset_id, check_model_id
 from chiron.core.query_protocol import (
     MAX_QUERY_BATCH,
+    QueryPolicy,
+    as_batch,
     confusion_matrix,
     encode_answers,
+    encode_evaluation_report,
     evaluation_data_key_context,
     evaluation_report_context,
     evaluation_request_message,
     query_context,
     query_request_message,
 )
-from chiron.core.recipe_protocol import FromChild, ToChild, decode_json, encode_json
+from chiron.core.recipe_protocol import FromChild, ToChild, decode_json
 from chiron.enclave.context import EnclaveContext
 from chiron.enclave.recipe_session import predict_logits, receive_declaration, spawn_recipe
 from chiron.enclave.sandbox import Sandbox
@@ -160,25 +175,115 @@ def _budget_path(context: EnclaveContext, model_id: str) -> Path:
     return context.state_dir / BUDGET_DIRECTORY / f"{check_model_id(model_id)}.sealed"
 
 
-def _used_budget(context: EnclaveContext, model_id: str) -> int:
-    """Queries answered so far, from sealed state that survives enclave restarts.
+# The ledger's plaintext: magic, units used, then the 16-byte request ids it answered,
+# sorted. Its sealed size grows by 16 bytes per request, which tells the host only the
+# number of requests (it relays every one of them anyway), never the units charged.
+_LEDGER_MAGIC = b"CHIRON-QUERY-LEDGER-1\n"
+_LEDGER_USED = struct.Struct(">Q")
+_REQUEST_ID_BYTES = 16
 
-    The host stores the sealed counter and can roll it back to an older copy; on the
-    sim platform nothing stops that (a TEE with monotonic counters would). See
-    docs/query.md.
+
+@dataclass
+class _Ledger:
+    """A model's lifetime use: units charged and every request id it accepted."""
+
+    used: int = 0
+    requests: set[bytes] = field(default_factory=set)
+
+    def to_bytes(self) -> bytes:
+        return _LEDGER_MAGIC + _LEDGER_USED.pack(self.used) + b"".join(sorted(self.requests))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> _Ledger:
+        if data.startswith(b"{"):  # a counter sealed before request ids were recorded
+            return cls(int(decode_json(data)["used"]))
+        body = data[len(_LEDGER_MAGIC) + _LEDGER_USED.size :]
+        if not data.startswith(_LEDGER_MAGIC) or len(body) % _REQUEST_ID_BYTES:
+            raise IntegrityError("the model's sealed query ledger is malformed")
+        (used,) = _LEDGER_USED.unpack_from(data, len(_LEDGER_MAGIC))
+        ids = {body[i : i + _REQUEST_ID_BYTES] for i in range(0, len(body), _REQUEST_ID_BYTES)}
+        return cls(used, ids)
+
+
+def _read_ledger(context: EnclaveContext, model_id: str) -> _Ledger:
+    """The model's ledger, from sealed state that survives enclave restarts.
+
+    The host stores the sealed ledger and can roll it back to an older copy; on the sim
+    platform nothing stops that (a TEE with monotonic counters would). See docs/query.md.
     """
     try:
         blob = _budget_path(context, model_id).read_bytes()
     except FileNotFoundError:
-        return 0
-    return int(decode_json(_budget_key(context).unseal(blob, {"model_id": model_id}))["used"])
+        return _Ledger()
+    return _Ledger.from_bytes(_budget_key(context).unseal(blob, {"model_id": model_id}))
 
 
-def _record_budget(context: EnclaveContext, model_id: str, used: int) -> None:
+def _write_ledger(context: EnclaveContext, model_id: str, ledger: _Ledger) -> None:
+    blob = _budget_key(context).seal(ledger.to_bytes(), {"model_id": model_id})
+    atomic_write(_budget_path(context, model_id), blob, mode=0o600)
+
+
+@contextmanager
+def _ledger_locked(context: EnclaveContext, model_id: str) -> Iterator[None]:
+    """Hold the model's ledger lock: one read-check-write at a time, across processes.
+
+    Every query enclave of a model on this state directory takes the same exclusive
+    `flock`, so two of them cannot both read "one unit left" and both spend it. (A host
+    that gives enclaves different state directories, or copies the file back, is
+    rolling the ledger back: see `_read_ledger`.)
+    """
     path = _budget_path(context, model_id)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    blob = _budget_key(context).seal(encode_json({"used": used}), {"model_id": model_id})
-    atomic_write(path, blob, mode=0o600)
+    descriptor = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing the descriptor releases the lock
+
+
+def _refuse_replay(context: EnclaveContext, model_id: str, request_id: str) -> None:
+    """Refuse a request id any enclave of this model already accepted (before any work)."""
+    if bytes.fromhex(request_id) in _read_ledger(context, model_id).requests:
+        raise InputError("this request was already received (replayed request)")
+
+
+def _reserve(
+    context: EnclaveContext, model_id: str, request_id: str, units: int, budget: int | None
+) -> int | None:
+    """Record the request and charge `units` before the recipe runs; the budget left.
+
+    One locked step: the replay check, the budget check and the write that spends it.
+    Charging before answering means an answer is never given on budget that a
+    concurrent request has already spent.
+    """
+    with _ledger_locked(context, model_id):
+        ledger = _read_ledger(context, model_id)
+        key = bytes.fromhex(request_id)
+        if key in ledger.requests:
+            raise InputError("this request was already received (replayed request)")
+        if budget is not None and ledger.used + units > budget:
+            raise InputError(
+                f"query budget exhausted: {budget - ledger.used} of {budget} left, "
+                f"this request needs {units}"
+            )
+        ledger.requests.add(key)
+        ledger.used += units
+        _write_ledger(context, model_id, ledger)
+        return None if budget is None else budget - ledger.used
+
+
+def _refund(context: EnclaveContext, model_id: str, units: int) -> None:
+    """Give back the units of a request whose prediction failed; its id stays spent.
+
+    The owner got no answer, only a one-line failure, and the recipe's sandbox is gone
+    with it (this enclave answers nothing more), so a refund cannot buy answers. The
+    request id stays recorded: a replay of it is still refused.
+    """
+    with _ledger_locked(context, model_id):
+        ledger = _read_ledger(context, model_id)
+        ledger.used = max(0, ledger.used - units)
+        _write_ledger(context, model_id, ledger)
 
 
 def parse_inputs(data: bytes, header: modelfile.ModelHeader) -> np.ndarray:
@@ -188,13 +293,7 @@ def parse_inputs(data: bytes, header: modelfile.ModelHeader) -> np.ndarray:
     except (ValueError, OSError, EOFError):
         raise InputError("query inputs are not a valid .npy array") from None
     schema = header.schema
-    if array.shape == schema.input_shape:
-        array = array[None]
-    if array.shape[1:] != schema.input_shape:
-        raise InputError(
-            f"inputs have shape {tuple(array.shape)}; this model takes "
-            f"(N, {', '.join(map(str, schema.input_shape))})"
-        )
+    array = as_batch(array, schema.input_shape)
     if len(array) == 0:
         raise InputError("the batch is empty")
     if len(array) > MAX_QUERY_BATCH:
@@ -206,15 +305,18 @@ def parse_inputs(data: bytes, header: modelfile.ModelHeader) -> np.ndarray:
     return array
 
 
-def _accept_request(session: _Session, request_id: str) -> None:
-    """Refuse a request id this process has seen; remember it otherwise.
+def _accept_request(context: EnclaveContext, session: _Session, request_id: str) -> None:
+    """Refuse a request id this model has seen; remember it in this process otherwise.
 
     Called once the owner's signature checked out and before any work, so a replayed
     request (a query or an evaluation, the same signed bytes sent again) gets nothing,
-    even if its first run failed half-way.
+    even if its first run failed half-way. The sealed ledger holds the ids every enclave
+    of this model accepted, so a replay to another enclave is refused here too; the
+    locked `_reserve` checks again, for a replay racing its original.
     """
     if request_id in session.seen_requests:
         raise InputError("this request was already received (replayed request)")
+    _refuse_replay(context, session.model_id, request_id)
     session.seen_requests.add(request_id)
 
 
@@ -229,7 +331,7 @@ def handle_query(context: EnclaveContext, request: QueryRequest, emit: Emit) -> 
         purpose=purposes.QUERY_REQUEST,
         what="the owner's signature on this query",
     )
-    _accept_request(session, request_id)
+    _accept_request(context, session, request_id)
     inputs = parse_inputs(
         open_sealed(
             context.identity.hpke_key,
@@ -240,18 +342,9 @@ def handle_query(context: EnclaveContext, request: QueryRequest, emit: Emit) -> 
         ),
         header,
     )
-    budget = header.query_policy.get("budget")
-    used = _used_budget(context, model_id)
-    if budget is not None and used + len(inputs) > budget:
-        raise InputError(
-            f"query budget exhausted: {budget - used} of {budget} queries left, "
-            f"asked for {len(inputs)}"
-        )
-    assert session.sandbox is not None
-    logits = predict_logits(session.sandbox, inputs, header.schema, header.schema.num_classes)
-    if budget is not None:
-        _record_budget(context, model_id, used + len(inputs))
-    budget_left = None if budget is None else budget - used - len(inputs)
+    policy = QueryPolicy.of(header.query_policy)
+    budget_left = _reserve(context, model_id, request_id, len(inputs), policy.budget)
+    logits = _predict(context, session, inputs, len(inputs))
     sealed = seal(
         reply_key,
         encode_answers(logits, header.query_policy),
@@ -281,7 +374,8 @@ def handle_evaluate(
         purpose=purposes.EVALUATION_REQUEST,
         what="the owner's signature on this evaluation",
     )
-    _accept_request(session, request_id)
+    _accept_request(context, session, request_id)
+    policy = QueryPolicy.of(header.query_policy)
     # The path is the host's; the file it names is believed only once the owner's data
     # key, sealed under the dataset id its header states, opens and authenticates it.
     dataset_header = container.read_dataset_header(request.dataset_path)
@@ -290,6 +384,8 @@ def handle_evaluate(
         dataset_header.schema.num_classes != header.schema.num_classes
     ):
         raise InputError("the dataset's schema does not match the model's")
+    # Refused before the data key is even opened when the header says it is too small.
+    _check_evaluation_size(policy, dataset_header.record_count)
     key = open_sealed(
         context.identity.hpke_key,
         request.sealed_data_key,
@@ -298,12 +394,15 @@ def handle_evaluate(
         what="the evaluation data key",
     )
     _, x, y = container.load_dataset(request.dataset_path, key)
-    assert session.sandbox is not None
-    logits = predict_logits(session.sandbox, x, header.schema, header.schema.num_classes)
-    report = _evaluation_report(header, model_id, dataset_id, y, logits.argmax(1))
+    # Counted again on the records the key authenticated (the header's count is the
+    # host's until then).
+    _check_evaluation_size(policy, len(y))
+    budget_left = _reserve(context, model_id, request_id, len(y), policy.budget)
+    logits = _predict(context, session, x, len(y))
+    matrix = confusion_matrix(y, logits.argmax(1), header.schema.num_classes)
     sealed = seal(
         reply_key,
-        encode_json(report),
+        encode_evaluation_report(model_id, dataset_id, matrix, budget_left),
         purpose=purposes.EVALUATION_REPORT,
         context=evaluation_report_context(model_id, request_id),
     )
@@ -311,35 +410,30 @@ def handle_evaluate(
     return EvaluateResult(sealed, signature)
 
 
-def _evaluation_report(
-    header: modelfile.ModelHeader,
-    model_id: str,
-    dataset_id: str,
-    truth: np.ndarray,
-    predicted: np.ndarray,
-) -> dict[str, Any]:
-    """Aggregate figures only: accuracy, per-class precision and recall, confusion matrix."""
-    num_classes = header.schema.num_classes
-    matrix = confusion_matrix(truth, predicted, num_classes)
-    support = matrix.sum(1)
-    predicted_totals = matrix.sum(0)
-    diagonal = np.diag(matrix)
-    names = header.schema.class_names or tuple(str(i) for i in range(num_classes))
-    return {
-        "model_id": model_id,
-        "dataset_id": dataset_id,
-        "records": len(truth),
-        "accuracy": float(diagonal.sum() / max(1, len(truth))),
-        "per_class": [
-            {
-                "class": name,
-                "support": int(support[i]),
-                "recall": float(diagonal[i] / support[i]) if support[i] else None,
-                "precision": (
-                    float(diagonal[i] / predicted_totals[i]) if predicted_totals[i] else None
-                ),
-            }
-            for i, name in enumerate(names)
-        ],
-        "confusion_matrix": matrix.tolist(),
-    }
+def _check_evaluation_size(policy: QueryPolicy, records: int) -> None:
+    """An evaluation runs on at least the policy's minimum number of records.
+
+    Each record is charged to the budget like a queried input, and the report holds
+    only counts over the whole set: with a minimum, no single record's answer stands
+    alone in the matrix, however the owner composes its labelled set.
+    """
+    if records < policy.min_evaluation_records:
+        raise InputError(
+            f"an evaluation needs at least {policy.min_evaluation_records} records "
+            f"(this model's query policy), the dataset has {records}"
+        )
+
+
+def _predict(context: EnclaveContext, session: _Session, x: np.ndarray, units: int) -> np.ndarray:
+    """The recipe's logits for `x`, which `units` of budget were reserved for.
+
+    If the recipe fails, the units are refunded (see `_refund`) and the failure raised.
+    """
+    assert session.sandbox is not None
+    try:
+        return predict_logits(
+            session.sandbox, x, session.header.schema, session.header.schema.num_classes
+        )
+    except BaseException:
+        _refund(context, session.model_id, units)
+        raise
