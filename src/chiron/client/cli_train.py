@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
@@ -15,14 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from chiron.client import plots
-from chiron.client.attestation import load_policy, service_sim_roots
-from chiron.client.distributed import (
-    DEFAULT_EXCHANGE_EVERY,
-    train_locally,
-    train_through_rendezvous,
-)
+from chiron.client.attestation import load_policy
+from chiron.client.distributed import DEFAULT_EXCHANGE_EVERY
 from chiron.client.inputs import load_query_inputs
-from chiron.client.key_release import AgentShareSource
 from chiron.client.options import (
     ALLOW_SIMULATION,
     JSON,
@@ -32,61 +24,25 @@ from chiron.client.options import (
     TOKEN,
     URL,
     default_state_dir,
-    require_one_target,
 )
-from chiron.client.querying import evaluate, query, unlock_model
+from chiron.client.querying import UnlockedModel, evaluate, query
 from chiron.client.receipts import verify_receipt_offline
-from chiron.client.remote import RemoteJobSession, RemoteQuerySession, ServiceClient
-from chiron.client.sessions import EnclaveSession, LocalEnclaveSession
-from chiron.client.statements import load_statement, statement_path_for
-from chiron.client.training import check_provider, local_job_id, run_training
-from chiron.core import container
-from chiron.core.contract import TrainMaterials
-from chiron.core.errors import InputError, JobFailed, UsageError
+from chiron.client.targets import (
+    check_dataset_key,
+    make_plan,
+    open_target,
+    output_paths,
+    require_one_target,
+    unlock,
+    write_training_outputs,
+)
+from chiron.client.targets import train as train_model
+from chiron.core.errors import InputError, UsageError
 from chiron.core.fileio import atomic_write, read_input_file
-from chiron.core.keys import DataKey, load_data_key, load_identity, load_public_identity
-from chiron.core.limits import MAX_RECIPE_BYTES, MAX_WORKERS
-from chiron.core.manifest import DatasetRef, Plan
-from chiron.core.recipe_statement import SignedRecipeStatement
+from chiron.core.keys import load_public_identity
+from chiron.core.limits import MAX_WORKERS
 
 _stderr = Console(stderr=True)
-
-
-def _outputs(model_path: Path) -> dict[str, Path]:
-    stem = model_path.with_suffix("") if model_path.suffix == ".chm" else model_path
-    return {
-        "receipt": Path(f"{stem}.receipt.json"),
-        "report": Path(f"{stem}.report.json"),
-        "curve": Path(f"{stem}.curve.png"),
-        "confusion": Path(f"{stem}.confusion.png"),
-    }
-
-
-def _check_dataset_key(dataset: Path, data_key_path: Path) -> tuple[DatasetRef, DataKey]:
-    header, digest = container.read_dataset_header_and_digest(dataset)
-    data_key = load_data_key(data_key_path)
-    if data_key.dataset_id != header.dataset_id:
-        raise InputError(
-            f"{data_key_path} is the key of dataset {data_key.dataset_id}, "
-            f"not of {dataset} ({header.dataset_id})"
-        )
-    return DatasetRef(header.dataset_id, digest), data_key
-
-
-def load_local_recipe(
-    recipe_path: Path, statement_path: Path | None
-) -> tuple[bytes, SignedRecipeStatement]:
-    """A recipe file and its provider's signed statement (by default beside the file)."""
-    source = read_input_file(recipe_path, what="recipe", limit=MAX_RECIPE_BYTES)
-    statement_file = statement_path or statement_path_for(recipe_path)
-    if not statement_file.exists():
-        raise InputError(
-            f"{recipe_path} has no signed statement ({statement_file} is missing): "
-            "its provider signs it with `chiron recipe sign`"
-        )
-    statement = load_statement(statement_file)
-    statement.check_recipe(source)
-    return source, statement
 
 
 def train(
@@ -156,10 +112,7 @@ def train(
 ) -> None:
     """Train a provider's recipe on an encrypted dataset inside an attested enclave."""
     distributed = workers > 1 or rendezvous is not None
-    if rendezvous is None:
-        require_one_target(local, url)
-    elif local or url is not None:
-        raise UsageError("give exactly one of --local, --url URL or --rendezvous HOST:PORT")
+    require_one_target(local, url, rendezvous)
     if recipe is None and rendezvous is None:
         raise UsageError("--recipe is required (with --rendezvous, the node agents hold it)")
     if distributed and url is not None:
@@ -174,110 +127,52 @@ def train(
         raise UsageError("with --rendezvous, --workers N names the training enclaves (2 or more)")
     if rendezvous is not None and statement_file is None:
         raise UsageError("with --rendezvous, --statement names the recipe's signed statement")
-    state = state_dir or default_state_dir()
-    policy = load_policy(policy_file, allow_simulation=allow_simulation)
-    owner = load_identity(owner_key)
-    expected_provider = load_public_identity(provider_key) if provider_key else None
-    dataset_ref, data_key = _check_dataset_key(dataset, data_key_path)
-    plan = Plan(
+    plan = make_plan(
         seed=seed,
         epochs=epochs,
         workers=workers,
-        exchange_every=exchange_every if distributed else 0,
-        mode="async" if distributed and async_staleness is not None else "sync",
-        staleness=(async_staleness or 0) if distributed else 0,
+        exchange_every=exchange_every,
+        async_staleness=async_staleness,
     )
-    checkpoint_dir: Path | None = None
-    wire_traces = None
-    with ExitStack() as stack:
-        session: EnclaveSession
-        if url is not None:
-            # The service holds the provider's registered recipes: --recipe names one,
-            # and the service hands out its provider's signed statement.
-            client = stack.enter_context(ServiceClient(url, token))
-            statement = (
-                load_statement(statement_file)
-                if statement_file
-                else SignedRecipeStatement.from_bytes(client.recipe_statement(str(recipe)))
-            )
-            check_provider(statement, expected_provider)
-            uploaded = client.upload_dataset(dataset, progress=not as_json)
-            job_id = client.create_job(recipe=recipe, dataset=uploaded["id"])["id"]
-            session = RemoteJobSession(client, job_id)
-            sim_roots = service_sim_roots(client, state, policy)
-            recipe_source = None
-        elif rendezvous is not None:
-            assert statement_file is not None
-            statement = load_statement(statement_file)
-            check_provider(statement, expected_provider)
-            recipe_source = None
-        else:
-            recipe_path = Path(str(recipe))
-            recipe_source, statement = load_local_recipe(recipe_path, statement_file)
-            check_provider(statement, expected_provider)
-        job_id_local = local_job_id(
-            statement=statement, dataset=dataset_ref, owner=owner.public, plan=plan
+    with (
+        open_target(
+            local=local,
+            url=url,
+            token=token,
+            allow_simulation=allow_simulation,
+            policy_file=policy_file,
+            state_dir=state_dir,
+            rendezvous=rendezvous,
+        ) as target,
+        _progress_bar(as_json) as progress,
+    ):
+        task = progress.add_task("training", total=None)
+        trained = train_model(
+            target,
+            recipe=recipe,
+            statement_path=statement_file,
+            dataset=dataset,
+            data_key_path=data_key_path,
+            owner_key=owner_key,
+            provider=load_public_identity(provider_key) if provider_key else None,
+            plan=plan,
+            on_progress=lambda step, total: progress.update(task, completed=step, total=total),
+            upload_progress=not as_json,
         )
-        common = {
-            "data_key": data_key,
-            "dataset": dataset_ref,
-            "owner": owner,
-            "statement": statement,
-            "plan": plan,
-            "policy": policy,
-            "state_dir": state,
-            "on_event": _progress_events(stack, as_json),
-        }
-        try:
-            if distributed:
-                if rendezvous is not None:
-                    result = train_through_rendezvous(rendezvous, **common)
-                else:
-                    assert recipe_source is not None
-                    result = train_locally(
-                        recipe_path=Path(str(recipe)),
-                        recipe_source=recipe_source,
-                        dataset_path=dataset,
-                        **common,
-                    )
-                outcome, wire_traces = result.training, result.wire_traces
-            else:
-                if url is None:
-                    assert recipe_source is not None
-                    job_id = job_id_local
-                    checkpoint_dir = state / "jobs" / job_id
-                    materials = TrainMaterials(
-                        recipe_name=Path(str(recipe)).name,
-                        recipe_source=recipe_source,
-                        recipe_statement=statement,
-                        dataset_path=str(dataset.resolve()),
-                        checkpoint_dir=str(checkpoint_dir),
-                    )
-                    session = stack.enter_context(
-                        LocalEnclaveSession(
-                            "train", state, extra_args={"train": materials.to_wire()}
-                        )
-                    )
-                    sim_roots = None
-                outcome = run_training(session, job_id=job_id, sim_roots=sim_roots, **common)
-        except JobFailed as exc:
-            raise JobFailed(exc.reason_class, f"training failed: {exc.reason_class}") from None
-    paths = _outputs(out)
+    outcome = trained.outcome
     report = outcome.report
-    atomic_write(paths["receipt"], outcome.receipt)
-    atomic_write(paths["report"], (json.dumps(report, indent=2) + "\n").encode())
-    plots.training_curve(report["epoch_accuracy"], paths["curve"], title="held-out accuracy")
-    plots.confusion_matrix(
-        report["confusion_matrix"],
-        report["class_names"],
-        paths["confusion"],
-        title="held-out confusion matrix",
+    # --force was settled above, before training: what is left to write may be replaced.
+    paths = write_training_outputs(
+        out,
+        model=outcome.model,
+        receipt=outcome.receipt,
+        report=report,
+        overwrite=True,
+        with_plots=True,
     )
-    if wire_traces is not None and wire_trace is not None:
-        atomic_write(wire_trace, (json.dumps(wire_traces, indent=1) + "\n").encode())
-    atomic_write(out, outcome.model)
-    if checkpoint_dir is not None:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if trained.wire_traces is not None and wire_trace is not None:
+        atomic_write(wire_trace, (json.dumps(trained.wire_traces, indent=1) + "\n").encode())
+    trained.discard_checkpoints()
     summary = {
         "model": str(out),
         "model_id": report["model_id"],
@@ -293,18 +188,6 @@ def train(
         typer.echo(f"held-out accuracy {report['final_holdout_accuracy']:.4f}")
         for name, path in paths.items():
             typer.echo(f"{name:<9} {path}")
-
-
-def _progress_events(stack: ExitStack, quiet: bool) -> Callable[[dict[str, Any]], None]:
-    """A progress bar for the rest of `stack`, and the event handler that drives it."""
-    progress = stack.enter_context(_progress_bar(quiet))
-    task = progress.add_task("training", total=None)
-
-    def on_event(event: dict[str, Any]) -> None:
-        if event.get("event") == "progress":
-            progress.update(task, completed=event["step"], total=event["total"])
-
-    return on_event
 
 
 def _progress_bar(quiet: bool) -> Progress:
@@ -330,18 +213,6 @@ PROVIDER_AGENT = typer.Option(
 )
 
 
-def _provider_agent(stack: ExitStack, provider_url: str | None) -> AgentShareSource:
-    """The provider's agent: the only way the provider's share reaches a query enclave."""
-    if provider_url is None:
-        raise UsageError(
-            "the provider's share comes from its key-release agent: pass --provider URL "
-            "(the provider runs `chiron keys serve`)"
-        )
-    source = AgentShareSource(provider_url)
-    stack.callback(source.close)
-    return source
-
-
 def _unlocked_session(
     stack: ExitStack,
     *,
@@ -354,30 +225,19 @@ def _unlocked_session(
     allow_simulation: bool,
     policy_file: Path | None,
     state_dir: Path | None,
-):
-    require_one_target(local, url)
-    provider = _provider_agent(stack, provider_url)
-    state = state_dir or default_state_dir()
-    policy = load_policy(policy_file, allow_simulation=allow_simulation)
-    model = read_input_file(model_path, what="model file")
-    owner = load_identity(owner_key)
-    if url is not None:
-        client = stack.enter_context(ServiceClient(url, token))
-        session: EnclaveSession = stack.enter_context(
-            RemoteQuerySession.for_model_file(client, model_path, progress=False)
+) -> UnlockedModel:
+    target = stack.enter_context(
+        open_target(
+            local=local,
+            url=url,
+            token=token,
+            allow_simulation=allow_simulation,
+            policy_file=policy_file,
+            state_dir=state_dir,
         )
-        sim_roots = service_sim_roots(client, state, policy)
-    else:
-        session = stack.enter_context(LocalEnclaveSession("query", state))
-        sim_roots = None
-    return unlock_model(
-        session,
-        model=model,
-        owner=owner,
-        provider=provider,
-        policy=policy,
-        state_dir=state,
-        sim_roots=sim_roots,
+    )
+    return unlock(
+        target, stack, model_path=model_path, owner_key=owner_key, provider_url=provider_url
     )
 
 
@@ -397,7 +257,7 @@ def evaluate_command(
     plot: Path | None = typer.Option(None, "--plot", help="confusion-matrix PNG to write"),
 ) -> None:
     """Measure a model's accuracy on an encrypted dataset, inside a query enclave."""
-    _, data_key = _check_dataset_key(dataset, data_key_path)
+    _, data_key = check_dataset_key(dataset, data_key_path)
     with ExitStack() as stack:
         unlocked = _unlocked_session(
             stack,
@@ -412,7 +272,7 @@ def evaluate_command(
             state_dir=state_dir,
         )
         report = evaluate(unlocked, dataset_path=str(dataset.resolve()), data_key=data_key)
-    plot_path = plot or Path(f"{_outputs(model_path)['confusion'].with_suffix('')}-eval.png")
+    plot_path = plot or Path(f"{output_paths(model_path)['confusion'].with_suffix('')}-eval.png")
     plots.confusion_matrix(
         report["confusion_matrix"],
         [row["class"] for row in report["per_class"]],
@@ -493,7 +353,7 @@ def receipt_verify(
     as_json: bool = JSON,
 ) -> None:
     """Verify a training receipt offline: evidence, signature, and that it names this model."""
-    receipt_file = receipt_path or _outputs(model_path)["receipt"]
+    receipt_file = receipt_path or output_paths(model_path)["receipt"]
     policy = load_policy(policy_file, allow_simulation=allow_simulation)
     statement = verify_receipt_offline(
         read_input_file(receipt_file, what="receipt"),

@@ -1,0 +1,378 @@
+"""Where the owner's enclaves run, built once from options, and the flows that use them.
+
+The `chiron` command line and the Python SDK (`chiron.connect`) share this module: both
+turn their options into a `Target` (enclave processes on this machine, a Chiron
+service, or node agents behind a torchrun rendezvous) and train or open a model through
+the same code, so a check added here holds for both. Nothing here prints: progress
+reaches the caller as (step, total), failures as one-line `ChironError`s.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chiron.client import options, plots
+from chiron.client.attestation import SimRootSource, load_policy, service_sim_roots
+from chiron.client.distributed import (
+    DEFAULT_EXCHANGE_EVERY,
+    train_locally,
+    train_through_rendezvous,
+)
+from chiron.client.key_release import AgentShareSource
+from chiron.client.querying import UnlockedModel, unlock_model
+from chiron.client.remote import RemoteJobSession, RemoteQuerySession, ServiceClient
+from chiron.client.sessions import EnclaveSession, LocalEnclaveSession
+from chiron.client.statements import load_statement, statement_path_for
+from chiron.client.training import TrainOutcome, check_provider, local_job_id, run_training
+from chiron.core import container
+from chiron.core.attestation import Policy
+from chiron.core.contract import TrainMaterials
+from chiron.core.errors import InputError, JobFailed, UsageError
+from chiron.core.fileio import atomic_write, read_input_file
+from chiron.core.keys import DataKey, PublicIdentity, load_data_key, load_identity
+from chiron.core.limits import MAX_RECIPE_BYTES
+from chiron.core.manifest import DatasetRef, Plan
+from chiron.core.recipe_statement import SignedRecipeStatement
+
+ProgressHandler = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where enclaves run and how their evidence is judged; close it when done.
+
+    `service` is set for a Chiron service (`--url`), `rendezvous` for node agents
+    (`--rendezvous`); with neither, enclaves are processes on this machine (`--local`).
+    """
+
+    policy: Policy
+    state_dir: Path
+    service: ServiceClient | None = None
+    rendezvous: str | None = None
+
+    @property
+    def local(self) -> bool:
+        return self.service is None and self.rendezvous is None
+
+    def sim_roots(self) -> SimRootSource | None:
+        """A service's simulation root (trusted on first use); local roots otherwise."""
+        if self.service is None:
+            return None
+        return service_sim_roots(self.service, self.state_dir, self.policy)
+
+    def close(self) -> None:
+        if self.service is not None:
+            self.service.close()
+
+    def __enter__(self) -> Target:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_target(
+    *,
+    local: bool,
+    url: str | None,
+    token: str | None,
+    allow_simulation: bool,
+    policy_file: Path | None,
+    state_dir: Path | None,
+    rendezvous: str | None = None,
+) -> Target:
+    """The one target the options name; a UsageError unless they name exactly one."""
+    require_one_target(local, url, rendezvous)
+    policy = load_policy(policy_file, allow_simulation=allow_simulation)
+    state = state_dir or options.default_state_dir()
+    service = ServiceClient(url, token) if url is not None else None
+    return Target(policy, state, service, rendezvous)
+
+
+def require_one_target(local: bool, url: str | None, rendezvous: str | None = None) -> None:
+    """Exactly one of --local, --url and (for training) --rendezvous."""
+    if rendezvous is None:
+        options.require_one_target(local, url)
+    elif local or url is not None:
+        raise UsageError("give exactly one of --local, --url URL or --rendezvous HOST:PORT")
+
+
+def check_dataset_key(dataset: Path, data_key_path: Path) -> tuple[DatasetRef, DataKey]:
+    """The dataset's reference (id, header digest) and its key, which must be its own."""
+    header, digest = container.read_dataset_header_and_digest(dataset)
+    data_key = load_data_key(data_key_path)
+    if data_key.dataset_id != header.dataset_id:
+        raise InputError(
+            f"{data_key_path} is the key of dataset {data_key.dataset_id}, "
+            f"not of {dataset} ({header.dataset_id})"
+        )
+    return DatasetRef(header.dataset_id, digest), data_key
+
+
+def load_local_recipe(
+    recipe_path: Path, statement_path: Path | None
+) -> tuple[bytes, SignedRecipeStatement]:
+    """A recipe file and its provider's signed statement (by default beside the file)."""
+    source = read_input_file(recipe_path, what="recipe", limit=MAX_RECIPE_BYTES)
+    statement_file = statement_path or statement_path_for(recipe_path)
+    if not statement_file.exists():
+        raise InputError(
+            f"{recipe_path} has no signed statement ({statement_file} is missing): "
+            "its provider signs it with `chiron recipe sign`"
+        )
+    statement = load_statement(statement_file)
+    statement.check_recipe(source)
+    return source, statement
+
+
+def make_plan(
+    *,
+    seed: int,
+    epochs: int | None,
+    workers: int = 1,
+    exchange_every: int = DEFAULT_EXCHANGE_EVERY,
+    async_staleness: int | None = None,
+) -> Plan:
+    """The owner's plan; exchange settings only mean something with several workers."""
+    distributed = workers > 1
+    return Plan(
+        seed=seed,
+        epochs=epochs,
+        workers=workers,
+        exchange_every=exchange_every if distributed else 0,
+        mode="async" if distributed and async_staleness is not None else "sync",
+        staleness=(async_staleness or 0) if distributed else 0,
+    )
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A verified training result, and where this machine kept the job's checkpoints."""
+
+    outcome: TrainOutcome
+    wire_traces: dict[str, list[dict[str, Any]]] | None = None
+    checkpoint_dir: Path | None = None
+
+    def discard_checkpoints(self) -> None:
+        """Once the model is safely written, its resumable checkpoints are not needed."""
+        if self.checkpoint_dir is not None:
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+
+
+def train(
+    target: Target,
+    *,
+    recipe: str | None,
+    statement_path: Path | None,
+    dataset: Path,
+    data_key_path: Path,
+    owner_key: Path,
+    provider: PublicIdentity | None,
+    plan: Plan,
+    on_progress: ProgressHandler | None = None,
+    upload_progress: bool = False,
+) -> Trained:
+    """Train on `target`: attest, sign the manifest, release the key, check the result.
+
+    `recipe` is a file on this machine, a recipe registered with the service, or None
+    with a rendezvous (the node agents hold it; `statement_path` names its statement).
+    Re-running the same local job resumes it from its last sealed checkpoint.
+    """
+    if recipe is None and target.rendezvous is None:
+        raise UsageError("a recipe is required (only node agents behind a rendezvous hold it)")
+    if plan.distributed and target.service is not None:
+        raise UsageError("several workers run locally or through a rendezvous, not on a service")
+    if target.rendezvous is not None and not plan.distributed:
+        raise UsageError("with --rendezvous, --workers N names the training enclaves (2 or more)")
+    if target.rendezvous is not None and statement_path is None:
+        raise UsageError("with --rendezvous, --statement names the recipe's signed statement")
+    owner = load_identity(owner_key)
+    dataset_ref, data_key = check_dataset_key(dataset, data_key_path)
+    on_event = _progress_events(on_progress)
+    with ExitStack() as stack:
+        if target.service is not None:
+            # The service holds the provider's registered recipes: `recipe` names one,
+            # and the service relays its provider's signed statement (verified here).
+            client = target.service
+            statement = (
+                load_statement(statement_path)
+                if statement_path
+                else SignedRecipeStatement.from_bytes(client.recipe_statement(str(recipe)))
+            )
+            recipe_source = None
+        elif target.rendezvous is not None:
+            assert statement_path is not None
+            statement = load_statement(statement_path)
+            recipe_source = None
+        else:
+            recipe_source, statement = load_local_recipe(Path(str(recipe)), statement_path)
+        check_provider(statement, provider)
+        common: dict[str, Any] = {
+            "data_key": data_key,
+            "dataset": dataset_ref,
+            "owner": owner,
+            "statement": statement,
+            "plan": plan,
+            "policy": target.policy,
+            "state_dir": target.state_dir,
+            "on_event": on_event,
+        }
+        try:
+            if target.rendezvous is not None:
+                result = train_through_rendezvous(target.rendezvous, **common)
+                return Trained(result.training, result.wire_traces)
+            if plan.distributed:
+                assert recipe_source is not None
+                result = train_locally(
+                    recipe_path=Path(str(recipe)),
+                    recipe_source=recipe_source,
+                    dataset_path=dataset,
+                    **common,
+                )
+                return Trained(result.training, result.wire_traces)
+            session: EnclaveSession
+            checkpoint_dir = None
+            if target.service is not None:
+                uploaded = target.service.upload_dataset(dataset, progress=upload_progress)
+                job_id = target.service.create_job(recipe=str(recipe), dataset=uploaded["id"])["id"]
+                session = RemoteJobSession(target.service, job_id)
+            else:
+                assert recipe_source is not None
+                job_id = local_job_id(
+                    statement=statement, dataset=dataset_ref, owner=owner.public, plan=plan
+                )
+                checkpoint_dir = target.state_dir / "jobs" / job_id
+                materials = TrainMaterials(
+                    recipe_name=Path(str(recipe)).name,
+                    recipe_source=recipe_source,
+                    recipe_statement=statement,
+                    dataset_path=str(dataset.resolve()),
+                    checkpoint_dir=str(checkpoint_dir),
+                )
+                session = stack.enter_context(
+                    LocalEnclaveSession(
+                        "train", target.state_dir, extra_args={"train": materials.to_wire()}
+                    )
+                )
+            outcome = run_training(session, job_id=job_id, sim_roots=target.sim_roots(), **common)
+            return Trained(outcome, None, checkpoint_dir)
+        except JobFailed as exc:
+            raise JobFailed(exc.reason_class, f"training failed: {exc.reason_class}") from None
+
+
+def _progress_events(
+    on_progress: ProgressHandler | None,
+) -> Callable[[dict[str, Any]], None] | None:
+    if on_progress is None:
+        return None
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("event") == "progress":
+            on_progress(int(event["step"]), int(event["total"]))
+
+    return on_event
+
+
+def output_paths(model_path: Path) -> dict[str, Path]:
+    """What a trained model is written with: `model.chm` → `model.receipt.json`, ..."""
+    stem = model_path.with_suffix("") if model_path.suffix == ".chm" else model_path
+    return {
+        "receipt": Path(f"{stem}.receipt.json"),
+        "report": Path(f"{stem}.report.json"),
+        "curve": Path(f"{stem}.curve.png"),
+        "confusion": Path(f"{stem}.confusion.png"),
+    }
+
+
+def write_training_outputs(
+    out: Path,
+    *,
+    model: bytes,
+    receipt: bytes,
+    report: dict[str, Any],
+    overwrite: bool,
+    with_plots: bool,
+) -> dict[str, Path]:
+    """Write a model with its receipt and report (and plots); the model file goes last.
+
+    Each file is written atomically, and the model last, so a model file on disk always
+    has its receipt beside it. Without `overwrite`, nothing is written if any exists.
+    """
+    paths = output_paths(out)
+    if not with_plots:
+        paths = {name: paths[name] for name in ("receipt", "report")}
+    if not out.parent.is_dir():
+        raise InputError(f"cannot write {out}: directory {out.parent} does not exist")
+    if not overwrite:
+        for path in (out, *paths.values()):
+            if path.exists():
+                raise InputError(f"refusing to overwrite existing file {path}")
+    atomic_write(paths["receipt"], receipt, overwrite=overwrite)
+    atomic_write(
+        paths["report"], (json.dumps(report, indent=2) + "\n").encode(), overwrite=overwrite
+    )
+    if with_plots:
+        plots.training_curve(report["epoch_accuracy"], paths["curve"], title="held-out accuracy")
+        plots.confusion_matrix(
+            report["confusion_matrix"],
+            report["class_names"],
+            paths["confusion"],
+            title="held-out confusion matrix",
+        )
+    atomic_write(out, model, overwrite=overwrite)
+    return paths
+
+
+def provider_agent(stack: ExitStack, provider_url: str | None) -> AgentShareSource:
+    """The provider's agent: the only way the provider's share reaches a query enclave."""
+    if provider_url is None:
+        raise UsageError(
+            "the provider's share comes from its key-release agent: pass --provider URL "
+            "(the provider runs `chiron keys serve`)"
+        )
+    source = AgentShareSource(provider_url)
+    stack.callback(source.close)
+    return source
+
+
+def unlock(
+    target: Target,
+    stack: ExitStack,
+    *,
+    model_path: Path,
+    owner_key: Path,
+    provider_url: str | None,
+    upload_progress: bool = False,
+) -> UnlockedModel:
+    """A query enclave on `target` holding both shares of the model; closed with `stack`.
+
+    The owner's share comes from the owner's key, the provider's from the provider's
+    key-release agent at `provider_url`, which checks the attested enclave itself.
+    """
+    if target.rendezvous is not None:
+        raise UsageError("models are queried with --local or --url, not through a rendezvous")
+    provider = provider_agent(stack, provider_url)
+    model = read_input_file(model_path, what="model file")
+    owner = load_identity(owner_key)
+    session: EnclaveSession
+    if target.service is not None:
+        session = stack.enter_context(
+            RemoteQuerySession.for_model_file(target.service, model_path, progress=upload_progress)
+        )
+    else:
+        session = stack.enter_context(LocalEnclaveSession("query", target.state_dir))
+    return unlock_model(
+        session,
+        model=model,
+        owner=owner,
+        provider=provider,
+        policy=target.policy,
+        state_dir=target.state_dir,
+        sim_roots=target.sim_roots(),
+    )
