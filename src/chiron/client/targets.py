@@ -30,7 +30,7 @@ from chiron.client.remote import RemoteJobSession, RemoteQuerySession, ServiceCl
 from chiron.client.sessions import EnclaveSession, LocalEnclaveSession
 from chiron.client.statements import load_statement, statement_path_for
 from chiron.client.training import TrainOutcome, check_provider, local_job_id, run_training
-from chiron.core import container
+from chiron.core import dataset as container
 from chiron.core.attestation import Policy
 from chiron.core.contract import TrainMaterials
 from chiron.core.errors import InputError, JobFailed, UsageError
