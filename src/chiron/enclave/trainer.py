@@ -86,6 +86,8 @@ class AcceptedJob:
     header: DatasetHeader
     data_key: bytes
     checkpoint_dir: Path | None
+    # The owner's secret for this job, when released: checkpoints are sealed under it.
+    job_secret: bytes | None = None
 
     @property
     def manifest(self) -> JobManifest:
@@ -131,12 +133,25 @@ def accept_job(context: EnclaveContext, request: TrainRequest) -> AcceptedJob:
     if (header.dataset_id, digest) != (manifest.dataset.dataset_id, manifest.dataset.header_sha256):
         raise IntegrityError("the dataset is not the one the owner's manifest names")
     context.bind(signed.digest)
+    key_context = training_data_key_context(signed.digest, header.dataset_id)
     data_key = open_sealed(
         context.identity.hpke_key,
         request.authorization.sealed_data_key,
         purpose=purposes.TRAINING_DATA_KEY,
-        context=training_data_key_context(signed.digest, header.dataset_id),
+        context=key_context,
         what="data key",
+    )
+    sealed_secret = request.authorization.sealed_job_secret
+    job_secret = (
+        None
+        if sealed_secret is None
+        else open_sealed(
+            context.identity.hpke_key,
+            sealed_secret,
+            purpose=purposes.JOB_SECRET,
+            context=key_context,
+            what="job secret",
+        )
     )
     return AcceptedJob(
         signed=signed,
@@ -148,6 +163,7 @@ def accept_job(context: EnclaveContext, request: TrainRequest) -> AcceptedJob:
         header=header,
         data_key=data_key,
         checkpoint_dir=Path(materials.checkpoint_dir) if materials.checkpoint_dir else None,
+        job_secret=job_secret,
     )
 
 
@@ -181,8 +197,12 @@ class _Checkpoints:
 
     FILE = "checkpoint.sealed"
 
-    def __init__(self, directory: Path | None, key: SealingKey, binding: dict[str, object]):
-        self._directory = directory
+    def __init__(
+        self, directory: Path | None, key: SealingKey | None, binding: dict[str, object]
+    ) -> None:
+        # Without a folder or a key there are no checkpoints (a worker of a group; a job
+        # on a platform without sealing whose owner released no job secret).
+        self._directory = directory if key is not None else None
         self._key = key
         self._binding = binding
 
@@ -194,6 +214,7 @@ class _Checkpoints:
         except OSError:
             return None
         try:
+            assert self._key is not None
             plain = self._key.unseal(blob, self._binding)
         except IntegrityError:
             return None  # another job's, another runtime's, or tampered: start afresh
@@ -201,7 +222,7 @@ class _Checkpoints:
         return _Progress.from_bytes(plain[4 : 4 + split]), plain[4 + split :]
 
     def save(self, progress: _Progress, child_state: bytes, plan: TrainingPlan) -> None:
-        if self._directory is None:
+        if self._directory is None or self._key is None:
             return
         meta = progress.to_bytes(plan)
         plain = len(meta).to_bytes(4, "big") + meta + child_state
@@ -291,12 +312,7 @@ def train(
         )
         checkpoints = _Checkpoints(
             job.checkpoint_dir,
-            SealingKey(
-                state_dir=context.state_dir,
-                platform_name=context.platform_name,
-                measurement=context.measurement,
-                purpose="training-checkpoint",
-            ),
+            _checkpoint_key(context, job),
             binding={
                 "job": manifest.job_binding(),
                 "plan": plan.to_dict(),
@@ -435,6 +451,23 @@ def train(
         owner_report_signature=replies.sign_owner_report(
             context.identity, job.signed.digest, sealed_report
         ),
+    )
+
+
+def _checkpoint_key(context: EnclaveContext, job: AcceptedJob) -> SealingKey | None:
+    """The job's secret when the owner released one (any platform); else `sim`'s own."""
+    if job.checkpoint_dir is None:
+        return None
+    purpose = "training-checkpoint"
+    if job.job_secret is not None:
+        return SealingKey.for_job(job.job_secret, measurement=context.measurement, purpose=purpose)
+    if context.platform_name != "sim":
+        return None
+    return SealingKey(
+        state_dir=context.state_dir,
+        platform_name=context.platform_name,
+        measurement=context.measurement,
+        purpose=purpose,
     )
 
 
