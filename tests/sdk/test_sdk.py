@@ -289,6 +289,7 @@ def test_predict_and_evaluate_give_typed_answers(files, trained, agent, tmp_path
         assert len(evaluation.per_class) == 3
         assert sum(row.support for row in evaluation.per_class) == 120
         assert sum(map(sum, evaluation.confusion_matrix)) == 120
+        assert evaluation.budget_left < from_file.budget_left
 
         with pytest.raises(chiron.InputError, match="is the key of dataset") as wrong:
             model.evaluate(files.test, data_key=files.train_key)

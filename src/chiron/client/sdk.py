@@ -156,6 +156,8 @@ class Evaluation:
     per_class: tuple[ClassMetrics, ...]
     confusion_matrix: tuple[tuple[int, ...], ...]
     records: int
+    # What is left of the model's query budget (an evaluation is charged by record).
+    budget_left: int | None = None
 
 
 class Model:
@@ -229,6 +231,7 @@ class Model:
                 tuple(int(n) for n in row) for row in report["confusion_matrix"]
             ),
             records=int(report["records"]),
+            budget_left=report.get("budget_left"),
         )
 
     def close(self) -> None:
