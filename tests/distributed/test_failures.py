@@ -257,7 +257,7 @@ def test_a_recipe_its_provider_did_not_sign_as_is_refused(world, tmp_path):
         (["--local", "--workers", "1", "--async-staleness", "2"], ["--async-staleness"]),
         (["--url", "http://127.0.0.1:9", "--workers", "2"], ["--local or --rendezvous"]),
         # The client signs a manifest naming the recipe's statement: it needs it.
-        (["--rendezvous", "127.0.0.1:1"], ["--statement"]),
+        (["--rendezvous", "127.0.0.1:1", "--workers", "2"], ["--statement"]),
         (
             ["--rendezvous", "nowhere", "--workers", "2", "--statement", "{statement}"],
             ["HOST:PORT"],

@@ -29,15 +29,11 @@ ROLE_NAMES = {"train", "query", "paramserver"}
 MAX_LINES = 400
 LONG_ON_PURPOSE = "long on purpose"
 
-# Files other engineers are editing right now; the fix in each is a one-line import of
-# the shared definition.
+# Still defined twice; the fix in each is a one-line import of the shared definition.
 KNOWN_DUPLICATE_LIMITS = {
     # enclave/sandbox/dryrun.py: `MAX_RECIPE_BYTES = 1024 * 1024`, the same value as
     # core.limits; it should import it from there.
     ("MAX_RECIPE_BYTES", ("core/limits.py", "enclave/sandbox/dryrun.py")),
-    # core/contract.py: `MAX_SIGNATURE_BYTES = 64`, the same value as core.limits (which
-    # core.key_release now uses); contract should import it from there.
-    ("MAX_SIGNATURE_BYTES", ("core/contract.py", "core/limits.py")),
 }
 KNOWN_ROLE_CONSTANTS: set[tuple[str, str]] = set()
 KNOWN_LONG_MODULES = {

@@ -43,7 +43,12 @@ from chiron.core.attestation.evidence import MAX_EVIDENCE_BYTES, check_nonce
 from chiron.core.errors import InputError, KeyFileError
 from chiron.core.identifiers import check_job_id, check_model_id, check_request_id
 from chiron.core.keys import PublicIdentity
-from chiron.core.limits import MAX_RECIPE_BYTES, MAX_SEALED_KEY_BYTES, MAX_WORKERS
+from chiron.core.limits import (
+    MAX_RECIPE_BYTES,
+    MAX_SEALED_KEY_BYTES,
+    MAX_SIGNATURE_BYTES,
+    MAX_WORKERS,
+)
 from chiron.core.manifest import SignedManifest
 from chiron.core.recipe_statement import SignedRecipeStatement
 from chiron.core.roles import Role
@@ -51,7 +56,6 @@ from chiron.core.roles import Role
 MAX_PATH_CHARS = 4096
 MAX_MODEL_FILE_BYTES = 512 * 1024 * 1024
 MAX_SEALED_INPUT_BYTES = 256 * 1024 * 1024
-MAX_SIGNATURE_BYTES = 64
 MAX_TIMEOUT_SECONDS = 24 * 3600.0
 DEFAULT_HANDSHAKE_TIMEOUT = 600.0
 DEFAULT_EXCHANGE_TIMEOUT = 600.0

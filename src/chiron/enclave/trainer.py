@@ -18,8 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from chiron.core import dataset as container
-from chiron.core import purposes, replies
+from chiron.core import dataset, purposes, replies
 from chiron.core.contract import TrainRequest, TrainResult
 from chiron.core.crypto import open_sealed, seal
 from chiron.core.dataset import DatasetHeader
@@ -129,7 +128,7 @@ def accept_job(context: EnclaveContext, request: TrainRequest) -> AcceptedJob:
         raise IntegrityError("this enclave is not the one the owner's manifest names")
     # The dataset: the exact ciphertext file the owner named.
     dataset_path = Path(materials.dataset_path)
-    header, digest = container.read_dataset_header_and_digest(dataset_path)
+    header, digest = dataset.read_dataset_header_and_digest(dataset_path)
     if (header.dataset_id, digest) != (manifest.dataset.dataset_id, manifest.dataset.header_sha256):
         raise IntegrityError("the dataset is not the one the owner's manifest names")
     context.bind(signed.digest)
@@ -283,7 +282,7 @@ def train(
 ) -> TrainResult:
     """Train `job`'s recipe on its dataset; with `exchange`, as one worker of a group."""
     manifest = job.manifest
-    header, x, y = container.load_dataset(job.dataset_path, job.data_key)
+    header, x, y = dataset.load_dataset(job.dataset_path, job.data_key)
     schema = header.schema
     seed = manifest.plan.seed
     train_index, holdout_index = holdout_split(len(y), seed)
