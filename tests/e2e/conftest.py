@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import textwrap
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +83,53 @@ def world(tmp_path: Path, run_chiron) -> World:
         test_key=tmp_path / "test.key",
         recipe=recipe,
     )
+
+
+@pytest.fixture
+def provider_agent(tmp_path: Path, chiron_home: Path) -> Iterator[Callable[..., str]]:
+    """Start the provider's `chiron keys serve` on a free loopback port; returns its URL.
+
+    The agent has its own folder and home (the provider's machine); it trusts the
+    simulation root of this machine's enclaves, which exists once one has run.
+    """
+    from tests.conftest import CHIRON
+
+    from chiron.core.attestation.sim import SIM_PLATFORM_DIRECTORY, SIM_ROOT_PUBLIC_FILE
+
+    processes: list[subprocess.Popen[str]] = []
+
+    def start(provider_key: Path, *, policy: str = "allow_simulation = true\n") -> str:
+        folder = tmp_path / f"provider-agent-{len(processes)}"
+        folder.mkdir()
+        (folder / "release.toml").write_text(policy)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHIRON_")}
+        env["CHIRON_HOME"] = str(folder / "home")
+        root = chiron_home / SIM_PLATFORM_DIRECTORY / SIM_ROOT_PUBLIC_FILE
+        state = ["--state", str(folder / "state")]
+        subprocess.run(
+            [*CHIRON, "keys", "trust-sim-root", str(root), *state],
+            env=env, check=True, capture_output=True, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        with open(folder / "agent.log", "wb") as log:
+            process = subprocess.Popen(
+                [*CHIRON, "keys", "serve", "--key", str(provider_key),
+                 "--policy", str(folder / "release.toml"), "--port", "0", *state],
+                env=env, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
+            )  # fmt: skip
+        processes.append(process)
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), (folder / "agent.log").read_text()
+        return url
+
+    yield start
+    for process in processes:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def sign_recipe(recipe: Path, provider_key: Path) -> Path:

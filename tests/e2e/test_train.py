@@ -20,7 +20,7 @@ from .model_access import open_model
 pytestmark = pytest.mark.slow
 
 
-def test_train_then_evaluate_then_query(world, run_chiron):
+def test_train_then_evaluate_then_query(world, run_chiron, provider_agent):
     result = run_chiron(*train_args(world), "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -37,6 +37,9 @@ def test_train_then_evaluate_then_query(world, run_chiron):
     verified = run_chiron("receipt", "verify", model, "--allow-simulation")
     assert verified.returncode == 0, verified.stderr
 
+    # The owner's commands name the provider's agent, never the provider's key.
+    agent = provider_agent(world.provider)
+
     evaluated = run_chiron(
         "evaluate",
         "--local",
@@ -46,7 +49,7 @@ def test_train_then_evaluate_then_query(world, run_chiron):
         "--owner",
         world.owner,
         "--provider",
-        world.provider,
+        agent,
         "--dataset",
         world.test_dataset,
         "--data-key",
@@ -70,7 +73,7 @@ def test_train_then_evaluate_then_query(world, run_chiron):
         "--owner",
         world.owner,
         "--provider",
-        world.provider,
+        agent,
         "--inputs",
         world.root / "inputs.npy",
         "--json",

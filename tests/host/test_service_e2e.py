@@ -12,13 +12,18 @@ import numpy as np
 import pytest
 
 from chiron.client.attestation import load_policy
+from chiron.client.key_release import AgentShareSource
+from chiron.client.key_release_agent import AgentState, KeyReleaseAgent, running_agent
 from chiron.client.querying import query, unlock_model
 from chiron.client.remote import RemoteJobSession, RemoteQuerySession, ServiceClient
 from chiron.client.training import run_training
+from chiron.core.attestation import load_sim_root
 from chiron.core.dataset import encrypt_dataset, read_dataset_header_and_digest
 from chiron.core.keys import DataKey, Identity
 from chiron.core.manifest import DatasetRef, Plan
+from chiron.core.measurement import measure_runtime
 from chiron.core.recipe_statement import SignedRecipeStatement, make_statement
+from chiron.core.release_policy import ReleasePolicy
 from chiron.core.schema import DatasetSchema
 from chiron.host.accounts import create_account
 from chiron.host.config import ServiceConfig
@@ -99,14 +104,25 @@ def test_train_and_query_through_the_service(tmp_path):
             model = client.model(finished["model"])
             assert client.model_file(model["id"]) == outcome.model
 
-            with RemoteQuerySession(
-                client, model["id"], provider_client=provider_client
-            ) as session:
+            # The provider's share comes from its own agent, which trusts the service's
+            # simulation root; the owner relays it and holds only its own key.
+            state = AgentState(tmp_path / "provider-agent")
+            sim_root = load_sim_root(roots)
+            assert sim_root is not None
+            state.trust_sim_root(sim_root)
+            release_policy = ReleasePolicy(
+                measurements=(measure_runtime().hex,), UNSAFE_allow_simulation=True
+            )
+            agent = KeyReleaseAgent(provider, release_policy, state, log=lambda line: None)
+            with (
+                running_agent(agent) as agent_url,
+                RemoteQuerySession(client, model["id"]) as session,
+            ):
                 unlocked = unlock_model(
                     session,
                     model=outcome.model,
                     owner=owner,
-                    provider=provider,
+                    provider=AgentShareSource(agent_url),
                     policy=policy,
                     state_dir=roots,
                 )
