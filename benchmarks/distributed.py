@@ -327,6 +327,8 @@ def training(worker_counts: list[int], records: int, epochs: int, every: int) ->
 
 
 def accuracy(epochs: int, seed: int) -> None:
+    from provider_agent import provider_agent  # beside this script
+
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         env = {**os.environ, "CHIRON_HOME": str(root / "home")}
@@ -383,24 +385,26 @@ def accuracy(epochs: int, seed: int) -> None:
                 )
             )
             seconds = time.perf_counter() - started
-            evaluated = json.loads(
-                chiron(
-                    "evaluate",
-                    "--local",
-                    "--allow-simulation",
-                    "--model",
-                    model,
-                    "--owner",
-                    root / "owner.key",
-                    "--provider",
-                    root / "provider.key",
-                    "--dataset",
-                    test,
-                    "--data-key",
-                    test_key,
-                    "--json",
+            # The provider's share comes from its agent, never from its key file.
+            with provider_agent(root / "provider.key", root / "home", root / "agent") as agent:
+                evaluated = json.loads(
+                    chiron(
+                        "evaluate",
+                        "--local",
+                        "--allow-simulation",
+                        "--model",
+                        model,
+                        "--owner",
+                        root / "owner.key",
+                        "--provider",
+                        agent,
+                        "--dataset",
+                        test,
+                        "--data-key",
+                        test_key,
+                        "--json",
+                    )
                 )
-            )
             print(
                 f"{workers} worker(s): test accuracy {evaluated['accuracy']:.4f} "
                 f"(held-out {trained['holdout_accuracy']:.4f}), {seconds:.0f} s"

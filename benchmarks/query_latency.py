@@ -24,8 +24,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from provider_agent import provider_agent  # beside this script
 
 from chiron.client.attestation import load_policy
+from chiron.client.key_release import AgentShareSource
 from chiron.client.querying import query, unlock_model
 from chiron.client.sessions import LocalEnclaveSession
 from chiron.core.keys import load_identity
@@ -123,13 +125,17 @@ def main() -> None:
         root = Path(scratch)
         model = _train_model(root)
         predict = _in_process_predictor(model, root / "owner.key", root / "provider.key")
-        owner, provider = load_identity(root / "owner.key"), load_identity(root / "provider.key")
-        with LocalEnclaveSession("query", root / "home") as session:
+        owner = load_identity(root / "owner.key")
+        with (
+            LocalEnclaveSession("query", root / "home") as session,
+            provider_agent(root / "provider.key", root / "home", root / "agent") as agent_url,
+        ):
+            # The provider's share comes from its agent, as with `chiron query --provider URL`.
             unlocked = unlock_model(
                 session,
                 model=model.read_bytes(),
                 owner=owner,
-                provider=provider,
+                provider=AgentShareSource(agent_url),
                 policy=load_policy(None, allow_simulation=True),
                 state_dir=root / "home",
             )
