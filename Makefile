@@ -32,7 +32,8 @@ services:
 test: install datasets services
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not alters_installation"
+	$(BIN)/python -m pytest -q -m alters_installation
 
 demo: install datasets
 	$(BIN)/chiron demo
