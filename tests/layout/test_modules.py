@@ -29,12 +29,8 @@ ROLE_NAMES = {"train", "query", "paramserver"}
 MAX_LINES = 400
 LONG_ON_PURPOSE = "long on purpose"
 
-# Still defined twice; the fix in each is a one-line import of the shared definition.
-KNOWN_DUPLICATE_LIMITS = {
-    # enclave/sandbox/dryrun.py: `MAX_RECIPE_BYTES = 1024 * 1024`, the same value as
-    # core.limits; it should import it from there.
-    ("MAX_RECIPE_BYTES", ("core/limits.py", "enclave/sandbox/dryrun.py")),
-}
+# Limits still defined twice (none now); each entry is (name, (file, file)).
+KNOWN_DUPLICATE_LIMITS: set[tuple[str, tuple[str, str]]] = set()
 KNOWN_ROLE_CONSTANTS: set[tuple[str, str]] = set()
 KNOWN_LONG_MODULES = {
     # Still to split (issue 16 follow-up):

@@ -27,6 +27,7 @@ import numpy as np
 from chiron.core.errors import ChironError, JobFailed
 from chiron.core.fileio import read_input_file
 from chiron.core.framing import write_frame
+from chiron.core.limits import MAX_RECIPE_BYTES
 from chiron.core.recipe_protocol import (
     LABEL_DTYPE,
     FromChild,
@@ -41,7 +42,6 @@ from chiron.enclave.escrow import check_weights
 from chiron.enclave.recipe_session import predict_logits, receive_declaration, send_records
 from chiron.enclave.sandbox.supervisor import Sandbox, SandboxLimits
 
-MAX_RECIPE_BYTES = 1024 * 1024
 DEFAULT_RECORDS = 256
 
 
