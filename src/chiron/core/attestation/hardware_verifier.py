@@ -17,6 +17,7 @@ from chiron.core.attestation.evidence import PLATFORM_SEV_SNP, PLATFORM_TDX
 from chiron.core.attestation.policy import HardwarePolicy
 from chiron.core.attestation.report import CheckResult, HardwareClaims, HardwareVerification
 from chiron.core.attestation.snp import parse_report, verify_report
+from chiron.core.attestation.snp_certificates import parse_certificate_table
 from chiron.core.attestation.tdx import parse_quote, verify_quote
 from chiron.core.attestation.tdx_collateral import parse_collateral, verify_collateral
 from chiron.core.attestation.vendor_crypto import load_certificates
@@ -49,6 +50,9 @@ class HardwareInputs:
     chain: bytes | None = None  # SNP: VCEK or VLEK, optionally with ASK and ARK
     collateral: bytes | None = None  # TDX: QuoteCollateralV3 JSON
     event_log: bytes | None = None  # TDX: CCEL event log
+    # SNP: the certificate table that came with the report (configfs-tsm `auxblob`);
+    # its certificates are tried before those of `chain`.
+    certificate_table: bytes | None = None
 
 
 def verify_hardware_evidence(
@@ -59,29 +63,44 @@ def verify_hardware_evidence(
     Input that cannot be parsed at all raises InputError or UsageError; everything
     else is a check in the result.
     """
-    if at.tzinfo is None:
-        raise UsageError("the verification time needs a timezone")
-    if inputs.platform == PLATFORM_SEV_SNP:
-        checks, claims = _snp(inputs, at)
-    elif inputs.platform == PLATFORM_TDX:
-        checks, claims = _tdx(inputs, at)
-    else:
-        raise UsageError(f"unknown hardware platform {inputs.platform!r}")
+    checks, claims = vendor_checks(inputs, at=at)
     rules = (policy or HardwarePolicy()).rules()
     return HardwareVerification(claims=claims, checks=(*checks, *rules.evaluate(claims)))
 
 
+def vendor_checks(
+    inputs: HardwareInputs, *, at: datetime
+) -> tuple[list[CheckResult], HardwareClaims]:
+    """The vendor checks of `inputs` at time `at`, and the claims they are about.
+
+    The claims are authentic only if every returned check passed. `chiron attest`
+    runs this on configfs-tsm evidence, `chiron evidence verify` on files.
+    """
+    if at.tzinfo is None:
+        raise UsageError("the verification time needs a timezone")
+    if inputs.platform == PLATFORM_SEV_SNP:
+        return _snp(inputs, at)
+    if inputs.platform == PLATFORM_TDX:
+        return _tdx(inputs, at)
+    raise UsageError(f"unknown hardware platform {inputs.platform!r}")
+
+
 def _snp(inputs: HardwareInputs, at: datetime) -> tuple[list[CheckResult], HardwareClaims]:
-    if inputs.chain is None:
+    if inputs.chain is None and not inputs.certificate_table:
         raise UsageError("SEV-SNP evidence needs its VCEK or VLEK certificate (--chain)")
     if inputs.collateral is not None or inputs.event_log is not None:
         raise UsageError("--collateral and --event-log are for TDX quotes")
     report = parse_report(inputs.evidence)
-    return verify_report(report, load_certificates(inputs.chain, source="--chain"), at=at)
+    certificates = []
+    if inputs.certificate_table:
+        certificates.extend(parse_certificate_table(inputs.certificate_table).chain)
+    if inputs.chain is not None:
+        certificates.extend(load_certificates(inputs.chain, source="--chain"))
+    return verify_report(report, certificates, at=at)
 
 
 def _tdx(inputs: HardwareInputs, at: datetime) -> tuple[list[CheckResult], HardwareClaims]:
-    if inputs.chain is not None:
+    if inputs.chain is not None or inputs.certificate_table:
         raise UsageError("a TDX quote carries its own PCK chain; --chain is for SEV-SNP")
     quote = parse_quote(inputs.evidence)
     collateral = (

@@ -174,7 +174,7 @@ def verify_report(
     expected_kind = SIGNING_KEYS[report.signing_key]
     leaves = [cert for cert in chain if cert.common_name in ("SEV-VCEK", "SEV-VLEK")]
     if not leaves:
-        raise InputError("the certificate file holds no VCEK or VLEK certificate")
+        raise InputError("the certificates given hold no VCEK or VLEK certificate")
     leaf = leaves[0]
     checks: list[CheckResult] = []
 
