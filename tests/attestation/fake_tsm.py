@@ -5,6 +5,11 @@ when it is read. Here the fake kernel does the same with ordinary files: on `mkd
 creates `provider`, `generation` and a FIFO `outblob`; a thread waits for the reader,
 reads `inblob`, bumps `generation` and writes a TDX quote or SEV-SNP report carrying
 `inblob` as its report data. Everything else is the provider's real file I/O.
+
+Given `recorded=` bytes, the fake kernel answers every request with that report instead
+(a real, vendor-signed one from the test vectors, whatever `inblob` says: a host
+replaying a recorded report), and given `auxblob=`, it writes that beside it, as the
+SEV-SNP guest driver does with the host's certificate table.
 """
 
 from __future__ import annotations
@@ -42,10 +47,20 @@ def snp_report(report_data: bytes, *, debug: bool = False, tcb: int = 22) -> byt
 class FakeConfigfsTsm(ConfigfsTsm):
     """configfs-tsm under `root`, answered by a fake kernel for `provider`."""
 
-    def __init__(self, root: Path, provider: str = "tdx_guest", **report_options) -> None:
+    def __init__(
+        self,
+        root: Path,
+        provider: str = "tdx_guest",
+        *,
+        recorded: bytes | None = None,
+        auxblob: bytes | None = None,
+        **report_options,
+    ) -> None:
         (root / "report").mkdir(parents=True, exist_ok=True)
         super().__init__(root)
         self.provider = provider
+        self.recorded = recorded
+        self.auxblob = auxblob
         self.report_options = report_options
         self.extra_writes = 0  # set to simulate another process writing inblob
         self._kernel: threading.Thread | None = None
@@ -63,6 +78,11 @@ class FakeConfigfsTsm(ConfigfsTsm):
         with open(entry / "outblob", "wb") as outblob:  # blocks until the reader opens it
             inblob = (entry / "inblob").read_bytes() if (entry / "inblob").exists() else b""
             (entry / "generation").write_text(f"{1 + self.extra_writes}\n")
+            if self.auxblob is not None:
+                (entry / "auxblob").write_bytes(self.auxblob)
+            if self.recorded is not None:
+                outblob.write(self.recorded)
+                return
             make = tdx_quote if self.provider == "tdx_guest" else snp_report
             outblob.write(make(inblob.ljust(64, b"\0"), **self.report_options))
 

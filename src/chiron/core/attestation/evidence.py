@@ -9,7 +9,8 @@ for another nonce) or one whose keys were swapped no longer matches.
 
 The signature chain depends on the platform: on `sim`, a software root key certifies a
 platform key that signs the claims; on TDX and SEV-SNP, the CPU-signed report returned
-by the kernel's configfs-tsm interface, whose report data field carries the binding.
+by the kernel's configfs-tsm interface, whose report data field carries the binding,
+with (on SEV-SNP) the certificate table the host supplied beside it.
 """
 
 from __future__ import annotations
@@ -112,18 +113,29 @@ class SimSignatureChain:
 
 @dataclass(frozen=True)
 class TsmSignatureChain:
-    """Confidential VM: the vendor-signed report the kernel returned through configfs-tsm."""
+    """Confidential VM: the vendor-signed report the kernel returned through configfs-tsm.
+
+    `auxblob` is what the kernel returned beside it: on SEV-SNP the certificate table
+    the host loaded (VCEK or VLEK, possibly ASK and ARK; `snp_certificates`), empty
+    when the host loaded none and on TDX, whose quote carries its PCK chain itself.
+    It is unauthenticated: the verifier trusts a certificate from it only if it chains
+    to a pinned vendor root.
+    """
 
     provider: str
     generation: int
     outblob: bytes
+    auxblob: bytes = b""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "provider": self.provider,
             "generation": self.generation,
             "outblob": b64encode(self.outblob),
         }
+        if self.auxblob:
+            document["auxblob"] = b64encode(self.auxblob)
+        return document
 
 
 SignatureChain = SimSignatureChain | TsmSignatureChain
@@ -238,4 +250,5 @@ def _chain(platform: str, chain: dict[str, Any]) -> SignatureChain:
         provider=_field(chain, "provider", str),
         generation=_field(chain, "generation", int),
         outblob=b64decode(_field(chain, "outblob", str)),
+        auxblob=b64decode(_field(chain, "auxblob", str)) if "auxblob" in chain else b"",
     )

@@ -5,7 +5,10 @@ directories: creating one makes a fresh report request; writing `inblob` (our 64
 of report data) and reading `outblob` returns a report signed by the CPU (a TDX quote
 from the `tdx_guest` provider, an SEV-SNP attestation report from `sev_guest`).
 `generation` counts writes to the request: if it is not exactly one after our single
-write, another process touched the request and the report is discarded.
+write, another process touched the request and the report is discarded. On SEV-SNP,
+`auxblob` holds the certificate table the host loaded for the guest (VCEK or VLEK,
+possibly ASK and ARK); it is read when present and travels with the evidence, so a
+verifier can check the report offline. A TDX quote carries its PCK chain itself.
 
 The runtime measurement and the enclave's keys reach the hardware report only through
 the report data hash, so a verifier that checks the report's vendor signature and
@@ -17,6 +20,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +36,7 @@ from chiron.core.keys import PublicIdentity
 
 DEFAULT_TSM_ROOT = Path("/sys/kernel/config/tsm")
 _MAX_OUTBLOB_BYTES = 1024 * 1024
+_MAX_AUXBLOB_BYTES = 1024 * 1024
 _MAX_ATTRIBUTE_BYTES = 4096
 
 
@@ -40,6 +45,7 @@ class TsmReport:
     provider: str
     generation: int
     outblob: bytes
+    auxblob: bytes = b""  # empty when the kernel has none (TDX; SNP without host certs)
 
 
 class ConfigfsTsm:
@@ -61,6 +67,9 @@ class ConfigfsTsm:
             try:
                 (entry / "inblob").write_bytes(inblob)
                 outblob = _read(entry / "outblob", _MAX_OUTBLOB_BYTES)
+                # Read after outblob: the kernel returns the certificates it fetched
+                # with that very report (same generation, checked below).
+                auxblob = _read_optional(entry / "auxblob", _MAX_AUXBLOB_BYTES)
                 provider = _read(entry / "provider", _MAX_ATTRIBUTE_BYTES).decode().strip()
                 generation = int(_read(entry / "generation", _MAX_ATTRIBUTE_BYTES).decode())
             except OSError as exc:
@@ -77,7 +86,7 @@ class ConfigfsTsm:
             raise AttestationError(
                 "the report request was changed by another process while it was made; try again"
             )
-        return TsmReport(provider, generation, outblob)
+        return TsmReport(provider, generation, outblob, auxblob)
 
     def _create_entry(self, path: Path) -> Path:
         """Create a report request (the kernel fills in its attributes)."""
@@ -105,17 +114,32 @@ def _read(path: Path, limit: int) -> bytes:
     return data
 
 
-class TsmPlatform:
-    """Evidence whose signature chain is a CPU-signed configfs-tsm report."""
+def _read_optional(path: Path, limit: int) -> bytes:
+    """An attribute some kernels or providers lack: empty if it does not exist."""
+    try:
+        return _read(path, limit)
+    except FileNotFoundError:
+        return b""
 
-    def __init__(self, interface: ConfigfsTsm | None = None) -> None:
+
+class TsmPlatform:
+    """Evidence whose signature chain is a CPU-signed configfs-tsm report.
+
+    `clock` gives the evidence's timestamp (seconds since the epoch); tests replaying
+    recorded hardware reports set it to the time those reports are verified at.
+    """
+
+    def __init__(
+        self, interface: ConfigfsTsm | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self._interface = interface or ConfigfsTsm()
+        self._clock = clock
 
     def evidence(
         self, *, measurement: str, identity: PublicIdentity, nonce: bytes, role: str, binding: str
     ) -> bytes:
         check_nonce(nonce)
-        timestamp = int(time.time())
+        timestamp = int(self._clock())
         report_data = report_data_for(
             nonce=nonce,
             enclave_identity=identity.to_bytes(),
@@ -126,17 +150,20 @@ class TsmPlatform:
         )
         report = self._interface.report(report_data)
         hardware = parse_hardware_report(report.provider, report.outblob)
-        if hardware.report_data != report_data:
-            raise AttestationError("the platform's report does not carry the requested report data")
+        # The evidence carries the report data the hardware signed, whatever it is: a
+        # report that does not carry ours (a host replaying a recorded one) is refused
+        # by the verifier's `report data` check, which names it for what it is.
         return Evidence(
             platform=hardware.platform,
             measurement=measurement,
             debug=hardware.debug,
             tcb_level=hardware.tcb_level,
             timestamp=timestamp,
-            report_data=report_data,
+            report_data=hardware.report_data,
             enclave_identity=identity.to_bytes(),
-            signature_chain=TsmSignatureChain(report.provider, report.generation, report.outblob),
+            signature_chain=TsmSignatureChain(
+                report.provider, report.generation, report.outblob, report.auxblob
+            ),
             role=role,
             binding=binding,
         ).to_bytes()
