@@ -64,7 +64,9 @@ def load_policy(path: Path | None, *, allow_simulation: bool) -> Policy:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise PolicyError(f"{path}: a policy file must be UTF-8 text") from None
-    policy = Policy.from_toml(text, default_measurement=own_measurement, source=str(path))
+    policy = Policy.from_toml(
+        text, default_measurement=own_measurement, source=str(path), base_dir=path.parent
+    )
     if allow_simulation:
         return dataclasses.replace(policy, UNSAFE_allow_simulation=True)
     return policy
@@ -102,12 +104,16 @@ def appraise_evidence(
     *,
     state_dir: Path,
     sim_roots: SimRootSource | None = None,
+    now: float | None = None,
 ) -> VerificationReport:
-    """Verify evidence requested with `nonce`, fetching simulation roots only if needed."""
+    """Verify evidence requested with `nonce`, fetching simulation roots only if needed.
+
+    `now` is the verification time (seconds since the epoch; default the clock).
+    """
     roots: Sequence[SimRoot] = ()
     if Evidence.from_bytes(evidence).platform == PLATFORM_SIM:
         roots = sim_roots() if sim_roots is not None else local_sim_roots(state_dir)
-    return verify_evidence(evidence, policy, nonce=nonce, sim_roots=roots)
+    return verify_evidence(evidence, policy, nonce=nonce, sim_roots=roots, now=now)
 
 
 def appraise_enclave(

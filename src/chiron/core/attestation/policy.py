@@ -19,6 +19,7 @@ import tomllib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from chiron.core.attestation.evidence import (
@@ -28,7 +29,10 @@ from chiron.core.attestation.evidence import (
     is_measurement,
 )
 from chiron.core.attestation.report import CheckResult, Claims, HardwareClaims
-from chiron.core.errors import PolicyError
+from chiron.core.attestation.tdx_collateral import MAX_COLLATERAL_BYTES, parse_collateral
+from chiron.core.attestation.vendor_crypto import MAX_CERTIFICATE_FILE_BYTES, load_certificates
+from chiron.core.errors import InputError, PolicyError
+from chiron.core.fileio import read_input_file
 
 DEFAULT_MIN_TCB = 1
 DEFAULT_MAX_AGE_SECONDS = 300
@@ -151,15 +155,19 @@ class VendorSignatureVerified(Check):
         if claims.vendor_signature_verified is None:
             return []
         if claims.vendor_signature_verified:
-            return [CheckResult("vendor signature", True, "verified against the vendor's keys")]
+            return [CheckResult("vendor signature", True, _vendor_verified(claims))]
         return [
             CheckResult(
                 "vendor signature",
                 False,
-                f"unverified vendor signature: checking {claims.platform} reports against "
-                "vendor certificates is not implemented",
+                f"unverified vendor signature: {claims.vendor_detail or 'not checked'}",
             )
         ]
+
+
+def _vendor_verified(claims: Claims) -> str:
+    reason = "verified against the vendor's pinned root"
+    return f"{reason}: {claims.vendor_detail}" if claims.vendor_detail else reason
 
 
 class UNSAFE_UnverifiedVendorSignatureAllowed(Check):
@@ -169,13 +177,13 @@ class UNSAFE_UnverifiedVendorSignatureAllowed(Check):
         if claims.vendor_signature_verified is None:
             return []
         if claims.vendor_signature_verified:
-            return [CheckResult("vendor signature", True, "verified against the vendor's keys")]
+            return [CheckResult("vendor signature", True, _vendor_verified(claims))]
         return [
             CheckResult(
                 "vendor signature",
                 True,
                 "UNVERIFIED vendor signature accepted by an unsafe policy: anyone could "
-                "have made this report",
+                f"have made this report ({claims.vendor_detail or 'not checked'})",
             )
         ]
 
@@ -299,11 +307,20 @@ class Policy:
         return AllOf(*checks)
 
     @classmethod
-    def from_toml(cls, text: str, *, default_measurement: str, source: str) -> Policy:
+    def from_toml(
+        cls,
+        text: str,
+        *,
+        default_measurement: str,
+        source: str,
+        base_dir: Path | None = None,
+    ) -> Policy:
         """Parse a TOML policy file; without `measurements`, accept `default_measurement`.
 
         Unknown keys are errors, not ignored: a misspelt `alow_debug = false` must not
-        silently leave a policy other than the one its author meant.
+        silently leave a policy other than the one its author meant. Files the
+        `[hardware]` table names (`chain`, `collateral`) are read now, relative to
+        `base_dir` (the policy file's directory; the working directory if None).
         """
         try:
             document = tomllib.loads(text)
@@ -325,6 +342,10 @@ class Policy:
                 raise PolicyError(
                     f"{source}: unknown platform {value!r} (known: {', '.join(PLATFORMS)})"
                 )
+        # Its errors already name the file and the table.
+        hardware = HardwarePolicy.from_table(
+            document.get("hardware", {}), source, base_dir=base_dir
+        )
         try:
             return cls(
                 measurements=tuple(value.lower() for value in measurements),
@@ -338,7 +359,7 @@ class Policy:
                 UNSAFE_allow_unverified_vendor_signature=_boolean(
                     document, "unsafe_allow_unverified_vendor_signature", source
                 ),
-                hardware=HardwarePolicy.from_table(document.get("hardware", {}), source),
+                hardware=hardware,
             )
         except PolicyError as exc:
             raise PolicyError(f"{source}: {exc}") from None
@@ -617,6 +638,8 @@ _HARDWARE_KEYS = {
     "forbid_smt",
     "allow_debug",
     "allow_migration_agent",
+    "chain",
+    "collateral",
 }
 
 
@@ -640,6 +663,11 @@ class HardwarePolicy:
     forbid_smt: bool = False
     UNSAFE_allow_debug: bool = False
     UNSAFE_allow_migration_agent: bool = False
+    # Vendor material for `chiron attest` (read from the files the table names): SNP
+    # certificates used when the evidence brings no VCEK/VLEK of its own, and the TDX
+    # collateral (QuoteCollateralV3 JSON) quotes are judged by.
+    chain: bytes | None = field(default=None, repr=False)
+    collateral: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for value in self.launch_measurements:
@@ -667,10 +695,16 @@ class HardwarePolicy:
         if not set(self.vmpls) <= {0, 1, 2, 3}:
             raise PolicyError("vmpls must be among 0, 1, 2, 3")
 
-    def rules(self) -> AllOf:
-        """The rule tree this policy stands for."""
-        checks: list[Check] = [
-            UNSAFE_DebugAllowed() if self.UNSAFE_allow_debug else DebugDisabled(),
+    def rules(self, *, debug: bool = True) -> AllOf:
+        """The rule tree this policy stands for.
+
+        `debug=False` leaves out the debug rule, for a caller whose own policy already
+        judges the same bit (`chiron attest`: the top-level `allow_debug`).
+        """
+        checks: list[Check] = []
+        if debug:
+            checks.append(UNSAFE_DebugAllowed() if self.UNSAFE_allow_debug else DebugDisabled())
+        checks += [
             UNSAFE_MigrationAgentAllowed()
             if self.UNSAFE_allow_migration_agent
             else MigrationAgentRefused(),
@@ -700,9 +734,29 @@ class HardwarePolicy:
             checks.append(SmtDisabled())
         return AllOf(*checks)
 
+    def pins_anything(self) -> bool:
+        """True if the policy restricts more than the defaults (debug, migration, status)."""
+        return bool(
+            self.launch_measurements
+            or any(self.rtmrs)
+            or self.min_snp_tcb
+            or self.require_tcb_status
+            or self.chip_ids
+            or self.fmspcs
+            or self.max_collateral_age_seconds is not None
+            or self.vmpls
+            or self.forbid_smt
+        )
+
     @classmethod
-    def from_table(cls, table: object, source: str) -> HardwarePolicy:
-        """Parse the `[hardware]` table of a policy file; unknown keys are errors."""
+    def from_table(
+        cls, table: object, source: str, *, base_dir: Path | None = None
+    ) -> HardwarePolicy:
+        """Parse the `[hardware]` table of a policy file; unknown keys are errors.
+
+        `chain` and `collateral` name files, relative to `base_dir`; they are read and
+        checked for form here, so a wrong path or a foreign file fails at load.
+        """
         if not isinstance(table, dict):
             raise PolicyError(f"{source}: hardware must be a table")
         unknown = sorted(set(table) - _HARDWARE_KEYS)
@@ -725,6 +779,8 @@ class HardwarePolicy:
         max_age = table.get("max_collateral_age_seconds")
         if max_age is not None and (not isinstance(max_age, int) or isinstance(max_age, bool)):
             raise PolicyError(f"{where}.max_collateral_age_seconds must be an integer")
+        chain = _vendor_file(table, "chain", where, base_dir)
+        collateral = _vendor_file(table, "collateral", where, base_dir)
         try:
             return cls(
                 launch_measurements=_hex_list(table, "launch_measurements", where),
@@ -741,9 +797,35 @@ class HardwarePolicy:
                 forbid_smt=_boolean(table, "forbid_smt", where),
                 UNSAFE_allow_debug=_boolean(table, "allow_debug", where),
                 UNSAFE_allow_migration_agent=_boolean(table, "allow_migration_agent", where),
+                chain=chain,
+                collateral=collateral,
             )
         except PolicyError as exc:
             raise PolicyError(f"{where}: {exc}") from None
+
+
+def _vendor_file(
+    table: dict[str, Any], key: str, where: str, base_dir: Path | None
+) -> bytes | None:
+    """The bytes of the vendor file `key` names, checked for form (certificates, collateral)."""
+    if key not in table:
+        return None
+    value = table[key]
+    if not isinstance(value, str) or not value:
+        raise PolicyError(f"{where}.{key} must be a file path")
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    limit = MAX_CERTIFICATE_FILE_BYTES if key == "chain" else MAX_COLLATERAL_BYTES
+    try:
+        data = read_input_file(path, what=f"{key} file", limit=limit)
+        if key == "chain":
+            load_certificates(data, source=str(path))
+        else:
+            parse_collateral(data, source=str(path))
+    except InputError as exc:
+        raise PolicyError(f"{where}.{key}: {exc}") from None
+    return data
 
 
 def _hex_list(table: dict[str, Any], key: str, where: str) -> tuple[str, ...]:

@@ -35,12 +35,15 @@ class Claims:
     timestamp: int
     age_seconds: int
     simulated: bool
-    # None when the platform has no vendor signature (sim); False until vendor
-    # certificates are checked for TDX and SEV-SNP.
+    # None when the platform has no vendor signature (sim); on TDX and SEV-SNP, True
+    # when every vendor check passed (signature, chain to the pinned root, validity, ...).
     vendor_signature_verified: bool | None
     # The enclave's attested role, and what it serves ("" until it accepted a job or model).
     role: str = ""
     binding: str = ""
+    # What the vendor checks found, in a few words: the chain that verified, or why the
+    # signature is unverified (which checks failed, or why none could run).
+    vendor_detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,9 @@ class VerificationReport:
     identity: PublicIdentity | None
     launch_measurement: str | None = None
     tcb_detail: str | None = None
+    # TDX and SEV-SNP: what the vendor-verified report says (chip, TCB, RTMRs, status),
+    # when the vendor checks could run.
+    hardware: HardwareClaims | None = None
 
     @property
     def ok(self) -> bool:
@@ -104,6 +110,7 @@ class VerificationReport:
             "age_seconds": self.age_seconds,
             "enclave_fingerprint": self.identity.fingerprint if self.identity else None,
             "checks": [check.to_dict() for check in self.checks],
+            **({"hardware": _hardware_dict(self.hardware)} if self.hardware else {}),
         }
 
 
@@ -179,3 +186,25 @@ class HardwareVerification:
             document["migration_agent"] = claims.migration_agent
             document["smt_allowed"] = claims.smt_allowed
         return document
+
+
+def _hardware_dict(claims: HardwareClaims) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "signing_key": claims.signing_key,
+        "report_data": claims.report_data,
+    }
+    if claims.platform == "tdx":
+        document.update(
+            rtmrs=list(claims.rtmrs),
+            tcb_status=claims.tcb_status,
+            fmspc=claims.fmspc,
+            collateral_age_seconds=claims.collateral_age_seconds,
+        )
+    else:
+        document.update(
+            chip_id=claims.chip_id,
+            product=claims.product,
+            tcb=dict(claims.tcb_components),
+            vmpl=claims.vmpl,
+        )
+    return document
