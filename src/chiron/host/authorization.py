@@ -263,6 +263,8 @@ class Action(StrEnum):
     CREATE_JOB = "create a job"
     START_JOB = "start a job"
     ATTEST_JOB = "attest a job's enclave"
+    RESUME_JOB = "resume a job"
+    READ_JOB_MANIFEST = "read a job's manifest"
     DOWNLOAD_RESULTS = "download a job's results"
     DOWNLOAD_MODEL_FILE = "download a model's file"
     OPEN_QUERY_SESSION = "open a query session"
@@ -290,6 +292,10 @@ RULES: dict[Action, Rule] = {
     # receipt, the report on its data and the model's file as a result.
     Action.START_JOB: Rule(OwnsRecord(), "only the job's owner starts it"),
     Action.ATTEST_JOB: Rule(OwnsRecord(), "only the job's owner attests its enclave"),
+    # Resuming starts a fresh enclave that only the owner can unlock (it seals the
+    # data key and the job secret to it), so only the owner asks for one.
+    Action.RESUME_JOB: Rule(OwnsRecord(), "only the job's owner resumes it"),
+    Action.READ_JOB_MANIFEST: Rule(OwnsRecord(), "only the job's owner reads its manifest"),
     Action.DOWNLOAD_RESULTS: Rule(OwnsRecord(), "only the job's owner downloads its results"),
     # The escrowed file is a job's result like the others. Its provider does not need it:
     # the owner's client sends the model's public header to the provider's key-release

@@ -34,7 +34,7 @@ from chiron.core.errors import ServiceError, UsageError
 
 ROLES = ("owner", "provider")
 UPLOAD_KINDS = ("dataset", "model")
-JOB_STATES = ("created", "queued", "running", "done", "failed")
+JOB_STATES = ("created", "queued", "running", "interrupted", "done", "failed")
 ACTIVE_JOB_STATES = ("created", "queued", "running")
 
 
@@ -134,6 +134,11 @@ class Job(Base):
     receipt_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     owner_report_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     owner_report_signature_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # SHA-256 of the first started manifest's job binding (`JobManifest.job_binding`):
+    # a resumed job must be started under a manifest with the same binding.
+    binding_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The latest signed manifest (in the store): the owner's client resumes from it.
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created: Mapped[int] = mapped_column(BigInteger)
     updated: Mapped[int] = mapped_column(BigInteger)
 

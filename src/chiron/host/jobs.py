@@ -5,6 +5,12 @@ that very enclave and seal the data key to it; starting the job queues the `trai
 which runs when one of `concurrency` worker slots is free. What anyone but the owner
 learns of a job is its state, its step count and a reason class on failure; who may see
 or act on a job is decided in `host.authorization`.
+
+A job whose enclave was lost mid-run (the service restarted, the enclave process died)
+is `interrupted`, not failed: its owner may resume it (`resume`), which starts a fresh
+enclave for the same job. The owner attests that enclave and starts it under a new
+manifest with the same job binding; the enclave then opens the job's sealed checkpoints
+with the owner's job secret and continues from the last one.
 """
 
 from __future__ import annotations
@@ -19,14 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import or_, select, update
 
 from chiron.core.contract import TrainAuthorization, TrainMaterials, TrainRequest, TrainResult
 from chiron.core.dataset import read_dataset_header_and_digest
+from chiron.core.encoding import canonical_json, sha256_hex
 from chiron.core.errors import (
     AttestationError,
     ChironError,
     Conflict,
+    EnclaveError,
     InputError,
     IntegrityError,
     JobFailed,
@@ -68,14 +76,15 @@ class PreparedTrain:
     recipe_sha256: str
     statement: SignedRecipeStatement
     dataset_sha256: str
+    binding_sha256: str
 
 
 def status_text(job: Job) -> str:
     """The one line a provider or owner sees, e.g. 'running (step 40 of 600)'."""
     if job.state == "running" and job.total:
         return f"running (step {job.step} of {job.total})"
-    if job.state == "failed":
-        return f"failed ({job.reason})"
+    if job.state in ("failed", "interrupted"):
+        return f"{job.state} ({job.reason})"
     return job.state
 
 
@@ -109,23 +118,42 @@ class Jobs:
         self._stopping = False
 
     def recover(self) -> int:
-        """Mark jobs this instance had in flight when it last stopped as failed.
+        """Mark jobs this instance had in flight when it last stopped; return how many.
 
-        Their enclaves died with the service, and the data key was sealed to the dead
-        enclave's ephemeral key, which no new enclave can open: resuming needs the owner
-        to attest a new enclave, i.e. a new job.
+        Their enclaves died with the service. A job that was started (queued, running,
+        or created again by a resume) becomes `interrupted`: its owner may resume it in
+        a fresh enclave (`resume`). A job never started fails (`host_restart`): it has
+        nothing to resume, and its owner simply starts another.
         """
+        mine = (Job.runner == self._instance_id, Job.state.in_(ACTIVE_JOB_STATES))
         with self._db.transaction() as session:
-            result = session.execute(
+            interrupted = session.execute(
                 update(Job)
-                .where(Job.runner == self._instance_id, Job.state.in_(ACTIVE_JOB_STATES))
-                .values(state="failed", reason=HOST_RESTART, updated=now())
+                .where(*mine, or_(Job.state != "created", Job.binding_sha256.is_not(None)))
+                .values(state="interrupted", reason=HOST_RESTART, updated=now())
             )
-            failed = int(result.rowcount or 0)
-        # Nothing of this instance runs now, and a failed job's sealed checkpoints can
-        # never be used again (a new job has a new id): drop them.
-        shutil.rmtree(self._checkpoints, ignore_errors=True)
-        return failed
+            failed = session.execute(
+                update(Job).where(*mine).values(state="failed", reason=HOST_RESTART, updated=now())
+            )
+            count = int(interrupted.rowcount or 0) + int(failed.rowcount or 0)
+            keep = set(
+                session.scalars(
+                    select(Job.id).where(
+                        Job.runner == self._instance_id, Job.state == "interrupted"
+                    )
+                )
+            )
+        # An interrupted job's sealed checkpoints are KEPT for its resume. Keeping them
+        # gives nobody anything: they are sealed under a key derived from the owner's job
+        # secret, which leaves the owner's machine only sealed to an enclave the owner has
+        # attested, and they open only for a manifest with this job's binding (its job id,
+        # recipe statement, dataset, owner and plan). Checkpoints of any other job are
+        # leftovers of jobs that ended and are dropped.
+        if self._checkpoints.is_dir():
+            for folder in self._checkpoints.iterdir():
+                if folder.name not in keep:
+                    shutil.rmtree(folder, ignore_errors=True)
+        return count
 
     # --- records -------------------------------------------------------------
 
@@ -159,18 +187,67 @@ class Jobs:
         with self._db.transaction() as session:
             session.add(job)
         try:
-            enclave = ManagedEnclave(
-                "train",
-                self._enclave_dir,
-                platform=self._platform,
-                log_path=self._logs / f"job-{job.id}.log",
-            )
+            enclave = self._new_enclave(job.id)
         except ChironError as exc:
             self._finish_failed(job.id, "enclave_error", str(exc))
             raise
         with self._guard:
             self._enclaves[job.id] = enclave
         return job
+
+    def resume(self, account: Account, job_id: str) -> Job:
+        """Give an interrupted job a fresh training enclave; the job is `created` again.
+
+        The owner then attests the new enclave and starts it (`start`) under a new
+        manifest for the same job: one whose job binding equals the first start's. Only
+        `interrupted` jobs resume; a failed or abandoned one has ended for good.
+        """
+        job = self.get(account, job_id)
+        require(Action.RESUME_JOB, account, job)
+        if job.state != "interrupted":
+            raise Conflict(f"job {job_id} is {status_text(job)}; only an interrupted job resumes")
+        try:
+            enclave = self._new_enclave(job_id)
+        except ChironError:
+            raise Conflict(f"no training enclave could be started for job {job_id}") from None
+        with self._db.transaction() as session:
+            # One conditional UPDATE: of two resumes racing, exactly one gets the enclave.
+            resumed = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == "interrupted")
+                .values(
+                    state="created",
+                    runner=self._instance_id,
+                    reason=None,
+                    message=None,
+                    updated=now(),
+                )
+            )
+            current = session.get_one(Job, job_id, populate_existing=True)
+        if not resumed.rowcount:
+            enclave.close()
+            raise Conflict(
+                f"job {job_id} is {status_text(current)}; only an interrupted job resumes"
+            )
+        with self._guard:
+            self._enclaves[job_id] = enclave
+        return current
+
+    def manifest(self, account: Account, job_id: str) -> str:
+        """The SHA-256 of the job's latest signed manifest in the store (owner only)."""
+        job = self.get(account, job_id)
+        require(Action.READ_JOB_MANIFEST, account, job)
+        if job.manifest_sha256 is None:
+            raise NotFound(f"job {job_id} has not been started under a manifest")
+        return job.manifest_sha256
+
+    def _new_enclave(self, job_id: str) -> ManagedEnclave:
+        return ManagedEnclave(
+            "train",
+            self._enclave_dir,
+            platform=self._platform,
+            log_path=self._logs / f"job-{job_id}.log",
+        )
 
     def evidence(self, account: Account, job_id: str, nonce: bytes) -> bytes:
         require(Action.ATTEST_JOB, account, self.get(account, job_id))
@@ -195,12 +272,30 @@ class Jobs:
         if job.state != "created" or enclave is None:
             raise Conflict(f"job {job_id} is {status_text(job)}, not waiting to start")
         prepared = self._prepare(job, authorization)
+        if job.binding_sha256 not in (None, prepared.binding_sha256):
+            raise InputError(
+                f"job {job_id} was started under another job binding: a resumed job keeps "
+                "its recipe statement, dataset, owner and plan"
+            )
+        manifest_sha256 = self._store.put_bytes(authorization.manifest.to_wire())
         with self._db.transaction() as session:
             # One conditional UPDATE: of two starts racing, exactly one queues the call.
             queued = session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.state == "created")
-                .values(state="queued", updated=now())
+                .where(
+                    Job.id == job_id,
+                    Job.state == "created",
+                    or_(
+                        Job.binding_sha256.is_(None),
+                        Job.binding_sha256 == prepared.binding_sha256,
+                    ),
+                )
+                .values(
+                    state="queued",
+                    binding_sha256=prepared.binding_sha256,
+                    manifest_sha256=manifest_sha256,
+                    updated=now(),
+                )
             )
             current = session.get_one(Job, job_id, populate_existing=True)
         if not queued.rowcount:
@@ -237,6 +332,7 @@ class Jobs:
             recipe_sha256=recipe.source_sha256,
             statement=statement,
             dataset_sha256=dataset.sha256,
+            binding_sha256=sha256_hex(canonical_json(manifest.job_binding())),
         )
 
     def _header_sha256(self, dataset: Dataset) -> str:
@@ -276,6 +372,7 @@ class Jobs:
     # --- running -------------------------------------------------------------
 
     def _run(self, job_id: str, enclave: ManagedEnclave, prepared: PreparedTrain) -> None:
+        resumable = False
         try:
             self._set(job_id, state="running")
             checkpoint_dir = self._checkpoints / job_id
@@ -297,8 +394,12 @@ class Jobs:
         except JobFailed as exc:
             self._finish_failed(job_id, exc.reason_class, str(exc))
         except ChironError as exc:
-            if self._stopping:
-                self._finish_failed(job_id, HOST_RESTART, "the service stopped during the job")
+            if self._stopping or type(exc) is EnclaveError:
+                # The enclave was lost (the service stopping, its process dying or going
+                # silent), not refused: the job may resume from its sealed checkpoints.
+                resumable = True
+                reason = HOST_RESTART if self._stopping else "enclave_error"
+                self._set(job_id, state="interrupted", reason=reason, message=str(exc))
             else:
                 reason = next((r for cls, r in _REASONS if isinstance(exc, cls)), "enclave_error")
                 self._finish_failed(job_id, reason, str(exc))
@@ -309,7 +410,8 @@ class Jobs:
             with self._guard:
                 self._enclaves.pop(job_id, None)
             enclave.close()
-            shutil.rmtree(self._checkpoints / job_id, ignore_errors=True)
+            if not resumable:
+                shutil.rmtree(self._checkpoints / job_id, ignore_errors=True)
 
     def _on_event(self, job_id: str, event: dict[str, Any]) -> None:
         if event.get("event") != "progress":
@@ -379,9 +481,11 @@ class Jobs:
             with self._guard:
                 self._enclaves.pop(job_id, None)
             enclave.close()
+            # A resumed job left unstarted ends here: its checkpoints go with it.
+            shutil.rmtree(self._checkpoints / job_id, ignore_errors=True)
 
     def close(self) -> None:
-        """Stop every enclave; jobs in flight end as failed (host_restart), as after a crash."""
+        """Stop every enclave; jobs in flight are interrupted (host_restart), as after a crash."""
         self._stopping = True
         with self._guard:
             enclaves = list(self._enclaves.values())

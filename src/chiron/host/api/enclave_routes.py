@@ -113,6 +113,30 @@ def start_job(
     return _job_out(service_of(request).jobs.start(caller, job_id, authorization), caller)
 
 
+@router.post("/jobs/{job_id}/resume", response_model=JobOut, tags=["jobs"])
+def resume_job(job_id: str, request: Request, caller: Account = Depends(current_account)) -> JobOut:
+    """Give an interrupted job a fresh training enclave: the job is `created` again.
+
+    The owner attests the new enclave and starts it under a new manifest for the same
+    job (the same job binding); the enclave continues from the job's sealed checkpoints.
+    """
+    return _job_out(service_of(request).jobs.resume(caller, job_id), caller)
+
+
+@router.get(
+    "/jobs/{job_id}/manifest",
+    response_class=StreamingResponse,
+    responses={200: {"content": OCTETS}},
+    tags=["jobs"],
+)
+def job_manifest(
+    job_id: str, request: Request, caller: Account = Depends(current_account)
+) -> Response:
+    """The job's latest signed manifest (`SignedManifest.to_wire()`), for its owner."""
+    service = service_of(request)
+    return download(service, service.jobs.manifest(caller, job_id), f"{job_id}.manifest")
+
+
 @router.get(
     "/jobs/{job_id}/results/{name}",
     response_class=StreamingResponse,
