@@ -250,6 +250,7 @@ def _readinto_exactly(source: BinaryIO, buffer: bytearray) -> int:
     view = memoryview(buffer)
     filled = 0
     while filled < len(buffer):
+        # typing.BinaryIO declares no readinto; the files and BytesIO passed here have it.
         count = source.readinto(view[filled:])  # type: ignore[attr-defined]
         if not count:
             break

@@ -39,11 +39,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from chiron.core.attestation.evidence import MAX_EVIDENCE_BYTES, check_nonce
+from chiron.core.attestation.evidence import check_nonce
 from chiron.core.errors import InputError, KeyFileError
 from chiron.core.identifiers import check_job_id, check_model_id, check_request_id
 from chiron.core.keys import PublicIdentity
 from chiron.core.limits import (
+    MAX_EVIDENCE_BYTES,
     MAX_RECIPE_BYTES,
     MAX_SEALED_KEY_BYTES,
     MAX_SIGNATURE_BYTES,

@@ -134,7 +134,11 @@ def aead_decrypt(
 
 
 def aead_encrypt_into(
-    key: bytes, nonce: bytes, plaintext: bytes | memoryview, associated_data: bytes, out: bytearray
+    key: bytes,
+    nonce: bytes,
+    plaintext: bytes | bytearray | memoryview,
+    associated_data: bytes,
+    out: bytearray | memoryview,
 ) -> None:
     """AES-256-GCM into a caller's buffer of exactly len(plaintext) + TAG_BYTES bytes.
 

@@ -175,7 +175,7 @@ def _check_labels(y: np.ndarray, num_classes: int, first_record: int) -> None:
 
 def _bytes_of(array: np.ndarray) -> memoryview:
     """The raw bytes of a C-contiguous array, without a copy."""
-    return memoryview(array.reshape(-1).view(np.uint8))
+    return array.reshape(-1).view(np.uint8).data
 
 
 def _dataset_plaintext(

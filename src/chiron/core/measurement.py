@@ -463,7 +463,7 @@ def _tree_entries(search_path: SearchPath, cache: _DigestCache) -> list[Measured
             raise InputError(
                 f"cannot measure the runtime: {exc.filename}: {exc.strerror}"
             ) from None
-        for (name, _path), digest in zip(files, hasher.digests(infos), strict=True):
+        for (name, _file), digest in zip(files, hasher.digests(infos), strict=True):
             entries.append(MeasuredEntry(kind, name, digest))
     return entries
 

@@ -150,11 +150,11 @@ def evaluation_request_message(
 
 def encode_answers(logits: np.ndarray, policy: dict[str, Any]) -> bytes:
     """Fixed size per input: int32 labels, then (if the policy allows) float32 probabilities."""
-    labels = logits.argmax(1).astype("<i4")
+    labels: np.ndarray = logits.argmax(1).astype("<i4")
     if policy.get("output") == "label":
         return labels.tobytes()
     shifted = logits.astype(np.float64) - logits.max(1, keepdims=True)
-    probabilities = np.exp(shifted)
+    probabilities: np.ndarray = np.exp(shifted)
     probabilities /= probabilities.sum(1, keepdims=True)
     if policy.get("rounding") is not None:
         probabilities = np.round(probabilities, int(policy["rounding"]))

@@ -167,16 +167,15 @@ def declared_query_policy(source: bytes) -> dict[str, Any]:
         raise InputError("the recipe is not valid Python") from None
     raw: object = {}
     for node in tree.body:
-        targets = (
-            node.targets
-            if isinstance(node, ast.Assign)
-            else [node.target]
-            if isinstance(node, ast.AnnAssign) and node.value is not None
-            else []
-        )
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
         if any(isinstance(t, ast.Name) and t.id == "QUERY_POLICY" for t in targets):
             try:
-                raw = ast.literal_eval(node.value)  # type: ignore[union-attr, arg-type]
+                raw = ast.literal_eval(value)
             except ValueError:
                 raise InputError("QUERY_POLICY must be a literal dict to be signed") from None
     try:

@@ -24,7 +24,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from chiron.core.contract import CALLS_BY_ROLE
 from chiron.core.encoding import b64decode, b64encode
@@ -136,7 +136,7 @@ class EnclaveProcess:
             platform,
             *extra_args,
         ]
-        stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        stderr: BinaryIO | int = open(log_path, "ab") if log_path else subprocess.DEVNULL
         try:
             process = subprocess.Popen(
                 command,
@@ -149,8 +149,8 @@ class EnclaveProcess:
         except OSError as exc:
             raise EnclaveError(f"could not start the enclave process: {exc.strerror}") from None
         finally:
-            if log_path:
-                stderr.close()  # type: ignore[union-attr]
+            if not isinstance(stderr, int):
+                stderr.close()
         return cls(process, role)
 
     @property
@@ -198,7 +198,8 @@ class EnclaveProcess:
                 if on_event is not None:
                     on_event(message)
             elif frame.kind == RESULT:
-                return message
+                result: dict[str, Any] = message  # the enclave sends a result's to_wire() dict
+                return result
             elif frame.kind == FAILURE:
                 raise rebuild_error(message)
             else:

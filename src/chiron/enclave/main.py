@@ -19,6 +19,7 @@ from chiron.core import contract
 from chiron.core.contract import Call
 from chiron.core.errors import ChironError
 from chiron.core.framing import FramingError, read_frame, write_frame
+from chiron.core.roles import ROLES
 from chiron.enclave.boundary import (
     CALLS,
     EVENT,
@@ -26,7 +27,6 @@ from chiron.enclave.boundary import (
     MAX_MESSAGE_BYTES,
     REQUEST,
     RESULT,
-    ROLES,
     decode_message,
     encode_message,
     failure_document,
@@ -57,7 +57,8 @@ Handler = Callable[[EnclaveContext, Any, Callable[[dict[str, Any]], None]], Any]
 
 def _resolve(target: str) -> Handler:
     module_name, _, attribute = target.partition(":")
-    return getattr(importlib.import_module(module_name), attribute)
+    handler: Handler = getattr(importlib.import_module(module_name), attribute)
+    return handler
 
 
 def serve(context: EnclaveContext, in_fd: int, out_fd: int) -> None:

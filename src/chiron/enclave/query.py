@@ -92,7 +92,7 @@ class _Session:
 
 
 def _session(context: EnclaveContext, *, ready: bool = True) -> _Session:
-    session = context.session.get("query")
+    session: _Session | None = context.session.get("query")
     if session is None:
         raise InputError("no model is loaded in this query enclave")
     if ready and session.sandbox is None:

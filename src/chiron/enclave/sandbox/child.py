@@ -239,7 +239,7 @@ def _setup_failed(ready_fd: int, stage: str, exc: BaseException, dry_run: bool) 
     if dry_run:
         traceback.print_exc()
     detail = type(exc).__name__
-    if isinstance(exc, OSError) and exc.errno in errno.errorcode:
+    if isinstance(exc, OSError) and exc.errno is not None and exc.errno in errno.errorcode:
         detail += " " + errno.errorcode[exc.errno]
     try:
         os.write(ready_fd, f"{stage}: {detail}".encode("ascii", "replace")[:200])

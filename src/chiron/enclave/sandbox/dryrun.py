@@ -66,6 +66,7 @@ def synthetic_records(
     """Random records and labels of `schema` (uniform bytes or standard normal floats)."""
     generator = np.random.Generator(np.random.PCG64(seed))
     shape = (count, *schema.input_shape)
+    x: np.ndarray
     if schema.dtype == "uint8":
         x = generator.integers(0, 256, size=shape, dtype=np.uint8)
     else:

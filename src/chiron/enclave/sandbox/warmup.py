@@ -38,7 +38,7 @@ def warm_up() -> None:
     for optimizer in optimizers:
         optimizer.zero_grad()
         loss = nn.functional.cross_entropy(model(inputs), labels)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         optimizer.step()
     model.eval()
     with torch.no_grad():
