@@ -32,6 +32,7 @@ services:
 test: install datasets services
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not alters_installation"
 	$(BIN)/python -m pytest -q -m alters_installation
 
@@ -41,6 +42,7 @@ demo: install datasets
 lint: install
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
