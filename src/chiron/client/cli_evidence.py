@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from chiron.client import collateral as fetch_collateral
 from chiron.client.attestation import load_policy
 from chiron.client.options import JSON, POLICY
 from chiron.core.attestation.event_log import MAX_EVENT_LOG_BYTES
@@ -22,10 +23,39 @@ from chiron.core.attestation.report import HardwareVerification
 from chiron.core.attestation.tdx_collateral import MAX_COLLATERAL_BYTES
 from chiron.core.attestation.vendor_crypto import MAX_CERTIFICATE_FILE_BYTES
 from chiron.core.errors import AttestationError, UsageError
-from chiron.core.fileio import read_input_file
+from chiron.core.fileio import atomic_write, read_input_file
 
 # What users type, to the platform names the rest of Chiron uses.
 _PLATFORMS = {"snp": PLATFORM_SEV_SNP, "sev-snp": PLATFORM_SEV_SNP, "tdx": PLATFORM_TDX}
+
+
+def collateral_command(
+    evidence_file: Path = typer.Argument(..., help="SNP report, or TDX quote"),
+    platform: str = typer.Option(..., "--platform", help="snp or tdx"),
+    out: Path = typer.Option(..., "--out", help="where to write the bundle"),
+    product: str | None = typer.Option(
+        None, "--product", help="SNP: Milan, Genoa or Turin (when the report does not say)"
+    ),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing bundle"),
+) -> None:
+    """Fetch the vendor's collateral for EVIDENCE_FILE once, for offline verification.
+
+    TDX: Intel's TCB info, QE identity and CRLs (use with `verify --collateral`).
+    SNP: AMD's VCEK, ASK and ARK for the report's chip and TCB (use with `--chain`).
+    Needs network; verification never does.
+    """
+    name = _PLATFORMS.get(platform.lower())
+    if name is None:
+        raise UsageError(f"unknown platform {platform!r}: use snp or tdx")
+    evidence = decode_evidence(
+        read_input_file(evidence_file, what="evidence file", limit=MAX_HARDWARE_EVIDENCE_BYTES)
+    )
+    if name == PLATFORM_TDX:
+        bundle = fetch_collateral.tdx_collateral(evidence)
+    else:
+        bundle = fetch_collateral.snp_chain(evidence, product=product)
+    atomic_write(out, bundle, overwrite=force)
+    typer.echo(f"wrote {out} ({len(bundle)} bytes); verify offline with it")
 
 
 def verify(
@@ -125,4 +155,5 @@ def register(app: typer.Typer) -> None:
         no_args_is_help=True,
     )
     evidence_app.command("verify")(verify)
+    evidence_app.command("collateral")(collateral_command)
     app.add_typer(evidence_app, name="evidence")

@@ -300,6 +300,30 @@ def _chain_to_pinned_ark(
     return None
 
 
+PRODUCTS = tuple(_TCB_LAYOUTS)
+# AMD KDS query parameter of each TCB component (`/vcek/v1/{product}/{hwid}?...`).
+_KDS_PARAMETERS = {
+    "fmc": "fmcSPL",
+    "bootloader": "blSPL",
+    "tee": "teeSPL",
+    "snp": "snpSPL",
+    "microcode": "ucodeSPL",
+}
+
+
+def product_of(report: SnpReport) -> str | None:
+    """The product line a report states (version 3 and later), or None."""
+    return None if report.cpuid is None else _PRODUCTS_BY_CPUID.get(report.cpuid)
+
+
+def tcb_query(report: SnpReport, product: str) -> tuple[tuple[str, int], ...]:
+    """The reported TCB as AMD's key distribution service names its components."""
+    return tuple(
+        (_KDS_PARAMETERS[name], value)
+        for name, value in _tcb_components(report.reported_tcb, product)
+    )
+
+
 def _tcb_components(tcb: bytes, product: str) -> tuple[tuple[str, int], ...]:
     return tuple((name, tcb[index]) for name, index in _TCB_LAYOUTS[product])
 

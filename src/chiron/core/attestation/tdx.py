@@ -332,6 +332,24 @@ def _pck_chain(certs: list[Certificate]) -> PckChain | None:
     return None
 
 
+def quote_pck_leaf(quote: TdxQuote) -> Certificate:
+    """The PCK certificate a quote carries (not yet verified: see `verify_quote`)."""
+    certs = load_certificates(quote.pck_chain, source="the quote's PCK chain")
+    for cert in certs:
+        if cert.common_name == _PCK_LEAF_CN:
+            return cert
+    raise InputError("the quote carries no PCK certificate")
+
+
+def pck_ca_type(pck: Certificate) -> str:
+    """Which of Intel's PCK CAs issued `pck`: "processor" or "platform" (the PCS's name)."""
+    issuer = pck.issuer
+    for kind in ("Processor", "Platform"):
+        if f"PCK {kind} CA" in issuer:
+            return kind.lower()
+    raise InputError("the PCK certificate's issuer is neither Intel PCK CA")
+
+
 def pck_tcb(pck: Certificate) -> PckTcb:
     """The FMSPC, PCE id and TCB the PCK certificate was issued for."""
     raw = pck.extension(_SGX_EXTENSION)
