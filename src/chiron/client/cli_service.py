@@ -15,7 +15,14 @@ from typing import Any
 
 import typer
 
-from chiron.client.options import JSON, TOKEN, default_state_dir
+from chiron.client.options import (
+    ALLOW_SIMULATION,
+    JSON,
+    POLICY,
+    STATE_DIR,
+    TOKEN,
+    default_state_dir,
+)
 from chiron.client.remote import ServiceClient
 from chiron.core.errors import InputError, UsageError
 from chiron.core.fileio import read_input_file
@@ -228,6 +235,86 @@ def jobs_show(
     _print(job, as_json, lines)
 
 
+def jobs_resume(
+    job_id: str = typer.Argument(..., help="the job to continue"),
+    owner_key: Path = typer.Option(..., "--owner", help="the owner's private key file"),
+    dataset: Path = typer.Option(..., "--dataset", help="the job's encrypted dataset (.chd)"),
+    data_key_path: Path = typer.Option(..., "--data-key", help="the dataset's key file"),
+    out: Path = typer.Option(..., "--out", help="where to write the escrowed model (.chm)"),
+    url: str = SERVICE_URL,
+    token: str | None = TOKEN,
+    allow_simulation: bool = ALLOW_SIMULATION,
+    policy_file: Path | None = POLICY,
+    state_dir: Path | None = STATE_DIR,
+    as_json: bool = JSON,
+    force: bool = typer.Option(False, "--force", help="overwrite an existing model file"),
+) -> None:
+    """Continue a job after its client, its enclave or the service was killed.
+
+    An interrupted job gets a fresh training enclave, which this client attests before
+    it signs a new manifest for the same job (same recipe statement, dataset and plan,
+    read from the job's last manifest, which must carry your signature) and seals the
+    data key and the job secret to it; training continues from the last sealed
+    checkpoint. A job still running or done (only the client died) is waited for.
+    """
+    from chiron.client.attestation import load_policy, service_sim_roots
+    from chiron.client.remote.resume import resume_job
+    from chiron.client.targets import write_training_outputs
+
+    if out.exists() and not force:
+        raise InputError(f"{out} already exists (use --force to overwrite)")
+    if not out.parent.is_dir():
+        raise InputError(f"cannot write {out}: directory {out.parent} does not exist")
+    policy = load_policy(policy_file, allow_simulation=allow_simulation)
+    state = state_dir or default_state_dir()
+    owner = load_identity(owner_key)
+
+    def on_event(event: dict[str, Any]) -> None:
+        if not as_json and event.get("event") == "progress":
+            typer.echo(f"job {job_id}: step {event['step']} of {event['total']}", err=True)
+
+    with ServiceClient(url, token) as client:
+        outcome = resume_job(
+            client,
+            job_id,
+            owner=owner,
+            dataset=dataset,
+            data_key_path=data_key_path,
+            policy=policy,
+            state_dir=state,
+            sim_roots=service_sim_roots(client, state, policy),
+            on_event=on_event,
+        )
+    report = outcome.report
+    paths = write_training_outputs(
+        out,
+        model=outcome.model,
+        receipt=outcome.receipt,
+        report=report,
+        overwrite=True,
+        with_plots=True,
+    )
+    summary = {
+        "job": job_id,
+        "model": str(out),
+        "model_id": report["model_id"],
+        "holdout_accuracy": report["final_holdout_accuracy"],
+        "epoch_accuracy": report["epoch_accuracy"],
+        "resumed_from_step": report["resumed_from_step"],
+        **{name: str(path) for name, path in paths.items()},
+    }
+    _print(
+        summary,
+        as_json,
+        [
+            f"model     {out} (escrowed: needs both the owner's and the provider's share)",
+            f"resumed from step {report['resumed_from_step']}",
+            f"held-out accuracy {report['final_holdout_accuracy']:.4f}",
+            *(f"{name:<9} {path}" for name, path in paths.items()),
+        ],
+    )
+
+
 def models_list(url: str = SERVICE_URL, token: str | None = TOKEN, as_json: bool = JSON) -> None:
     """List models (owners: your own; providers: those trained with your recipes)."""
     with ServiceClient(url, token) as client:
@@ -275,7 +362,11 @@ def register(app: typer.Typer) -> None:
             "Your encrypted datasets on a service (`chiron dataset` for local .chd files).",
             {"upload": datasets_upload, "list": datasets_list},
         ),
-        ("jobs", "Training jobs on a service.", {"list": jobs_list, "show": jobs_show}),
+        (
+            "jobs",
+            "Training jobs on a service.",
+            {"list": jobs_list, "show": jobs_show, "resume": jobs_resume},
+        ),
         (
             "models",
             "Escrowed models on a service.",

@@ -250,6 +250,16 @@ class ServiceClient(HttpTransport):
             body["sealed_job_secret"] = b64encode(authorization.sealed_job_secret)
         return self._json("POST", f"/jobs/{job_id}/start", json=body)
 
+    def resume_job(self, job_id: str) -> dict[str, Any]:
+        """Give an interrupted job a fresh training enclave; the job is `created` again."""
+        return self._json("POST", f"/jobs/{job_id}/resume")
+
+    def job_manifest(self, job_id: str) -> bytes:
+        """The job's latest signed manifest as the service kept it (verify it before use)."""
+        data = self._download(f"/jobs/{job_id}/manifest", None)
+        assert data is not None
+        return data
+
     def wait_job(
         self,
         job_id: str,
@@ -257,7 +267,10 @@ class ServiceClient(HttpTransport):
         on_update: Callable[[dict[str, Any]], None] | None = None,
         poll_seconds: float = 1.0,
     ) -> dict[str, Any]:
-        """Poll until the job is done (returned) or failed (JobFailed raised)."""
+        """Poll until the job is done (returned) or failed (JobFailed raised).
+
+        An interrupted job (its enclave was lost) raises Conflict naming how to resume it.
+        """
         last: tuple[Any, ...] | None = None
         while True:
             job = self._retrying(lambda: self.job(job_id))
@@ -269,6 +282,11 @@ class ServiceClient(HttpTransport):
                 return job
             if job["state"] == "failed":
                 raise JobFailed(job["reason"] or "unknown", job.get("message") or None)
+            if job["state"] == "interrupted":
+                raise Conflict(
+                    f"job {job_id} was interrupted ({job['reason']}); continue it with "
+                    f"`chiron service jobs resume {job_id}`"
+                )
             time.sleep(poll_seconds)
 
     def job_result(self, job_id: str, name: str, out: Path | None = None) -> bytes | None:

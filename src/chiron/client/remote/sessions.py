@@ -43,6 +43,14 @@ class RemoteJobSession:
         if authorization.manifest.manifest.job_id != self.job_id:
             raise UsageError("the train call must use the service's job id")
         self.client.start_job(self.job_id, authorization)
+        return self.wait(on_event)
+
+    def wait(self, on_event: EventHandler | None = None) -> dict[str, Any]:
+        """Wait for the started job and return its `TrainResult` (wire form).
+
+        Also how a client that did not start the job (the first one was killed) gets
+        its result; an interrupted job raises Conflict (resume it).
+        """
 
         def update(job: dict[str, Any]) -> None:
             if on_event is not None and job["state"] in ("running", "done") and job["total"]:
