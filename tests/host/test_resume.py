@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import textwrap
 import time
@@ -21,6 +22,7 @@ import pytest
 
 from chiron.client.attestation import load_policy, service_sim_roots
 from chiron.client.remote import RemoteJobSession, ServiceClient
+from chiron.client.remote.resume import resume_job
 from chiron.client.sessions import EventHandler
 from chiron.client.training import run_training
 from chiron.core.dataset import encrypt_dataset, read_dataset_header_and_digest
@@ -29,6 +31,9 @@ from chiron.core.keys import DataKey, Identity
 from chiron.core.manifest import DatasetRef, Plan
 from chiron.core.recipe_statement import SignedRecipeStatement, make_statement
 from chiron.core.schema import DatasetSchema
+from chiron.host.accounts import create_account
+from chiron.host.config import ServiceConfig
+from chiron.host.server import running_service
 from e2e.model_access import open_model
 
 from .test_crash import CHIRON, RunningServe
@@ -247,3 +252,55 @@ def test_a_job_killed_with_the_service_resumes_to_the_same_weights(tmp_path):
     finally:
         for running in services:
             running.stop()
+
+
+@pytest.mark.slow
+def test_a_lost_enclave_and_a_lost_client_resume_too(tmp_path):
+    """The enclave process dies mid-job: interrupted; a resumed job's client dies: attach."""
+    owner = Owner(tmp_path)
+    config = ServiceConfig(state_dir=tmp_path / "service")
+    with running_service(config) as (service, url):
+        alice = create_account(service.db, service.pepper, name="alice", role="owner")
+        operator = service.operator_token_path.read_text().strip()
+        with ServiceClient(url, operator) as provider:
+            statement = make_statement(
+                SLOW_RECIPE, name="slow", version="1", provider=owner.provider
+            )
+            provider.register_recipe("slow", source=SLOW_RECIPE, statement=statement.to_bytes())
+        with ServiceClient(url, alice) as client:
+            dataset = client.upload_dataset(owner.dataset, progress=False)["id"]
+            job = client.create_job(recipe="slow", dataset=dataset)["id"]
+            owner.start_only(client, job)
+            _wait_for_checkpoint(client, config.state_dir, job)
+            enclave = service.jobs._enclaves[job]
+            os.kill(enclave._process._process.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while client.job(job)["state"] != "interrupted" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            interrupted = client.job(job)
+            assert (interrupted["state"], interrupted["reason"]) == ("interrupted", "enclave_error")
+            assert (config.state_dir / "checkpoints" / job / "checkpoint.sealed").exists()
+            # Waiting on an interrupted job says how to continue it.
+            with pytest.raises(Conflict, match="service jobs resume"):
+                client.wait_job(job)
+
+            # The owner resumes, and its client dies as soon as the job is started again.
+            client.resume_job(job)
+            owner.start_only(client, job)
+            # A new client run of the same command waits for it and checks its result.
+            outcome = resume_job(
+                client,
+                job,
+                owner=owner.identity,
+                dataset=owner.dataset,
+                data_key_path=owner.data_key_path,
+                policy=owner.policy,
+                state_dir=owner.home,
+                sim_roots=service_sim_roots(client, owner.home, owner.policy),
+                poll_seconds=0.2,
+            )
+            assert outcome.report["resumed_from_step"] > 0
+            assert client.job(job)["state"] == "done"
+            # Done means ended: it does not resume again.
+            with pytest.raises(Conflict):
+                client.resume_job(job)
