@@ -232,6 +232,8 @@ def jobs_show(
         lines.append(f"message: {job['message']}")
     if job.get("model"):
         lines.append(f"model {job['model']}")
+    if job["state"] == "interrupted":
+        lines.append(f"continue it with `chiron service jobs resume {job['id']}`")
     _print(job, as_json, lines)
 
 
