@@ -40,7 +40,7 @@ from chiron.client.targets import train as train_model
 from chiron.core.errors import InputError, UsageError
 from chiron.core.fileio import atomic_write, read_input_file
 from chiron.core.keys import load_public_identity
-from chiron.core.limits import MAX_WORKERS
+from chiron.core.limits import MAX_PERIOD_MS, MAX_WORKERS
 
 _stderr = Console(stderr=True)
 
@@ -97,6 +97,20 @@ def train(
         help="with several workers: asynchronous updates, no worker more than N rounds "
         "ahead of the slowest (default: synchronous averaging)",
     ),
+    fixed_rate: bool | None = typer.Option(
+        None,
+        "--fixed-rate/--no-fixed-rate",
+        help="run on a fixed clock: progress, checkpoints, exchanges and the end happen "
+        "only every period, whatever the data (default: on with several workers)",
+    ),
+    period_ms: int | None = typer.Option(
+        None,
+        "--period-ms",
+        min=1,
+        max=MAX_PERIOD_MS,
+        help="the fixed-rate period in milliseconds (default: calibrated by the enclave "
+        "on synthetic records before it sees the data)",
+    ),
     rendezvous: str | None = typer.Option(
         None,
         "--rendezvous",
@@ -133,6 +147,8 @@ def train(
         workers=workers,
         exchange_every=exchange_every,
         async_staleness=async_staleness,
+        fixed_rate=fixed_rate,
+        period_ms=period_ms,
     )
     with (
         open_target(

@@ -138,9 +138,19 @@ def make_plan(
     workers: int = 1,
     exchange_every: int = DEFAULT_EXCHANGE_EVERY,
     async_staleness: int | None = None,
+    fixed_rate: bool | None = None,
+    period_ms: int | None = None,
 ) -> Plan:
-    """The owner's plan; exchange settings only mean something with several workers."""
+    """The owner's plan; exchange settings only mean something with several workers.
+
+    A distributed job runs fixed-rate unless the owner says otherwise (`fixed_rate`
+    False); a single enclave only when asked. A period implies fixed rate.
+    """
     distributed = workers > 1
+    if fixed_rate is None:
+        fixed_rate = distributed or period_ms is not None
+    if period_ms is not None and not fixed_rate:
+        raise UsageError("--period-ms needs the fixed-rate mode")
     return Plan(
         seed=seed,
         epochs=epochs,
@@ -148,6 +158,8 @@ def make_plan(
         exchange_every=exchange_every if distributed else 0,
         mode="async" if distributed and async_staleness is not None else "sync",
         staleness=(async_staleness or 0) if distributed else 0,
+        fixed_rate=fixed_rate,
+        period_ms=period_ms,
     )
 
 

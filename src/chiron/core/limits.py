@@ -16,6 +16,8 @@ MAX_SEED = 2**63 - 1
 MAX_WORKERS = 64
 MAX_EXCHANGE_EVERY = 1_000_000
 MAX_STALENESS = 1000
+# A fixed-rate job's slot period, in milliseconds (an hour at most).
+MAX_PERIOD_MS = 3_600_000
 # Its defaults where the owner does not choose.
 DEFAULT_EXCHANGE_EVERY = 10
 # An HPKE-sealed 256-bit key, with room for the encapsulated key and the tag.

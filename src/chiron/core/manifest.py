@@ -19,7 +19,7 @@ Wire form (JSON, within a boundary message or a REST body):
                   "datasets": [{"dataset_id": hex32, "header_sha256": hex}],
                   "plan": {"epochs": int|null, "batch_size": int|null, "seed": int,
                            "workers": int, "exchange_every": int, "mode": "sync"|"async",
-                           "staleness": int},
+                           "staleness": int, "fixed_rate": bool, "period_ms": int|null},
                   "enclaves": [fingerprint, ...], "issued_at": int},
      "signature": b64 Ed25519 by the owner}
 
@@ -44,6 +44,7 @@ from chiron.core.limits import (
     MAX_BATCH_SIZE,
     MAX_EPOCHS,
     MAX_EXCHANGE_EVERY,
+    MAX_PERIOD_MS,
     MAX_SEED,
     MAX_STALENESS,
     MAX_WORKERS,
@@ -98,7 +99,12 @@ class DatasetRef:
 
 @dataclass(frozen=True)
 class Plan:
-    """What the owner fixes about training. None keeps the recipe's own value."""
+    """What the owner fixes about training. None keeps the recipe's own value.
+
+    `fixed_rate` puts everything the host can observe of the job on a clock of one
+    period fixed before the data is seen (docs/training.md, "Fixed rate"); `period_ms`
+    is that period, or None for the enclave to calibrate it on synthetic records.
+    """
 
     seed: int
     epochs: int | None = None
@@ -107,6 +113,8 @@ class Plan:
     exchange_every: int = 0
     mode: str = "sync"
     staleness: int = 0
+    fixed_rate: bool = False
+    period_ms: int | None = None
 
     def __post_init__(self) -> None:
         _integer(self.seed, "seed", 0, MAX_SEED)
@@ -121,6 +129,11 @@ class Plan:
                 raise InputError("malformed job manifest: one worker exchanges nothing")
         else:
             _integer(self.exchange_every, "exchange_every", 1, MAX_EXCHANGE_EVERY)
+        if not isinstance(self.fixed_rate, bool):
+            raise InputError("malformed job manifest: fixed_rate must be true or false")
+        _integer(self.period_ms, "period_ms", 1, MAX_PERIOD_MS, optional=True)
+        if self.period_ms is not None and not self.fixed_rate:
+            raise InputError("malformed job manifest: a period needs fixed_rate")
 
     @property
     def distributed(self) -> bool:
@@ -139,6 +152,8 @@ class Plan:
             "exchange_every": self.exchange_every,
             "mode": self.mode,
             "staleness": self.staleness,
+            "fixed_rate": self.fixed_rate,
+            "period_ms": self.period_ms,
         }
 
     @classmethod

@@ -10,7 +10,9 @@ sealed to the owner. A recipe failure leaves as a reason class and nothing else.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,7 @@ from chiron.core.recipe_protocol import (
 from chiron.core.recipe_statement import SignedRecipeStatement
 from chiron.enclave import escrow
 from chiron.enclave.context import EnclaveContext
+from chiron.enclave.fixed_rate import Pacer, Rate, calibrate
 from chiron.enclave.recipe_session import (
     Declaration,
     predict_logits,
@@ -204,6 +207,8 @@ class _Checkpoints:
         self._directory = directory if key is not None else None
         self._key = key
         self._binding = binding
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def load(self) -> tuple[_Progress, bytes] | None:
         if self._directory is None:
@@ -221,12 +226,36 @@ class _Checkpoints:
         return _Progress.from_bytes(plain[4 : 4 + split]), plain[4 + split :]
 
     def save(self, progress: _Progress, child_state: bytes, plan: TrainingPlan) -> None:
+        """Seal and write in the background: the loop goes on while the host's disk syncs.
+
+        The write starts now (a fixed-rate job calls this on a slot boundary); how long
+        the host's disk takes is the host's business and delays no later slot.
+        """
         if self._directory is None or self._key is None:
             return
+        self.wait()
         meta = progress.to_bytes(plan)
         plain = len(meta).to_bytes(4, "big") + meta + child_state
-        self._directory.mkdir(parents=True, exist_ok=True)
-        atomic_write(self._directory / self.FILE, self._key.seal(plain, self._binding), mode=0o600)
+        self._writer = threading.Thread(target=self._write, args=(plain,), daemon=True)
+        self._writer.start()
+
+    def _write(self, plain: bytes) -> None:
+        try:
+            assert self._directory is not None and self._key is not None
+            self._directory.mkdir(parents=True, exist_ok=True)
+            sealed = self._key.seal(plain, self._binding)
+            atomic_write(self._directory / self.FILE, sealed, mode=0o600)
+        except BaseException as exc:  # re-raised by wait(), in the training loop
+            self._error = exc
+
+    def wait(self) -> None:
+        """The last checkpoint is written (or its error raised here)."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 class ParameterExchange(Protocol):
@@ -243,8 +272,11 @@ class ParameterExchange(Protocol):
     def shard(self, train_index: np.ndarray, seed: int) -> np.ndarray:
         """This worker's share of the training indices."""
 
-    def begin(self, plan: TrainingPlan, declaration: Declaration) -> None:
-        """Agree on the plan with the group; afterwards the schedule is fixed."""
+    def begin(self, plan: TrainingPlan, declaration: Declaration, rate: Rate | None) -> Rate | None:
+        """Agree on the plan and the fixed rate with the group; then the schedule is fixed.
+
+        Returns the group's rate (every member's the same), and the clock starts on return.
+        """
 
     def next_exchange(self, step: int) -> int:
         """The first exchange point after `step`."""
@@ -252,8 +284,13 @@ class ParameterExchange(Protocol):
     def due(self, step: int) -> bool:
         """Whether `step` is an exchange point (step 0 always is)."""
 
-    def synchronize(self, sandbox: Sandbox, step: int, declaration: Declaration) -> None:
-        """Exchange the child's parameters with the group and load the result into it."""
+    def collect(self, sandbox: Sandbox, declaration: Declaration) -> bytes:
+        """The child's parameters for the next exchange."""
+
+    def synchronize(
+        self, sandbox: Sandbox, step: int, declaration: Declaration, params: bytes
+    ) -> None:
+        """Exchange `params` with the group and load the result into the child."""
 
     def describe(self) -> dict[str, Any]:
         """The group, for the receipt and the owner's report."""
@@ -280,7 +317,26 @@ def train(
     emit: Callable[[dict[str, Any]], None],
     exchange: ParameterExchange | None = None,
 ) -> TrainResult:
-    """Train `job`'s recipe on its dataset; with `exchange`, as one worker of a group."""
+    """Train `job`'s recipe on its dataset; with `exchange`, as one worker of a group.
+
+    With the owner's `fixed_rate`, every observable action happens on the job's clock
+    (`chiron.enclave.fixed_rate`), a failure included.
+    """
+    pacer = Pacer()
+    try:
+        return _train(context, job, emit, exchange, pacer)
+    except BaseException:
+        pacer.settle()
+        raise
+
+
+def _train(
+    context: EnclaveContext,
+    job: AcceptedJob,
+    emit: Callable[[dict[str, Any]], None],
+    exchange: ParameterExchange | None,
+    pacer: Pacer,
+) -> TrainResult:
     manifest = job.manifest
     header, x, y = dataset.load_dataset(job.dataset_path, job.data_key)
     schema = header.schema
@@ -322,57 +378,99 @@ def train(
         progress = resumed[0] if resumed else _Progress(0, [])
         resumed_from_step = progress.step
 
-        sandbox.send(ToChild.PLAN, encode_json(plan.to_dict()))
-        send_records(sandbox, ToChild.DATA_X, x, schema)
-        sandbox.send(ToChild.DATA_Y, np.ascontiguousarray(y, dtype=LABEL_DTYPE).tobytes())
-        sandbox.expect(FromChild.READY, size=0)
-        if resumed:
-            sandbox.send(ToChild.STATE, resumed[1])
+        # The rate is fixed (and, in a group, agreed) before the recipe sees any data;
+        # the clock starts as the records go in.
+        rate = _fix_rate(job, plan, declaration, len(y_holdout), exchange is not None)
+        if exchange is not None:
+            rate = exchange.begin(plan, declaration, rate)
+        pacer.rate = rate
+        pacer.start()
+        units = rate or Rate(period_ms=1)
+        total = plan.total_steps
         # A worker of a group checkpoints nothing (a job that loses a worker fails) and
         # stops at every exchange point instead.
         checkpointing = exchange is None
-        if exchange is not None:
-            exchange.begin(plan, declaration)
-            exchange.synchronize(sandbox, 0, declaration)
 
-        total = plan.total_steps
+        def target_after(step: int) -> int:
+            """Where the segment that starts at `step` stops (fixed by the plan)."""
+            epoch_end = (step // plan.steps_per_epoch + 1) * plan.steps_per_epoch
+            if exchange is None:
+                next_checkpoint = (step // plan.checkpoint_every + 1) * plan.checkpoint_every
+                return min(epoch_end, next_checkpoint, total)
+            return min(epoch_end, exchange.next_exchange(step), total)
+
+        def start_segment(step: int) -> None:
+            """The child's next RUN, sent as soon as it is idle: it may run ahead of the clock."""
+            if step < total:
+                command = {"until_step": target_after(step), "checkpoint": checkpointing}
+                sandbox.send(ToChild.RUN, encode_json(command))
+
+        with pacer.slot(units.load, sandbox):
+            sandbox.send(ToChild.PLAN, encode_json(plan.to_dict()))
+            send_records(sandbox, ToChild.DATA_X, x, schema)
+            sandbox.send(ToChild.DATA_Y, np.ascontiguousarray(y, dtype=LABEL_DTYPE).tobytes())
+            sandbox.expect(FromChild.READY, size=0)
+            if resumed:
+                sandbox.send(ToChild.STATE, resumed[1])
+            if exchange is None:
+                start_segment(progress.step)
+        if exchange is not None:
+            _exchange(pacer, sandbox, exchange, 0, declaration, units, lambda: start_segment(0))
+
         emit({"event": "progress", "step": progress.step, "total": total})
         report_every = max(1, total // 100)
         while progress.step < total:
-            epoch_end = (progress.step // plan.steps_per_epoch + 1) * plan.steps_per_epoch
-            next_checkpoint = (progress.step // plan.checkpoint_every + 1) * plan.checkpoint_every
-            if exchange is None:
-                target = min(epoch_end, next_checkpoint, total)
-            else:
-                target = min(epoch_end, exchange.next_exchange(progress.step), total)
-            sandbox.send(
-                ToChild.RUN, encode_json({"until_step": target, "checkpoint": checkpointing})
-            )
+            target = target_after(progress.step)
+            # One slot per step, each ending on its own boundary.
             for step in range(progress.step + 1, target + 1):
-                sandbox.expect(FromChild.TICK, size=0)
+                with pacer.slot(1, sandbox):
+                    sandbox.expect(FromChild.TICK, size=0)
                 if step % report_every == 0 or step == target:
                     emit({"event": "progress", "step": step, "total": total})
-            if checkpointing:
-                child_state = sandbox.expect(
-                    FromChild.CHECKPOINT, size=declaration.checkpoint_nbytes
-                )
             progress.step = target
-            if exchange is not None and exchange.due(target):
-                exchange.synchronize(sandbox, target, declaration)
-            if target == epoch_end:
-                logits = predict_logits(sandbox, x_holdout, schema, declaration.num_outputs)
+            evaluating = target % plan.steps_per_epoch == 0
+            exchanging = exchange is not None and exchange.due(target)
+            # The last piece of the child's work in this segment starts the next one.
+            if checkpointing:
+                with pacer.slot(units.checkpoint, sandbox):
+                    child_state = sandbox.expect(
+                        FromChild.CHECKPOINT, size=declaration.checkpoint_nbytes
+                    )
+                    if not (exchanging or evaluating):
+                        start_segment(target)
+            if exchange is not None and exchanging:
+                _exchange(
+                    pacer,
+                    sandbox,
+                    exchange,
+                    target,
+                    declaration,
+                    units,
+                    None if evaluating else functools.partial(start_segment, target),
+                )
+            if evaluating:
+                with pacer.slot(units.evaluate, sandbox):
+                    logits = predict_logits(sandbox, x_holdout, schema, declaration.num_outputs)
+                    start_segment(target)
                 progress.epoch_accuracy.append(float(np.mean(logits.argmax(1) == y_holdout)))
             if checkpointing:
                 checkpoints.save(progress, child_state, plan)
 
-        sandbox.send(ToChild.FINISH, b"")
-        weights = sandbox.expect(FromChild.MODEL, size=declaration.model_nbytes)
-        escrow.check_weights(weights)
-        final_logits = predict_logits(sandbox, x_holdout, schema, declaration.num_outputs)
+        # The last slots hold the final weights and predictions, the child's exit and
+        # escrow: the call returns at their end.
+        finished = pacer.reserve(units.finish)
+        checkpoints.wait()
+        with sandbox.until(finished):
+            sandbox.send(ToChild.FINISH, b"")
+            weights = sandbox.expect(FromChild.MODEL, size=declaration.model_nbytes)
+            escrow.check_weights(weights)
+            final_logits = predict_logits(sandbox, x_holdout, schema, declaration.num_outputs)
 
     summary = exchange.summary() if exchange is not None else TrainResult()
     if exchange is not None and not exchange.lead:
+        pacer.arrive(finished)
         return summary
+    fixed_rate = pacer.describe()
     group = {"distributed": exchange.describe()} if exchange is not None else {}
     model = escrow.seal_model(
         context,
@@ -399,6 +497,7 @@ def train(
         "steps": plan.total_steps,
         "epochs": plan.epochs,
         "resumed_from_step": resumed_from_step,
+        "fixed_rate": fixed_rate,
         **group,
     }
     receipt = escrow.sign_receipt(
@@ -421,7 +520,9 @@ def train(
                 "steps": plan.total_steps,
                 "seed": plan.seed,
                 "workers": manifest.plan.workers,
+                "fixed_rate": manifest.plan.fixed_rate,
             },
+            "fixed_rate": fixed_rate,
             "owner_fingerprint": manifest.owner.fingerprint,
             "provider_fingerprint": manifest.provider.fingerprint,
             **group,
@@ -442,6 +543,7 @@ def train(
         purpose=purposes.OWNER_REPORT,
         context={"manifest": job.signed.digest},
     )
+    pacer.arrive(finished)
     return dataclasses.replace(
         summary,
         model=model.file_bytes,
@@ -451,6 +553,52 @@ def train(
             context.identity, job.signed.digest, sealed_report
         ),
     )
+
+
+def _fix_rate(
+    job: AcceptedJob,
+    plan: TrainingPlan,
+    declaration: Declaration,
+    holdout_records: int,
+    exchanges: bool,
+) -> Rate | None:
+    """The owner's period, or one calibrated on synthetic records; None if not fixed-rate."""
+    owner_plan = job.manifest.plan
+    if not owner_plan.fixed_rate:
+        return None
+    if owner_plan.period_ms is not None:
+        return Rate.of_period(owner_plan.period_ms)
+    return calibrate(
+        schema=job.header.schema,
+        recipe_name=job.recipe_name,
+        recipe_source=job.recipe_source,
+        overrides=owner_plan.overrides(),
+        plan=plan,
+        declaration=declaration,
+        holdout_records=holdout_records,
+        exchanges=exchanges,
+    )
+
+
+def _exchange(
+    pacer: Pacer,
+    sandbox: Sandbox,
+    exchange: ParameterExchange,
+    step: int,
+    declaration: Declaration,
+    units: Rate,
+    then: Callable[[], None] | None = None,
+) -> None:
+    """One exchange on the clock: PARAMS leaves at a boundary, whenever the child gave them.
+
+    `then` runs once the child holds the group's parameters, within the exchange's slots.
+    """
+    with pacer.slot(1, sandbox):
+        params = exchange.collect(sandbox, declaration)
+    with pacer.slot(units.exchange, sandbox):
+        exchange.synchronize(sandbox, step, declaration, params)
+        if then is not None:
+            then()
 
 
 def _checkpoint_key(context: EnclaveContext, job: AcceptedJob) -> SealingKey | None:

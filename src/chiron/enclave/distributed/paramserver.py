@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chiron.core.contract import ExchangeRequest, ExchangeResult
+from chiron.core.encoding import canonical_json
 from chiron.core.errors import InputError, IntegrityError
 from chiron.enclave.context import EnclaveContext
 from chiron.enclave.distributed.averaging import AsynchronousModel, ParameterLayout
@@ -43,6 +44,7 @@ from chiron.enclave.distributed.messages import (
 )
 from chiron.enclave.distributed.schedule import SYNC, ExchangeSchedule, StalenessGate
 from chiron.enclave.distributed.settings import GroupSettings
+from chiron.enclave.fixed_rate import Rate
 
 
 def handle_exchange(
@@ -107,10 +109,11 @@ class _Server:
 
     def run(self) -> int:
         await_verdicts(self._board, self._settings)
-        schedule, model_nbytes = self._agree()
+        schedule, model_nbytes, rate = self._agree()
         self._slot = parameter_slot_bytes(model_nbytes)
+        start = canonical_json({"rate": rate.to_dict() if rate is not None else None})
         for worker in self._workers:
-            self._post_start(worker, MessageKind.START, b"{}")
+            self._post_start(worker, MessageKind.START, start)
         self._transport = Transport(
             self._board,
             rank=0,
@@ -125,10 +128,15 @@ class _Server:
             self._asynchronous(schedule)
         return schedule.rounds
 
-    def _agree(self) -> tuple[ExchangeSchedule, int]:
-        """Every worker's HELLO: the same job, members and plan, the same parameter size."""
+    def _agree(self) -> tuple[ExchangeSchedule, int, Rate | None]:
+        """Every worker's HELLO: the same job, members and plan, the same parameter size.
+
+        In a fixed-rate job each worker also says the rate it needs; the group's is the
+        widest of them (every period and slot count the largest), sent to all in START.
+        """
         expected = self._settings.agreement()
         first: dict[str, Any] | None = None
+        rates: list[Rate] = []
         for worker in self._workers:
             kind, payload = self._channel.open(
                 self._board.fetch(
@@ -153,6 +161,14 @@ class _Server:
                 raise IntegrityError(
                     f"worker {worker} was given other job settings than the parameter server"
                 )
+            try:
+                rate = hello.get("rate")
+                if rate is not None:
+                    rates.append(Rate.from_dict(rate))
+            except IntegrityError:
+                raise IntegrityError(f"worker {worker} sent a malformed HELLO") from None
+            if (rate is not None) != self._settings.fixed_rate:
+                raise IntegrityError(f"worker {worker} disagrees on the fixed rate")
             plan = {"plan": hello.get("plan"), "model_nbytes": hello.get("model_nbytes")}
             if first is None:
                 first = plan
@@ -167,7 +183,8 @@ class _Server:
             raise IntegrityError("worker 1 sent a malformed HELLO") from None
         if model_nbytes <= 0:
             raise IntegrityError("worker 1 sent a malformed HELLO")
-        return ExchangeSchedule(self._settings.exchange_every, total_steps), model_nbytes
+        rate = Rate.widest(rates) if rates else None
+        return ExchangeSchedule(self._settings.exchange_every, total_steps), model_nbytes, rate
 
     def _synchronous(self, schedule: ExchangeSchedule) -> None:
         layout: ParameterLayout | None = None

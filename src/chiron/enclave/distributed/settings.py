@@ -1,10 +1,10 @@
 """A distributed job's settings, as every member enclave derives them.
 
 Everything that decides what the members do comes from the owner's signed manifest:
-the job, the exchange interval, mode and staleness bound, and the fingerprints of the
-enclaves, by rank, that the owner's client attested. The host contributes only the
-members' full public keys (checked against those fingerprints), where to meet
-(`contract.Rendezvous`) and timeouts, none of which can weaken the job: a wrong value
+the job, the exchange interval, mode and staleness bound, the fixed rate, and the
+fingerprints of the enclaves, by rank, that the owner's client attested. The host
+contributes only the members' full public keys (checked against those fingerprints),
+where to meet (`contract.Rendezvous`) and timeouts, none of which can weaken the job: a wrong value
 makes it fail. Every member also checks, in HELLO, that all hold the same manifest.
 """
 
@@ -31,6 +31,8 @@ class GroupSettings:
     exchange_every: int
     mode: str
     staleness: int
+    fixed_rate: bool
+    period_ms: int | None
     handshake_timeout: float
     exchange_timeout: float
     rendezvous: Rendezvous
@@ -70,6 +72,8 @@ class GroupSettings:
             exchange_every=plan.exchange_every,
             mode=plan.mode,
             staleness=plan.staleness,
+            fixed_rate=plan.fixed_rate,
+            period_ms=plan.period_ms,
             handshake_timeout=group.handshake_timeout,
             exchange_timeout=group.exchange_timeout,
             rendezvous=rendezvous,
@@ -82,6 +86,8 @@ class GroupSettings:
             "exchange_every": self.exchange_every,
             "mode": self.mode,
             "staleness": self.staleness,
+            "fixed_rate": self.fixed_rate,
+            "period_ms": self.period_ms,
             "members": [member.fingerprint for member in self.members],
         }
 
@@ -94,4 +100,6 @@ class GroupSettings:
             "exchange_every": self.exchange_every,
             "mode": self.mode,
             "staleness": self.staleness,
+            "fixed_rate": self.fixed_rate,
+            "period_ms": self.period_ms,
         }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,7 @@ from chiron.enclave.distributed.messages import (
 )
 from chiron.enclave.distributed.schedule import ExchangeSchedule, shard_indices
 from chiron.enclave.distributed.settings import GroupSettings
+from chiron.enclave.fixed_rate import Rate
 from chiron.enclave.recipe_session import Declaration
 from chiron.enclave.sandbox import Sandbox
 from chiron.enclave.trainer import AcceptedJob, train
@@ -97,6 +99,8 @@ class WorkerExchange:
         self._exchange_seconds = 0.0
         # Of which waiting for the server's answer: the other workers and the averaging.
         self._waiting_seconds = 0.0
+        self._collect_started = 0.0
+        self._collect_seconds = 0.0
 
     @property
     def lead(self) -> bool:
@@ -107,13 +111,19 @@ class WorkerExchange:
             train_index, worker=self._settings.rank, workers=self._settings.workers, seed=seed
         )
 
-    def begin(self, plan: TrainingPlan, declaration: Declaration) -> None:
-        """HELLO with what this worker will exchange; START once every member agrees."""
+    def begin(self, plan: TrainingPlan, declaration: Declaration, rate: Rate | None) -> Rate | None:
+        """HELLO with what this worker will exchange; START once every member agrees.
+
+        In a fixed-rate job HELLO carries the rate this worker needs and START the
+        group's (the widest of them), the same for every member: the clock starts as
+        START arrives, at about the same instant for all of them.
+        """
         settings = self._settings
         hello = {
             "agreement": settings.agreement(),
             "plan": plan.to_dict(),
             "model_nbytes": declaration.model_nbytes,
+            "rate": rate.to_dict() if rate is not None else None,
         }
         self._board.post(
             f"hello/{settings.rank}",
@@ -142,6 +152,13 @@ class WorkerExchange:
         )
         if kind == MessageKind.ABORT:
             raise abort_error(payload, 0)
+        try:
+            start = json.loads(payload.decode("utf-8"))
+            agreed = None if start["rate"] is None else Rate.from_dict(start["rate"])
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+            raise IntegrityError("the parameter server sent a malformed START") from None
+        if (agreed is None) != (rate is None):
+            raise IntegrityError("the parameter server's START disagrees on the fixed rate")
         self._schedule = ExchangeSchedule(settings.exchange_every, plan.total_steps)
         self._slot = parameter_slot_bytes(declaration.model_nbytes)
         self._transport = Transport(
@@ -153,6 +170,7 @@ class WorkerExchange:
             trace=self._trace,
         )
         self._stage = "params"
+        return agreed
 
     def next_exchange(self, step: int) -> int:
         return self._fixed().next_step(step)
@@ -160,15 +178,24 @@ class WorkerExchange:
     def due(self, step: int) -> bool:
         return self._fixed().round_at(step) is not None
 
-    def synchronize(self, sandbox: Sandbox, step: int, declaration: Declaration) -> None:
+    def collect(self, sandbox: Sandbox, declaration: Declaration) -> bytes:
+        self._collect_started = time.monotonic()
+        sandbox.send(ToChild.GET_PARAMS)
+        params = sandbox.expect(FromChild.PARAMS, size=declaration.model_nbytes)
+        escrow.check_weights(params)
+        self._collect_seconds = time.monotonic() - self._collect_started
+        return params
+
+    def synchronize(
+        self, sandbox: Sandbox, step: int, declaration: Declaration, params: bytes
+    ) -> None:
         schedule = self._fixed()
         round_number = schedule.round_at(step)
         if self._transport is None or round_number != self._next_round:
             raise InputError(f"step {step} is not the next exchange point")
-        started = time.monotonic()
-        sandbox.send(ToChild.GET_PARAMS)
-        params = sandbox.expect(FromChild.PARAMS, size=declaration.model_nbytes)
-        escrow.check_weights(params)
+        # The exchange's own time: collecting the parameters, then this call (a
+        # fixed-rate job waits for its boundary in between, which is not exchanging).
+        started = time.monotonic() - self._collect_seconds
         message = self._channel.seal(
             MessageKind.PARAMS,
             receiver=0,

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -118,6 +118,8 @@ class Sandbox:
         self._job_deadline = (
             time.monotonic() if started is None else started
         ) + limits.job_timeout_seconds
+        # A fixed-rate job's current slot end (`until`): no send or expect outlasts it.
+        self._slot_deadline: float | None = None
         self._to_child = to_child
         self._from_child = from_child
         self._limits = limits
@@ -305,6 +307,19 @@ class Sandbox:
         if self._pids_group is not None:
             pids.remove(self._pids_group)  # empty now: the whole child was reaped
 
+    @contextlib.contextmanager
+    def until(self, deadline: float | None) -> Iterator[None]:
+        """Within the block, every send and expect also ends at `deadline` (monotonic).
+
+        A fixed-rate job gives each slot's work an absolute end: a child that has not
+        answered by then fails the job as `timeout` at that instant.
+        """
+        previous, self._slot_deadline = self._slot_deadline, deadline
+        try:
+            yield
+        finally:
+            self._slot_deadline = previous
+
     def __enter__(self) -> Sandbox:
         return self
 
@@ -335,7 +350,8 @@ class Sandbox:
 
     def _deadline(self, seconds: float) -> float:
         """`seconds` from now, but no later than the end of the job's time."""
-        return min(time.monotonic() + seconds, self._job_deadline)
+        deadline = min(time.monotonic() + seconds, self._job_deadline)
+        return deadline if self._slot_deadline is None else min(deadline, self._slot_deadline)
 
     def _require_open(self) -> None:
         if self._closed:
