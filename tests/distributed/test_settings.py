@@ -267,6 +267,10 @@ def test_a_good_plan():
         ({"workers": 1}, "one worker exchanges nothing"),
         ({"workers": 1, "exchange_every": 0, "mode": "async"}, "one worker exchanges nothing"),
         ({"workers": 1, "exchange_every": 0, "staleness": 1}, "one worker exchanges nothing"),
+        ({"period_ms": 100}, "a period needs fixed_rate"),
+        ({"fixed_rate": 1}, "fixed_rate must be true or false"),
+        ({"fixed_rate": True, "period_ms": 0}, "period_ms must be an integer"),
+        ({"fixed_rate": True, "period_ms": 3_600_001}, "period_ms must be an integer"),
     ],
 )
 def test_a_bad_plan_is_refused(fields, message):
