@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from chiron.client import cli, cli_train, training
+from chiron.client import cli, targets, training
 from chiron.client.attestation import verify_enclave
 from chiron.client.sessions import LocalEnclaveSession
 from chiron.client.training import authorize, check_training_result
@@ -738,7 +738,8 @@ def test_chiron_train_writes_nothing_when_the_host_swaps_the_model(
                 result["model"] = escrowed_model(owner.identity.public, hosts.public)
             return result
 
-    monkeypatch.setattr(cli_train, "LocalEnclaveSession", SwappingSession)
+    # The command builds its enclave session where the CLI and the SDK share it.
+    monkeypatch.setattr(targets, "LocalEnclaveSession", SwappingSession)
     files = tmp_path / "cli"
     files.mkdir()
     recipe = files / "tiny.py"
