@@ -57,9 +57,7 @@ def test_train_and_query_through_the_service(tmp_path):
     schema = DatasetSchema((1, 8, 8), "uint8", 3)
     x, y = _images(240, seed=1)
     key = bytes(range(32))
-    header = encrypt_dataset(
-        [(x, y)], tmp_path / "train.chd", key, schema=schema, record_count=240
-    )
+    header = encrypt_dataset([(x, y)], tmp_path / "train.chd", key, schema=schema, record_count=240)
     _, header_sha256 = read_dataset_header_and_digest(tmp_path / "train.chd")
     policy = load_policy(None, allow_simulation=True)
     with running_service(ServiceConfig(state_dir=tmp_path / "service")) as (service, url):
