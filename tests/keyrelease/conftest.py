@@ -8,81 +8,26 @@ real `KeyReleaseAgent` behind its real HTTP server on a free loopback port.
 from __future__ import annotations
 
 import os
-import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from tests.security.escrowed import escrow, probe_weights
 
 from chiron.client.attestation import load_policy
 from chiron.client.key_release_agent import AgentState, KeyReleaseAgent, running_agent
 from chiron.client.sessions import LocalEnclaveSession
-from chiron.core import modelfile, purposes
 from chiron.core.attestation import Policy, load_sim_root
-from chiron.core.crypto import random_key, seal
 from chiron.core.keys import Identity
 from chiron.core.measurement import measure_runtime
 from chiron.core.release_policy import ReleasePolicy
-from chiron.core.schema import DatasetSchema
-
-SCHEMA = DatasetSchema((1, 4, 4), "uint8", 3)
-QUERY_POLICY = {"output": "probabilities", "rounding": 3, "budget": 1000}
-RECIPE = textwrap.dedent(
-    """
-    import torch.nn as nn
-
-    HYPERPARAMETERS = {"epochs": 1, "batch_size": 8, "lr": 0.01}
-
-    def build_model(schema):
-        c, h, w = schema.input_shape
-        return nn.Sequential(
-            nn.Flatten(), nn.Linear(c * h * w, 8), nn.ReLU(), nn.Linear(8, schema.num_classes)
-        )
-    """
-).encode()
 
 
 @pytest.fixture(scope="session")
 def weights() -> bytes:
-    """Safetensors weights of RECIPE on SCHEMA, as the sandbox's query mode expects them."""
-    from chiron.recipes.hooks import load_recipe
-    from chiron.recipes.loop import declare
-
-    _, probe = declare(load_recipe(RECIPE, filename="tiny.py"), SCHEMA)
-    return probe.model_weights()
-
-
-def escrow(owner: Identity, provider: Identity, weights: bytes, model_id: str) -> bytes:
-    """A model file as the training enclave writes one (`enclave.escrow.seal_model`)."""
-    model_key = random_key()
-    owner_share = random_key()
-    provider_share = bytes(a ^ b for a, b in zip(model_key, owner_share, strict=True))
-    shares = {"owner": owner_share, "provider": provider_share}
-    sealed = {
-        party: seal(
-            identity.public.hpke_key,
-            shares[party],
-            purpose=purposes.MODEL_SHARE_ESCROW,
-            context={"model_id": model_id, "party": party},
-        )
-        for party, identity in (("owner", owner), ("provider", provider))
-    }
-    header = modelfile.ModelHeader(
-        model_id=model_id,
-        schema=SCHEMA,
-        query_policy=QUERY_POLICY,
-        owner=owner.public,
-        provider=provider.public,
-        owner_share=sealed["owner"],
-        provider_share=sealed["provider"],
-        owner_share_sha256=modelfile.share_digest(owner_share),
-        provider_share_sha256=modelfile.share_digest(provider_share),
-        measurement="0" * 64,
-        created=0,
-    )
-    payload = modelfile.ModelPayload("tiny.py", RECIPE, weights)
-    return modelfile.encrypt_model(header, payload, model_key)
+    """Safetensors weights of the tiny recipe, as the sandbox's query mode expects them."""
+    return probe_weights()
 
 
 @dataclass

@@ -14,7 +14,6 @@ training enclave escrows them.
 from __future__ import annotations
 
 import os
-import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tests.security.escrowed import QUERY_POLICY, SCHEMA, escrow, probe_weights
 
 from chiron.client import querying
 from chiron.client.attestation import load_policy
@@ -40,23 +40,8 @@ from chiron.core.crypto import (
 )
 from chiron.core.errors import AttestationError, EnclaveError, InputError, IntegrityError
 from chiron.core.keys import DataKey, Identity
-from chiron.core.schema import DatasetSchema
 
-SCHEMA = DatasetSchema((1, 4, 4), "uint8", 3)
-POLICY = {"output": "probabilities", "rounding": 3, "budget": 1000}
-RECIPE = textwrap.dedent(
-    """
-    import torch.nn as nn
-
-    HYPERPARAMETERS = {"epochs": 1, "batch_size": 8, "lr": 0.01}
-
-    def build_model(schema):
-        c, h, w = schema.input_shape
-        return nn.Sequential(
-            nn.Flatten(), nn.Linear(c * h * w, 8), nn.ReLU(), nn.Linear(8, schema.num_classes)
-        )
-    """
-).encode()
+POLICY = QUERY_POLICY
 
 
 # -- a cheap escrowed model -------------------------------------------------------------
@@ -64,44 +49,8 @@ RECIPE = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def weights() -> bytes:
-    """Safetensors weights of RECIPE on SCHEMA, as the sandbox's query mode expects them."""
-    from chiron.recipes.hooks import load_recipe
-    from chiron.recipes.loop import declare
-
-    _, probe = declare(load_recipe(RECIPE, filename="tiny.py"), SCHEMA)
-    return probe.model_weights()
-
-
-def escrow(owner: Identity, provider: Identity, weights: bytes, model_id: str) -> bytes:
-    """A model file as the training enclave writes one (`enclave.escrow.seal_model`)."""
-    model_key = random_key()
-    owner_share = random_key()
-    provider_share = bytes(a ^ b for a, b in zip(model_key, owner_share, strict=True))
-    shares = {"owner": owner_share, "provider": provider_share}
-    sealed = {
-        party: seal(
-            identity.public.hpke_key,
-            shares[party],
-            purpose=purposes.MODEL_SHARE_ESCROW,
-            context={"model_id": model_id, "party": party},
-        )
-        for party, identity in (("owner", owner), ("provider", provider))
-    }
-    header = modelfile.ModelHeader(
-        model_id=model_id,
-        schema=SCHEMA,
-        query_policy=POLICY,
-        owner=owner.public,
-        provider=provider.public,
-        owner_share=sealed["owner"],
-        provider_share=sealed["provider"],
-        owner_share_sha256=modelfile.share_digest(owner_share),
-        provider_share_sha256=modelfile.share_digest(provider_share),
-        measurement="0" * 64,
-        created=0,
-    )
-    payload = modelfile.ModelPayload("tiny.py", RECIPE, weights)
-    return modelfile.encrypt_model(header, payload, model_key)
+    """Safetensors weights of the tiny recipe, as the sandbox's query mode expects them."""
+    return probe_weights()
 
 
 # -- the hostile host -------------------------------------------------------------------

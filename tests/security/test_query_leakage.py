@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tests.security import escrowed
 
 from chiron.client.attestation import load_policy
 from chiron.client.inputs import load_query_inputs
@@ -95,47 +96,19 @@ def predict(model, x):
 ).encode()
 
 
-def weights_of(recipe: bytes) -> bytes:
-    from chiron.recipes.hooks import load_recipe
-    from chiron.recipes.loop import declare
-
-    _, probe = declare(load_recipe(recipe, filename="tiny.py"), SCHEMA)
-    return probe.model_weights()
-
-
 def escrow(
     owner: Identity, provider: Identity, recipe: bytes, policy: dict[str, Any], model_id: str
 ) -> bytes:
-    """A model file as the training enclave writes one (`enclave.escrow.seal_model`)."""
-    model_key, owner_share = random_key(), random_key()
-    shares = {
-        "owner": owner_share,
-        "provider": bytes(a ^ b for a, b in zip(model_key, owner_share, strict=True)),
-    }
-    sealed = {
-        party: seal(
-            identity.public.hpke_key,
-            shares[party],
-            purpose=purposes.MODEL_SHARE_ESCROW,
-            context={"model_id": model_id, "party": party},
-        )
-        for party, identity in (("owner", owner), ("provider", provider))
-    }
-    header = modelfile.ModelHeader(
-        model_id=model_id,
+    """A model file of `recipe` under `policy`, as the training enclave writes one."""
+    return escrowed.escrow(
+        owner,
+        provider,
+        escrowed.probe_weights(recipe, SCHEMA),
+        model_id,
+        recipe=recipe,
+        query_policy=policy,
         schema=SCHEMA,
-        query_policy=query_protocol.normalize_query_policy(policy),
-        owner=owner.public,
-        provider=provider.public,
-        owner_share=sealed["owner"],
-        provider_share=sealed["provider"],
-        owner_share_sha256=modelfile.share_digest(shares["owner"]),
-        provider_share_sha256=modelfile.share_digest(shares["provider"]),
-        measurement="0" * 64,
-        created=0,
     )
-    payload = modelfile.ModelPayload("tiny.py", recipe, weights_of(recipe))
-    return modelfile.encrypt_model(header, payload, model_key)
 
 
 class Relay:
