@@ -381,3 +381,8 @@ def register(app: typer.Typer) -> None:
             group.command(command)(function)
         service_app.add_typer(group, name=name)
     app.add_typer(service_app, name="service")
+    # The spelling the two-party walkthrough was first written with keeps working for
+    # registering a recipe; it is the very same command, not listed in --help.
+    former = typer.Typer(no_args_is_help=True, hidden=True)
+    former.command("register")(recipes_register)
+    app.add_typer(former, name="recipes", hidden=True)
