@@ -23,11 +23,11 @@ next boundary, so a failure's time is a boundary too.
 
 T and the slot counts come from the owner's `period_ms` (every piece of work then gets
 one slot, so T must cover the slowest of them, but the two edges of the job get at least
-`EDGE_SECONDS`), or from a calibration before the data:
-the recipe runs a few steps on synthetic records of the dataset's public shape in a
-sandbox of its own; T is `MARGIN` times its slowest step rounded up to a coarse 1-2-5
-grid, and each other kind of work gets as many slots as `MARGIN` times its measured
-time needs.
+`EDGE_SECONDS`), or from a calibration before the data: the recipe runs a few steps on
+synthetic records of the dataset's public shape in a sandbox of its own; T is `MARGIN`
+times its slowest step but the first rounded up to a coarse grid (`grid_period_ms`), and
+each other kind of work gets as many slots as `MARGIN` times its measured time plus
+`SLACK_SECONDS` needs.
 """
 
 from __future__ import annotations
@@ -62,10 +62,14 @@ from chiron.enclave.sandbox import Sandbox, SandboxFailure
 
 # How much slower than the calibration the real run may be before it times out.
 MARGIN = 3.0
-# The shortest calibrated period, and the grid a calibrated period is rounded up to.
+# The shortest calibrated period; calibrated periods are rounded up to the grid
+# 10, 15, 20, 30, 40, 60, 80, 120, ... ms (1 and 1.5 times a power of two, times 10 ms).
 MIN_PERIOD_MS = 10
-_GRID = (1, 2, 5)
 CALIBRATION_STEPS = 8
+# Added to every calibrated piece of work but a step: a busy machine's hiccups. The child
+# starts the next run of steps as soon as that work is done, so the slack it leaves
+# becomes the child's lead over the clock for the steps that follow.
+SLACK_SECONDS = 0.25
 # With the owner's period, the two edges of the job (handing over the records; the final
 # weights, the child's exit and escrow) get at least this long, in whole slots.
 EDGE_SECONDS = 2.0
@@ -73,14 +77,19 @@ _MAX_SLOTS = 1_000_000
 
 
 def grid_period_ms(seconds: float) -> int:
-    """The smallest period of the 1-2-5 grid (10, 20, 50, 100, ... ms) of at least `seconds`."""
+    """The smallest period of the grid (10, 15, 20, 30, 40, 60, ... ms) of at least `seconds`.
+
+    Coarse on purpose: neighbouring values are a factor of 1.33 or 1.5 apart, so the
+    period says little even about the machine, and nothing about the owner's data
+    (it is measured on synthetic records).
+    """
     wanted = max(MIN_PERIOD_MS, math.ceil(seconds * 1000))
-    scale = 1
+    base = MIN_PERIOD_MS
     while True:
-        for mantissa in _GRID:
-            if mantissa * scale >= wanted:
-                return mantissa * scale
-        scale *= 10
+        for candidate in (base, base * 3 // 2):
+            if candidate >= wanted:
+                return candidate
+        base *= 2
 
 
 @dataclass(frozen=True)
@@ -255,12 +264,16 @@ def calibrate(
         sandbox.expect(FromChild.READY, size=0)
         load = time.monotonic() - started
         sandbox.send(ToChild.RUN, encode_json({"until_step": steps, "checkpoint": True}))
-        step = 0.0
+        # The first step warms up (allocations, lazy initialisation): it is charged to
+        # the load's slots, where the real job's first step starts too.
+        gaps = []
         last = time.monotonic()
         for _ in range(steps):
             sandbox.expect(FromChild.TICK, size=0)
             now = time.monotonic()
-            step, last = max(step, now - last), now
+            gaps.append(now - last)
+            last = now
+        first, step = gaps[0], max(gaps[1:] or gaps)
         sandbox.expect(FromChild.CHECKPOINT, size=declaration.checkpoint_nbytes)
         checkpoint = time.monotonic() - last
         started = time.monotonic()
@@ -283,11 +296,11 @@ def calibrate(
     period = period_ms / 1000
 
     def slots(seconds: float, extra: int = 0) -> int:
-        return max(1, math.ceil(MARGIN * seconds / period)) + extra
+        return max(1, math.ceil((MARGIN * seconds + SLACK_SECONDS) / period)) + extra
 
     return Rate(
         period_ms=period_ms,
-        load=slots(load + checkpoint),
+        load=slots(load + first + checkpoint),
         checkpoint=slots(checkpoint),
         evaluate=slots(evaluate),
         # The exchange also crosses the network and waits for the slowest member.
