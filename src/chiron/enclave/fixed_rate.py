@@ -25,7 +25,7 @@ T and the slot counts come from the owner's `period_ms` (every piece of work the
 one slot, so T must cover the slowest of them, but the two edges of the job get at least
 `EDGE_SECONDS`), or from a calibration before the data: the recipe runs a few steps on
 synthetic records of the dataset's public shape in a sandbox of its own; T is `MARGIN`
-times its slowest step but the first rounded up to a coarse grid (`grid_period_ms`), and
+times its median step (the first excepted) rounded up to a coarse grid (`grid_period_ms`), and
 each other kind of work gets as many slots as `MARGIN` times its measured time plus
 `SLACK_SECONDS` needs.
 """
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
@@ -65,7 +66,7 @@ MARGIN = 3.0
 # The shortest calibrated period; calibrated periods are rounded up to the grid
 # 10, 15, 20, 30, 40, 60, 80, 120, ... ms (1 and 1.5 times a power of two, times 10 ms).
 MIN_PERIOD_MS = 10
-CALIBRATION_STEPS = 8
+CALIBRATION_STEPS = 12
 # Added to every calibrated piece of work but a step: a busy machine's hiccups. The child
 # starts the next run of steps as soon as that work is done, so the slack it leaves
 # becomes the child's lead over the clock for the steps that follow.
@@ -273,7 +274,10 @@ def calibrate(
             now = time.monotonic()
             gaps.append(now - last)
             last = now
-        first, step = gaps[0], max(gaps[1:] or gaps)
+        # A typical step, not the slowest: a step slowed by the machine (not by the
+        # recipe, which has no data to react to here) is absorbed by the child's lead
+        # over the clock, which grows by T minus a step with every step.
+        first, step = gaps[0], statistics.median(gaps[1:] or gaps)
         sandbox.expect(FromChild.CHECKPOINT, size=declaration.checkpoint_nbytes)
         checkpoint = time.monotonic() - last
         started = time.monotonic()
