@@ -90,6 +90,8 @@ def settings_for(members: list[EnclaveContext], rank: int, digest: str) -> Group
         exchange_every=5,
         mode="sync",
         staleness=0,
+        fixed_rate=False,
+        period_ms=None,
         handshake_timeout=20.0,
         exchange_timeout=20.0,
         rendezvous=Rendezvous("127.0.0.1", 1, None, False),
