@@ -33,8 +33,8 @@ test: install datasets services
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not alters_installation"
-	$(BIN)/python -m pytest -q -m alters_installation
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not alone"
+	$(BIN)/python -m pytest -q -m alone
 
 demo: install datasets
 	$(BIN)/chiron demo

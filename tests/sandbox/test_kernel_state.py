@@ -61,7 +61,7 @@ def _has_reader(fifo: Path) -> bool:
 
 # The FIFOs stand in the installed runtime's folders while this runs, so the runtime's
 # measurement differs meanwhile: it runs alone (`make test` runs these after the rest).
-@pytest.mark.alters_installation
+@pytest.mark.alone
 def test_a_fifo_in_every_readable_folder_sees_no_reader(run_attack, monkeypatch):
     # The host leaves a FIFO in every folder the recipe can read, plus one it creates
     # once the sandbox is confined (when the enclave first speaks to it, before the

@@ -269,6 +269,10 @@ def test_a_step_that_overruns_its_slot_fails_as_timeout_on_a_boundary(owner, mon
     assert trace.off_boundary()[-1] < 0.25, trace.events
 
 
+# The period is calibrated on this machine as it is at that moment: with other tests
+# competing for the two cores, a later step can overrun a period calibrated while they
+# paused. It runs alone, after the rest (`make test`).
+@pytest.mark.alone
 def test_the_period_is_calibrated_on_synthetic_records_when_the_owner_gives_none(owner):
     """The enclave fixes T itself before the data; it shows in the receipt and report."""
     dark = owner.dataset("dark", bright=False)
