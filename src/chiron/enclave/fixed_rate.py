@@ -10,7 +10,7 @@ boundary `start + k·T`, where k is a function of public facts alone (the plan):
     step       one optimizer step (its TICK)                                 1 slot
     checkpoint the child's state at a checkpoint point                       `checkpoint`
     evaluate   the held-out predictions at an epoch end                      `evaluate`
-    collect    the child's parameters before an exchange                    1 slot
+    collect    the child's parameters before an exchange                    `exchange`
     exchange   a parameter exchange, from sending PARAMS to the child loaded `exchange`
     finish     the final weights and predictions, the child's exit, escrow   `finish`
 

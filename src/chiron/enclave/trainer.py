@@ -593,7 +593,7 @@ def _exchange(
 
     `then` runs once the child holds the group's parameters, within the exchange's slots.
     """
-    with pacer.slot(1, sandbox):
+    with pacer.slot(units.exchange, sandbox):
         params = exchange.collect(sandbox, declaration)
     with pacer.slot(units.exchange, sandbox):
         exchange.synchronize(sandbox, step, declaration, params)
