@@ -207,7 +207,15 @@ def check_receipt_against_manifest(statement: dict[str, Any], manifest: SignedMa
     for name in ("epochs", "batch_size"):
         if getattr(signed.plan, name) is not None:
             fixed[name] = getattr(signed.plan, name)
+    fixed["fixed_rate"] = signed.plan.fixed_rate
     wrong += [f"plan.{name}" for name, value in fixed.items() if plan.get(name) != value]
+    # The clock the job ran on: present exactly when the owner asked for one, and with
+    # the owner's period when the owner fixed it (else the enclave calibrated one).
+    rate = statement.get("fixed_rate")
+    if signed.plan.fixed_rate != isinstance(rate, dict):
+        wrong.append("fixed_rate")
+    elif signed.plan.period_ms is not None and rate.get("period_ms") != signed.plan.period_ms:
+        wrong.append("fixed_rate.period_ms")
     if wrong:
         raise IntegrityError(f"the receipt does not match the job manifest: {', '.join(wrong)}")
 
