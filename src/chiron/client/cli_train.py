@@ -101,7 +101,7 @@ def train(
         None,
         "--fixed-rate/--no-fixed-rate",
         help="run on a fixed clock: progress, checkpoints, exchanges and the end happen "
-        "only every period, whatever the data (default: on with several workers)",
+        "only every period, whatever the data (default: off; on with --period-ms)",
     ),
     period_ms: int | None = typer.Option(
         None,
