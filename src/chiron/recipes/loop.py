@@ -13,7 +13,7 @@ import contextlib
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import safetensors.torch
@@ -24,6 +24,8 @@ from chiron.core.recipe_protocol import MAX_DECLARE_BYTES, TrainingPlan, encode_
 from chiron.core.schema import DatasetSchema
 from chiron.recipes.hooks import Recipe, lr_factor, records_to_tensor, seed_everything
 from chiron.recipes.state import decode_state, encode_state
+
+_Payload = TypeVar("_Payload", bytes, bytearray)
 
 # The throwaway run that sizes the declaration: seeded apart from the job's seed (which
 # the child learns only later, with the plan), on a zero batch of this many records.
@@ -178,8 +180,12 @@ class TrainingRun:
             raise RecipeError("predict returned a different number of outputs per batch")
         return np.concatenate(outputs)
 
-    def checkpoint(self) -> bytes:
-        """The full training state: weights, optimizer, generators and step."""
+    def checkpoint(self) -> bytearray:
+        """The full training state: weights, optimizer, generators and step.
+
+        Serialised once, straight from the live tensors into one buffer (see
+        `encode_state`); its size is that of the declaration, whatever the values.
+        """
         return encode_state(
             {
                 "step": self.step,
@@ -189,7 +195,7 @@ class TrainingRun:
             }
         )
 
-    def restore(self, checkpoint: bytes) -> None:
+    def restore(self, checkpoint: bytes | bytearray | memoryview) -> None:
         """Continue from a checkpoint of a run of the same recipe, schema and plan."""
         state = decode_state(checkpoint)
         try:
@@ -240,7 +246,7 @@ def declare(recipe: Recipe, schema: DatasetSchema) -> tuple[Declaration, Trainin
     return declaration, probe
 
 
-def check_size(what: str, data: bytes, declared: int) -> bytes:
+def check_size(what: str, data: _Payload, declared: int) -> _Payload:
     """Refuse to send something whose size differs from what was declared."""
     if len(data) != declared:
         raise RecipeError(

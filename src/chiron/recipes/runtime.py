@@ -75,7 +75,7 @@ class _Channel:
             _exact(kind, payload, size)
         return payload
 
-    def send(self, kind: FromChild, payload: bytes = b"") -> None:
+    def send(self, kind: FromChild, payload: bytes | bytearray = b"") -> None:
         try:
             write_frame(self._out_fd, kind, payload)
         except OSError:

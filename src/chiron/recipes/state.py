@@ -9,6 +9,11 @@ or a cached Gaussian that comes and goes, cannot change the size. A structure th
 does change (an optimizer growing new state) changes the size, which the caller
 detects and refuses.
 
+Layout: `MAGIC` ‖ skeleton length (8 bytes, little-endian) ‖ skeleton (JSON) ‖ a
+safetensors blob. Both JSON texts are padded with spaces to a multiple of 8 and the
+tensors are laid out widest element first, so every tensor's data is aligned. The
+layout, like the size, is a function of the structure alone.
+
 No pickle: a checkpoint is parsed, never executed.
 """
 
@@ -28,35 +33,121 @@ from chiron.core.errors import InputError, RecipeError
 MAGIC = b"CHRNCKPT"
 _LENGTH = struct.Struct("<Q")
 _SCALAR_WIDTH = 16  # hex digits of one 64-bit value
+# Both JSON texts are padded with spaces to this multiple, so every tensor's data starts
+# at an offset aligned to its element size (tensors are laid out widest first).
+_ALIGNMENT = 8
+# The safetensors names of the dtypes a checkpoint may hold.
+_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.uint64: "U64",
+    torch.uint32: "U32",
+    torch.uint16: "U16",
+    torch.complex64: "C64",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+}
+
+_Array = torch.Tensor | np.ndarray
 
 
-def encode_state(state: Any) -> bytes:
-    """Serialize a nest of dicts, lists, tuples, tensors, numpy arrays and scalars."""
-    tensors: dict[str, torch.Tensor] = {}
-    skeleton = json.dumps(_encode(state, tensors), separators=(",", ":")).encode("utf-8")
-    blob = safetensors.torch.save(tensors)
-    return MAGIC + _LENGTH.pack(len(skeleton)) + skeleton + blob
+def encode_state(state: Any) -> bytearray:
+    """Serialize a nest of dicts, lists, tuples, tensors, numpy arrays and scalars.
+
+    The result is built in one buffer of its final size and each tensor is copied into
+    it once, straight from the live state: a checkpoint costs one pass over the state,
+    and the caller sends the buffer as it is (framing takes a view, never a copy).
+    """
+    arrays: list[_Array] = []
+    skeleton = _padded(json.dumps(_encode(state, arrays), separators=(",", ":")).encode("utf-8"))
+    entries: dict[str, dict[str, Any]] = {}
+    placed: list[tuple[_Array, int, int]] = []
+    offset = 0
+    # Widest elements first, ties by position: the layout is a function of the structure.
+    for index in sorted(range(len(arrays)), key=lambda i: (-_itemsize(arrays[i]), i)):
+        array = arrays[index]
+        nbytes = _nbytes(array)
+        if isinstance(array, torch.Tensor):
+            dtype, shape = _DTYPES[array.dtype], list(array.shape)
+        else:
+            dtype, shape = "U8", [nbytes]
+        entries[str(index)] = {
+            "dtype": dtype,
+            "shape": shape,
+            "data_offsets": [offset, offset + nbytes],
+        }
+        placed.append((array, offset, nbytes))
+        offset += nbytes
+    header = _padded(json.dumps(entries, separators=(",", ":")).encode("utf-8"))
+    blob = len(MAGIC) + _LENGTH.size + len(skeleton)
+    data = blob + _LENGTH.size + len(header)
+    out = bytearray(data + offset)
+    out[: len(MAGIC)] = MAGIC
+    _LENGTH.pack_into(out, len(MAGIC), len(skeleton))
+    out[len(MAGIC) + _LENGTH.size : blob] = skeleton
+    _LENGTH.pack_into(out, blob, len(header))
+    out[blob + _LENGTH.size : data] = header
+    for array, start, nbytes in placed:
+        if nbytes:
+            _copy_bytes(
+                array, np.frombuffer(out, dtype=np.uint8, count=nbytes, offset=data + start)
+            )
+    return out
 
 
-def decode_state(data: bytes) -> Any:
+def decode_state(data: bytes | bytearray | memoryview) -> Any:
     """Inverse of `encode_state`."""
+    view = memoryview(data).cast("B")
     head = len(MAGIC) + _LENGTH.size
-    if len(data) < head or data[: len(MAGIC)] != MAGIC:
+    if len(view) < head or view[: len(MAGIC)] != MAGIC:
         raise InputError("not a training checkpoint")
-    (skeleton_len,) = _LENGTH.unpack_from(data, len(MAGIC))
+    (skeleton_len,) = _LENGTH.unpack_from(view, len(MAGIC))
     try:
-        skeleton = json.loads(data[head : head + skeleton_len])
-        tensors = safetensors.torch.load(data[head + skeleton_len :])
+        skeleton = json.loads(bytes(view[head : head + skeleton_len]))
+        tensors = safetensors.torch.load(bytes(view[head + skeleton_len :]))
         return _decode(skeleton, tensors)
     except (ValueError, KeyError, TypeError, IndexError, struct.error, safetensors.SafetensorError):
         raise InputError("malformed training checkpoint") from None
+
+
+def _padded(text: bytes) -> bytes:
+    return text + b" " * (-len(text) % _ALIGNMENT)
+
+
+def _itemsize(array: _Array) -> int:
+    return array.element_size() if isinstance(array, torch.Tensor) else 1
+
+
+def _nbytes(array: _Array) -> int:
+    if isinstance(array, torch.Tensor):
+        return array.numel() * array.element_size()
+    return int(array.nbytes)
+
+
+def _copy_bytes(array: _Array, target: np.ndarray) -> None:
+    """Copy `array`'s elements, in C order, into the uint8 buffer `target`."""
+    if isinstance(array, torch.Tensor):
+        # contiguous() copies only a tensor that is not (a transposed weight, say).
+        flat = array.cpu().resolve_conj().resolve_neg().contiguous().reshape(-1)
+        array = flat.view(torch.uint8).numpy()
+    # numpy's copy, a plain memcpy: torch's own splits the copy over its thread pool,
+    # which costs more than the copy whenever another process holds one of the cores.
+    target[:] = array.reshape(-1).view(np.uint8)
 
 
 def _scalar(tag: str, packed: bytes) -> str:
     return tag + packed.hex()
 
 
-def _encode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+def _encode(value: Any, arrays: list[_Array]) -> Any:
     # bool before int (bool is an int); numpy scalars as their Python equivalents.
     if value is None:
         return _scalar("n", bytes(8))
@@ -71,21 +162,24 @@ def _encode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(value, str):
         return ["s", value]
     if isinstance(value, torch.Tensor):
-        key = str(len(tensors))
-        # A private, contiguous copy: state_dict tensors may share storage (tied weights).
-        tensors[key] = value.detach().cpu().clone(memory_format=torch.contiguous_format)
+        if value.layout != torch.strided or value.dtype not in _DTYPES or value.is_quantized:
+            raise RecipeError(f"training state holds a {value.dtype} tensor, which cannot be saved")
+        # Tensors that share storage (tied weights) are written once each, as any other.
+        key = str(len(arrays))
+        arrays.append(value.detach())
         return ["t", key]
     if isinstance(value, np.ndarray) and not value.dtype.hasobject:
-        key = str(len(tensors))
+        key = str(len(arrays))
+        # ascontiguousarray makes a 0-d array 1-d: the shape is the value's own.
         raw = np.ascontiguousarray(value)
-        tensors[key] = torch.frombuffer(bytearray(raw.tobytes()), dtype=torch.uint8)
-        return ["a", raw.dtype.str, list(raw.shape), key]
+        arrays.append(raw)
+        return ["a", raw.dtype.str, list(value.shape), key]
     if isinstance(value, dict):
-        return ["d", [[_encode(k, tensors), _encode(v, tensors)] for k, v in value.items()]]
+        return ["d", [[_encode(k, arrays), _encode(v, arrays)] for k, v in value.items()]]
     if isinstance(value, list):
-        return ["l", [_encode(v, tensors) for v in value]]
+        return ["l", [_encode(v, arrays) for v in value]]
     if isinstance(value, tuple):
-        return ["u", [_encode(v, tensors) for v in value]]
+        return ["u", [_encode(v, arrays) for v in value]]
     raise RecipeError(f"training state holds a {type(value).__name__}, which cannot be saved")
 
 
