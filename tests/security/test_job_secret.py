@@ -106,3 +106,20 @@ def test_without_the_owners_secret_a_hardware_job_has_no_checkpoints(tmp_path):
     )
     assert _checkpoint_key(context, _accepted(tmp_path / "ckpt", None)) is None
     assert _checkpoint_key(context, _accepted(None, b"k" * 32)) is None
+
+
+def test_a_checkpoint_file_is_sealed_whole_private_and_bound(tmp_path):
+    key = SealingKey.for_job(b"k" * 32, measurement=MEASUREMENT, purpose="p")
+    state = bytearray(range(256)) * 4096  # a megabyte, as a child's checkpoint arrives
+    path = tmp_path / "checkpoint.sealed"
+    key.seal_to_file(path, state, {"job": 1})
+    blob = path.read_bytes()
+    assert key.unseal(blob, {"job": 1}) == state
+    assert bytes(state[:4096]) not in blob
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left over
+    with pytest.raises(IntegrityError):
+        key.unseal(blob, {"job": 2})
+    # Sealing the same state again gives another ciphertext (a fresh nonce each time).
+    key.seal_to_file(path, state, {"job": 1})
+    assert path.read_bytes() != blob

@@ -25,7 +25,6 @@ from chiron.core.contract import TrainRequest, TrainResult
 from chiron.core.crypto import open_sealed, seal
 from chiron.core.dataset import DatasetHeader
 from chiron.core.errors import InputError, IntegrityError
-from chiron.core.fileio import atomic_write
 from chiron.core.manifest import JobManifest, SignedManifest, training_data_key_context
 from chiron.core.query_protocol import confusion_matrix, query_policy_sha256
 from chiron.core.recipe_protocol import (
@@ -243,8 +242,7 @@ class _Checkpoints:
         try:
             assert self._directory is not None and self._key is not None
             self._directory.mkdir(parents=True, exist_ok=True)
-            sealed = self._key.seal(plain, self._binding)
-            atomic_write(self._directory / self.FILE, sealed, mode=0o600)
+            self._key.seal_to_file(self._directory / self.FILE, plain, self._binding)
         except BaseException as exc:  # re-raised by wait(), in the training loop
             self._error = exc
 
