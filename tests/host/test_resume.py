@@ -22,7 +22,7 @@ import pytest
 
 from chiron.client.attestation import load_policy, service_sim_roots
 from chiron.client.remote import RemoteJobSession, ServiceClient
-from chiron.client.remote.resume import resume_job
+from chiron.client.jobs import resume_job
 from chiron.client.sessions import EventHandler
 from chiron.client.training import run_training
 from chiron.core.dataset import encrypt_dataset, read_dataset_header_and_digest

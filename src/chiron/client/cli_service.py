@@ -2,7 +2,8 @@
 
 `serve` and `service account create` act on a state directory on this machine (the
 operator's); the rest (`service recipes|datasets|jobs|models ...`) talk to a running
-service over HTTP with a token (`--token` or CHIRON_TOKEN). Everything about a service
+service over HTTP with a token (`--token` or CHIRON_TOKEN); `service jobs` also take
+`--local`, for this machine's own host (`chiron train --local`). Everything about a service
 is under `chiron service`, so it never reads like the local file tools beside it
 (`chiron dataset` encrypts a file, `chiron service datasets` lists those uploaded).
 """
@@ -15,11 +16,9 @@ from typing import Any
 
 import typer
 
+from chiron.client.job_commands import jobs_list, jobs_resume, jobs_show, print_result
 from chiron.client.options import (
-    ALLOW_SIMULATION,
     JSON,
-    POLICY,
-    STATE_DIR,
     TOKEN,
     default_state_dir,
 )
@@ -42,14 +41,6 @@ DB_URL = typer.Option(
 
 def _service_state(state: Path | None) -> Path:
     return state if state is not None else default_state_dir() / "service"
-
-
-def _print(value: Any, as_json: bool, lines: list[str]) -> None:
-    if as_json:
-        typer.echo(json.dumps(value, indent=2))
-    else:
-        for line in lines:
-            typer.echo(line)
 
 
 def serve(
@@ -166,7 +157,7 @@ def recipes_register(
             task=task,
             input_schema=schema,
         )
-    _print(
+    print_result(
         recipe,
         as_json,
         [
@@ -180,7 +171,7 @@ def recipes_list(url: str = SERVICE_URL, token: str | None = TOKEN, as_json: boo
     """List the recipes a service offers."""
     with ServiceClient(url, token) as client:
         recipes = client.recipes()
-    _print(
+    print_result(
         recipes,
         as_json,
         [f"{r['name']}\t{r['task']}\t{r['description']}" for r in recipes] or ["no recipes"],
@@ -196,14 +187,14 @@ def datasets_upload(
     """Upload an encrypted dataset (resumes an interrupted upload of the same file)."""
     with ServiceClient(url, token) as client:
         dataset = client.upload_dataset(path)
-    _print(dataset, as_json, [f"dataset {dataset['id']} ({dataset['record_count']} records)"])
+    print_result(dataset, as_json, [f"dataset {dataset['id']} ({dataset['record_count']} records)"])
 
 
 def datasets_list(url: str = SERVICE_URL, token: str | None = TOKEN, as_json: bool = JSON) -> None:
     """List your datasets."""
     with ServiceClient(url, token) as client:
         datasets = client.datasets()
-    _print(
+    print_result(
         datasets,
         as_json,
         [f"{d['id']}\t{d['record_count']} records\t{d['size']} bytes" for d in datasets]
@@ -211,117 +202,11 @@ def datasets_list(url: str = SERVICE_URL, token: str | None = TOKEN, as_json: bo
     )
 
 
-def jobs_list(url: str = SERVICE_URL, token: str | None = TOKEN, as_json: bool = JSON) -> None:
-    """List jobs (owners: your own; providers: the state of jobs on your recipes)."""
-    with ServiceClient(url, token) as client:
-        jobs = client.jobs()
-    _print(jobs, as_json, [f"{j['id']}\t{j['recipe']}\t{j['status']}" for j in jobs] or ["no jobs"])
-
-
-def jobs_show(
-    job_id: str = typer.Argument(...),
-    url: str = SERVICE_URL,
-    token: str | None = TOKEN,
-    as_json: bool = JSON,
-) -> None:
-    """Show one job's state."""
-    with ServiceClient(url, token) as client:
-        job = client.job(job_id)
-    lines = [f"job {job['id']}: {job['status']}", f"recipe {job['recipe']}"]
-    if job.get("message"):
-        lines.append(f"message: {job['message']}")
-    if job.get("model"):
-        lines.append(f"model {job['model']}")
-    if job["state"] == "interrupted":
-        lines.append(f"continue it with `chiron service jobs resume {job['id']}`")
-    _print(job, as_json, lines)
-
-
-def jobs_resume(
-    job_id: str = typer.Argument(..., help="the job to continue"),
-    owner_key: Path = typer.Option(..., "--owner", help="the owner's private key file"),
-    dataset: Path = typer.Option(..., "--dataset", help="the job's encrypted dataset (.chd)"),
-    data_key_path: Path = typer.Option(..., "--data-key", help="the dataset's key file"),
-    out: Path = typer.Option(..., "--out", help="where to write the escrowed model (.chm)"),
-    url: str = SERVICE_URL,
-    token: str | None = TOKEN,
-    allow_simulation: bool = ALLOW_SIMULATION,
-    policy_file: Path | None = POLICY,
-    state_dir: Path | None = STATE_DIR,
-    as_json: bool = JSON,
-    force: bool = typer.Option(False, "--force", help="overwrite an existing model file"),
-) -> None:
-    """Continue a job after its client, its enclave or the service was killed.
-
-    An interrupted job gets a fresh training enclave, which this client attests before
-    it signs a new manifest for the same job (same recipe statement, dataset and plan,
-    read from the job's last manifest, which must carry your signature) and seals the
-    data key and the job secret to it; training continues from the last sealed
-    checkpoint. A job still running or done (only the client died) is waited for.
-    """
-    from chiron.client.attestation import load_policy, service_sim_roots
-    from chiron.client.remote.resume import resume_job
-    from chiron.client.targets import write_training_outputs
-
-    if out.exists() and not force:
-        raise InputError(f"{out} already exists (use --force to overwrite)")
-    if not out.parent.is_dir():
-        raise InputError(f"cannot write {out}: directory {out.parent} does not exist")
-    policy = load_policy(policy_file, allow_simulation=allow_simulation)
-    state = state_dir or default_state_dir()
-    owner = load_identity(owner_key)
-
-    def on_event(event: dict[str, Any]) -> None:
-        if not as_json and event.get("event") == "progress":
-            typer.echo(f"job {job_id}: step {event['step']} of {event['total']}", err=True)
-
-    with ServiceClient(url, token) as client:
-        outcome = resume_job(
-            client,
-            job_id,
-            owner=owner,
-            dataset=dataset,
-            data_key_path=data_key_path,
-            policy=policy,
-            state_dir=state,
-            sim_roots=service_sim_roots(client, state, policy),
-            on_event=on_event,
-        )
-    report = outcome.report
-    paths = write_training_outputs(
-        out,
-        model=outcome.model,
-        receipt=outcome.receipt,
-        report=report,
-        overwrite=True,
-        with_plots=True,
-    )
-    summary = {
-        "job": job_id,
-        "model": str(out),
-        "model_id": report["model_id"],
-        "holdout_accuracy": report["final_holdout_accuracy"],
-        "epoch_accuracy": report["epoch_accuracy"],
-        "resumed_from_step": report["resumed_from_step"],
-        **{name: str(path) for name, path in paths.items()},
-    }
-    _print(
-        summary,
-        as_json,
-        [
-            f"model     {out} (escrowed: needs both the owner's and the provider's share)",
-            f"resumed from step {report['resumed_from_step']}",
-            f"held-out accuracy {report['final_holdout_accuracy']:.4f}",
-            *(f"{name:<9} {path}" for name, path in paths.items()),
-        ],
-    )
-
-
 def models_list(url: str = SERVICE_URL, token: str | None = TOKEN, as_json: bool = JSON) -> None:
     """List models (owners: your own; providers: those trained with your recipes)."""
     with ServiceClient(url, token) as client:
         models = client.models()
-    _print(
+    print_result(
         models,
         as_json,
         [f"{m['id']}\tjob {m['job']}\t{m['size']} bytes" for m in models] or ["no models"],

@@ -25,16 +25,15 @@ from chiron.client.options import (
     URL,
     default_state_dir,
 )
+from chiron.client.outputs import output_paths, write_training_outputs
 from chiron.client.querying import UnlockedModel, evaluate, query
 from chiron.client.receipts import verify_receipt_offline
 from chiron.client.targets import (
     check_dataset_key,
     make_plan,
     open_target,
-    output_paths,
     require_one_target,
     unlock,
-    write_training_outputs,
 )
 from chiron.client.targets import train as train_model
 from chiron.core.errors import InputError, UsageError
@@ -188,7 +187,6 @@ def train(
     )
     if trained.wire_traces is not None and wire_trace is not None:
         atomic_write(wire_trace, (json.dumps(trained.wire_traces, indent=1) + "\n").encode())
-    trained.discard_checkpoints()
     summary = {
         "model": str(out),
         "model_id": report["model_id"],

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from chiron.client import targets
+from chiron.client import outputs, targets
 from chiron.client.inputs import load_query_inputs
 from chiron.client.querying import UnlockedModel, evaluate, query
 from chiron.core.errors import UsageError
@@ -49,9 +49,9 @@ __all__ = [
 class TrainingRun:
     """A finished, verified training job: the escrowed model, its receipt, its report.
 
-    Already checked against the manifest the owner signed. Nothing is on disk until
-    `save`; until then an interrupted program can resume the same job from its sealed
-    checkpoints by calling `train` again with the same arguments.
+    Already checked against the manifest the owner signed. Nothing is written until
+    `save`. A program interrupted during `train` continues the same job from its
+    sealed checkpoints by calling `train` again with the same arguments.
     """
 
     model: bytes = field(repr=False)
@@ -64,16 +64,15 @@ class TrainingRun:
     resumed_from_step: int
     # The owner's whole report as the enclave sealed it (what save writes as JSON).
     report: Mapping[str, Any] = field(repr=False, compare=False)
-    _trained: targets.Trained | None = field(default=None, repr=False, compare=False)
 
     def save(self, path: StrPath, *, overwrite: bool = False, plots: bool = False) -> Path:
         """Write MODEL.chm, MODEL.receipt.json and MODEL.report.json (plots: two PNGs).
 
         Each file is written atomically, the model last; an existing file is an
-        InputError unless `overwrite`. Once saved, the job's checkpoints are removed.
+        InputError unless `overwrite`.
         """
         out = Path(path)
-        targets.write_training_outputs(
+        outputs.write_training_outputs(
             out,
             model=self.model,
             receipt=self.receipt,
@@ -81,8 +80,6 @@ class TrainingRun:
             overwrite=overwrite,
             with_plots=plots,
         )
-        if self._trained is not None:
-            self._trained.discard_checkpoints()
         return out
 
     @classmethod
@@ -101,7 +98,6 @@ class TrainingRun:
             class_names=tuple(str(name) for name in report.get("class_names", ())),
             resumed_from_step=int(report.get("resumed_from_step", 0)),
             report=MappingProxyType(dict(report)),
-            _trained=trained,
         )
 
 

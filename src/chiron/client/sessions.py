@@ -1,15 +1,19 @@
 """How a client reaches an enclave: a process on this machine, or one behind a service.
 
 Client flows (training, evaluation, queries) are written once against these small
-interfaces; `--local` and `--url` differ only in which implementation they get.
+interfaces; `--local` and `--url` differ only in which implementation they get. A
+training job always runs on a host (`JobHost`): a Chiron service over REST, or the
+same service code in this process (`chiron.host.local.LocalHost`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from chiron.core.contract import TrainAuthorization
 from chiron.enclave.boundary import EnclaveProcess
 
 EventHandler = Callable[[dict[str, Any]], None]
@@ -29,6 +33,44 @@ class EnclaveSession(Protocol):
     ) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
+
+
+class JobHost(Protocol):
+    """A host's training jobs as the owner's client drives them (docs/api.md, "Training jobs").
+
+    `client.remote.ServiceClient` answers it over REST, `host.local.LocalHost` in this
+    process; jobs, records and errors are the same either way.
+    """
+
+    def recipe_statement(self, name: str) -> bytes: ...
+
+    def upload_dataset(
+        self, path: str | os.PathLike[str], *, progress: bool = ...
+    ) -> dict[str, Any]: ...
+
+    def create_job(self, *, recipe: str, dataset: str) -> dict[str, Any]: ...
+
+    def jobs(self) -> list[dict[str, Any]]: ...
+
+    def job(self, job_id: str) -> dict[str, Any]: ...
+
+    def job_evidence(self, job_id: str, nonce: bytes) -> bytes: ...
+
+    def start_job(self, job_id: str, authorization: TrainAuthorization) -> dict[str, Any]: ...
+
+    def resume_job(self, job_id: str) -> dict[str, Any]: ...
+
+    def job_manifest(self, job_id: str) -> bytes: ...
+
+    def wait_job(
+        self,
+        job_id: str,
+        *,
+        on_update: Callable[[dict[str, Any]], None] | None = ...,
+        poll_seconds: float = ...,
+    ) -> dict[str, Any]: ...
+
+    def job_result(self, job_id: str, name: str) -> bytes | None: ...
 
 
 class LocalEnclaveSession:

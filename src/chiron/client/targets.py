@@ -9,36 +9,37 @@ reaches the caller as (step, total), failures as one-line `ChironError`s.
 
 from __future__ import annotations
 
-import json
-import shutil
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chiron.client import options, plots
+from chiron.client import options
 from chiron.client.attestation import SimRootSource, load_policy, service_sim_roots
 from chiron.client.distributed import (
     DEFAULT_EXCHANGE_EVERY,
     train_locally,
     train_through_rendezvous,
 )
+from chiron.client.jobs import train_on_host
 from chiron.client.key_release import AgentShareSource
 from chiron.client.querying import UnlockedModel, unlock_model
-from chiron.client.remote import RemoteJobSession, RemoteQuerySession, ServiceClient
-from chiron.client.sessions import EnclaveSession, LocalEnclaveSession
+from chiron.client.remote import RemoteQuerySession, ServiceClient
+from chiron.client.sessions import EnclaveSession, EventHandler, JobHost, LocalEnclaveSession
 from chiron.client.statements import load_statement, statement_path_for
-from chiron.client.training import TrainOutcome, check_provider, local_job_id, run_training
+from chiron.client.training import TrainOutcome, check_provider
 from chiron.core import dataset as container
 from chiron.core.attestation import Policy
-from chiron.core.contract import TrainMaterials
 from chiron.core.errors import InputError, JobFailed, UsageError
-from chiron.core.fileio import atomic_write, read_input_file
+from chiron.core.fileio import read_input_file
 from chiron.core.keys import DataKey, PublicIdentity, load_data_key, load_identity
-from chiron.core.limits import MAX_RECIPE_BYTES
+from chiron.core.limits import CALL_SILENCE_SECONDS, MAX_RECIPE_BYTES
 from chiron.core.manifest import DatasetRef, Plan
 from chiron.core.recipe_statement import SignedRecipeStatement
+from chiron.core.roles import Role
+from chiron.host.enclaves import ManagedEnclave
+from chiron.host.local import LocalHost
 
 ProgressHandler = Callable[[int, int], None]
 
@@ -166,16 +167,10 @@ def make_plan(
 
 @dataclass(frozen=True)
 class Trained:
-    """A verified training result, and where this machine kept the job's checkpoints."""
+    """A verified training result (and, with several workers, what their wires carried)."""
 
     outcome: TrainOutcome
     wire_traces: dict[str, list[dict[str, Any]]] | None = None
-    checkpoint_dir: Path | None = None
-
-    def discard_checkpoints(self) -> None:
-        """Once the model is safely written, its resumable checkpoints are not needed."""
-        if self.checkpoint_dir is not None:
-            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
 
 
 def train(
@@ -195,7 +190,8 @@ def train(
 
     `recipe` is a file on this machine, a recipe registered with the service, or None
     with a rendezvous (the node agents hold it; `statement_path` names its statement).
-    Re-running the same local job resumes it from its last sealed checkpoint.
+    A single-enclave job runs on a host, the service's or this process's own
+    (`LocalHost`); training again what an unfinished job trains continues that job.
     """
     if recipe is None and target.rendezvous is None:
         raise UsageError("a recipe is required (only node agents behind a rendezvous hold it)")
@@ -207,76 +203,132 @@ def train(
         raise UsageError("with --rendezvous, --statement names the recipe's signed statement")
     owner = load_identity(owner_key)
     dataset_ref, data_key = check_dataset_key(dataset, data_key_path)
-    on_event = _progress_events(on_progress)
-    with ExitStack() as stack:
-        if target.service is not None:
-            # The service holds the provider's registered recipes: `recipe` names one,
-            # and the service relays its provider's signed statement (verified here).
-            client = target.service
-            statement = (
-                load_statement(statement_path)
-                if statement_path
-                else SignedRecipeStatement.from_bytes(client.recipe_statement(str(recipe)))
-            )
-            recipe_source = None
-        elif target.rendezvous is not None:
+    common: dict[str, Any] = {
+        "data_key": data_key,
+        "dataset": dataset_ref,
+        "owner": owner,
+        "plan": plan,
+        "policy": target.policy,
+        "state_dir": target.state_dir,
+        "on_event": _progress_events(on_progress),
+    }
+    try:
+        if target.rendezvous is not None:
             assert statement_path is not None
             statement = load_statement(statement_path)
-            recipe_source = None
-        else:
+            check_provider(statement, provider)
+            result = train_through_rendezvous(target.rendezvous, statement=statement, **common)
+            return Trained(result.training, result.wire_traces)
+        if target.service is None and plan.distributed:
             recipe_source, statement = load_local_recipe(Path(str(recipe)), statement_path)
-        check_provider(statement, provider)
-        common: dict[str, Any] = {
-            "data_key": data_key,
-            "dataset": dataset_ref,
-            "owner": owner,
-            "statement": statement,
-            "plan": plan,
-            "policy": target.policy,
-            "state_dir": target.state_dir,
-            "on_event": on_event,
-        }
-        try:
-            if target.rendezvous is not None:
-                result = train_through_rendezvous(target.rendezvous, **common)
-                return Trained(result.training, result.wire_traces)
-            if plan.distributed:
-                assert recipe_source is not None
-                result = train_locally(
-                    recipe_path=Path(str(recipe)),
-                    recipe_source=recipe_source,
-                    dataset_path=dataset,
-                    **common,
-                )
-                return Trained(result.training, result.wire_traces)
-            session: EnclaveSession
-            checkpoint_dir = None
-            if target.service is not None:
-                uploaded = target.service.upload_dataset(dataset, progress=upload_progress)
-                job_id = target.service.create_job(recipe=str(recipe), dataset=uploaded["id"])["id"]
-                session = RemoteJobSession(target.service, job_id)
-            else:
-                assert recipe_source is not None
-                job_id = local_job_id(
-                    statement=statement, dataset=dataset_ref, owner=owner.public, plan=plan
-                )
-                checkpoint_dir = target.state_dir / "jobs" / job_id
-                materials = TrainMaterials(
-                    recipe_name=Path(str(recipe)).name,
-                    recipe_source=recipe_source,
-                    recipe_statement=statement,
-                    dataset_path=str(dataset.resolve()),
-                    checkpoint_dir=str(checkpoint_dir),
-                )
-                session = stack.enter_context(
-                    LocalEnclaveSession(
-                        "train", target.state_dir, extra_args={"train": materials.to_wire()}
-                    )
-                )
-            outcome = run_training(session, job_id=job_id, sim_roots=target.sim_roots(), **common)
-            return Trained(outcome, None, checkpoint_dir)
-        except JobFailed as exc:
-            raise JobFailed(exc.reason_class, f"training failed: {exc.reason_class}") from None
+            check_provider(statement, provider)
+            result = train_locally(
+                recipe_path=Path(str(recipe)),
+                recipe_source=recipe_source,
+                dataset_path=dataset,
+                statement=statement,
+                **common,
+            )
+            return Trained(result.training, result.wire_traces)
+        with ExitStack() as stack:
+            host, recipe_name, statement = _host_with_recipe(
+                target, stack, str(recipe), statement_path
+            )
+            check_provider(statement, provider)
+            uploaded = host.upload_dataset(dataset, progress=upload_progress)
+            outcome = train_on_host(
+                host,
+                recipe=recipe_name,
+                dataset=uploaded["id"],
+                data_key=data_key,
+                dataset_ref=dataset_ref,
+                owner=owner,
+                statement=statement,
+                plan=plan,
+                policy=target.policy,
+                state_dir=target.state_dir,
+                sim_roots=target.sim_roots(),
+                on_event=common["on_event"],
+            )
+            return Trained(outcome)
+    except JobFailed as exc:
+        raise JobFailed(exc.reason_class, f"training failed: {exc.reason_class}") from None
+
+
+def local_host(state_dir: Path) -> LocalHost:
+    """This machine's own host for `--local` jobs, kept in `state_dir/host`.
+
+    Its training enclaves are the client's own local enclave processes, sharing the
+    state (and, simulated, the root) that `chiron attest --local` checks; their sealed
+    checkpoints are kept in `state_dir/jobs/<job id>` until the job ends.
+    """
+
+    def start_enclave(job_id: str) -> ManagedEnclave:
+        session = LocalEnclaveSession(Role.TRAIN, state_dir)
+        return ManagedEnclave(
+            Role.TRAIN, state_dir, platform="sim", log_path=None, channel=_Channel(session)
+        )
+
+    return LocalHost(
+        state_dir / "host",
+        enclave_dir=state_dir,
+        checkpoints_dir=state_dir / "jobs",
+        start_enclave=start_enclave,
+    )
+
+
+class _Channel:
+    """A local enclave session as the channel a host drives (it picks its own timeouts)."""
+
+    def __init__(self, session: LocalEnclaveSession) -> None:
+        self._session = session
+
+    def call(
+        self,
+        name: str,
+        args: dict[str, Any] | None = None,
+        *,
+        on_event: EventHandler | None = None,
+        timeout: float = CALL_SILENCE_SECONDS,
+    ) -> dict[str, Any]:
+        return self._session.call(name, dict(args or {}), on_event)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def kill(self) -> None:
+        self._session.kill()
+
+
+def _host_with_recipe(
+    target: Target, stack: ExitStack, recipe: str, statement_path: Path | None
+) -> tuple[JobHost, str, SignedRecipeStatement]:
+    """The target's host, the recipe's name there, and its provider's signed statement.
+
+    A service holds its providers' registered recipes: `recipe` names one, whose
+    statement the service relays (verified here). This machine's host registers the
+    recipe file with its statement, as its provider would on a service.
+    """
+    if target.service is not None:
+        statement = (
+            load_statement(statement_path)
+            if statement_path
+            else SignedRecipeStatement.from_bytes(target.service.recipe_statement(recipe))
+        )
+        return target.service, recipe, statement
+    source, statement = load_local_recipe(Path(recipe), statement_path)
+    host = stack.enter_context(local_host(target.state_dir))
+    return host, host.add_recipe(source, statement), statement
+
+
+@contextmanager
+def hosted_jobs(target: Target) -> Iterator[JobHost]:
+    """The host a target's single-enclave jobs run on: its service, or this machine's."""
+    if target.service is not None:
+        yield target.service
+    else:
+        with local_host(target.state_dir) as host:
+            yield host
 
 
 def _progress_events(
@@ -290,56 +342,6 @@ def _progress_events(
             on_progress(int(event["step"]), int(event["total"]))
 
     return on_event
-
-
-def output_paths(model_path: Path) -> dict[str, Path]:
-    """What a trained model is written with: `model.chm` → `model.receipt.json`, ..."""
-    stem = model_path.with_suffix("") if model_path.suffix == ".chm" else model_path
-    return {
-        "receipt": Path(f"{stem}.receipt.json"),
-        "report": Path(f"{stem}.report.json"),
-        "curve": Path(f"{stem}.curve.png"),
-        "confusion": Path(f"{stem}.confusion.png"),
-    }
-
-
-def write_training_outputs(
-    out: Path,
-    *,
-    model: bytes,
-    receipt: bytes,
-    report: dict[str, Any],
-    overwrite: bool,
-    with_plots: bool,
-) -> dict[str, Path]:
-    """Write a model with its receipt and report (and plots); the model file goes last.
-
-    Each file is written atomically, and the model last, so a model file on disk always
-    has its receipt beside it. Without `overwrite`, nothing is written if any exists.
-    """
-    paths = output_paths(out)
-    if not with_plots:
-        paths = {name: paths[name] for name in ("receipt", "report")}
-    if not out.parent.is_dir():
-        raise InputError(f"cannot write {out}: directory {out.parent} does not exist")
-    if not overwrite:
-        for path in (out, *paths.values()):
-            if path.exists():
-                raise InputError(f"refusing to overwrite existing file {path}")
-    atomic_write(paths["receipt"], receipt, overwrite=overwrite)
-    atomic_write(
-        paths["report"], (json.dumps(report, indent=2) + "\n").encode(), overwrite=overwrite
-    )
-    if with_plots:
-        plots.training_curve(report["epoch_accuracy"], paths["curve"], title="held-out accuracy")
-        plots.confusion_matrix(
-            report["confusion_matrix"],
-            report["class_names"],
-            paths["confusion"],
-            title="held-out confusion matrix",
-        )
-    atomic_write(out, model, overwrite=overwrite)
-    return paths
 
 
 def provider_agent(stack: ExitStack, provider_url: str | None) -> AgentShareSource:

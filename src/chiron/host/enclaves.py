@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from chiron.core.errors import EnclaveError, InputError
 from chiron.core.limits import CALL_SILENCE_SECONDS
@@ -33,12 +33,41 @@ def parse_nonce(text: str) -> bytes:
     return bytes.fromhex(text)
 
 
-class ManagedEnclave:
-    """One enclave process; `call` serialises callers and records when it was last used."""
+class EnclaveChannel(Protocol):
+    """What a host holds of one enclave process: its calls, and stopping it."""
 
-    def __init__(self, role: str, state_dir: Path, *, platform: str, log_path: Path) -> None:
+    def call(
+        self,
+        name: str,
+        args: dict[str, Any] | None = None,
+        *,
+        on_event: EventHandler | None = None,
+        timeout: float = CALL_SILENCE_SECONDS,
+    ) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+class ManagedEnclave:
+    """One enclave process; `call` serialises callers and records when it was last used.
+
+    It starts its own process, or wraps `channel`, one its host started some other way
+    (`chiron train --local` runs its enclaves as the client's own local sessions).
+    """
+
+    def __init__(
+        self,
+        role: str,
+        state_dir: Path,
+        *,
+        platform: str,
+        log_path: Path | None,
+        channel: EnclaveChannel | None = None,
+    ) -> None:
         self.role = role
-        self._process = EnclaveProcess.start(
+        self._process: EnclaveChannel = channel or EnclaveProcess.start(
             role=role, state_dir=state_dir, platform=platform, log_path=log_path
         )
         self._lock = threading.Lock()

@@ -20,6 +20,7 @@ import logging
 import shutil
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ from chiron.core.schema import DatasetSchema
 from chiron.host import headers
 
 # Imported by name: in this module "authorization" is the owner's signed TrainAuthorization.
-from chiron.host.authorization import Action, Kind, find, listing, require
+from chiron.host.authorization import Action, Kind, find, listing, require, sees_private_fields
 from chiron.host.db import ACTIVE_JOB_STATES, Account, Database, Dataset, Job, Model, Recipe, now
 from chiron.host.enclaves import ManagedEnclave
 from chiron.host.recipes import Recipes
@@ -58,6 +59,10 @@ RESULT_NAMES = ("model", "receipt", "owner_report", "owner_report_signature")
 TRAIN_SILENCE_SECONDS = 6 * 3600.0
 HOST_RESTART = "host_restart"
 ABANDONED = "abandoned"
+# Makes a job's training enclave, for hosts that start enclaves their own way.
+EnclaveStarter = Callable[[str], ManagedEnclave]
+# Told each progress event as the enclave sends it: job id, step, total.
+ProgressListener = Callable[[str, int, int], None]
 
 # What a failure is called when the enclave gave no reason class of its own.
 _REASONS: tuple[tuple[type[ChironError], str], ...] = (
@@ -88,6 +93,25 @@ def status_text(job: Job) -> str:
     return job.state
 
 
+def job_view(job: Job, account: Account) -> dict[str, Any]:
+    """A job as `account` sees it (docs/api.md): the owner's own fields are None for others."""
+    private = sees_private_fields(account, job)
+    return {
+        "id": job.id,
+        "recipe": job.recipe_name,
+        "dataset": job.dataset_pk if private else None,
+        "state": job.state,
+        "status": status_text(job),
+        "step": job.step,
+        "total": job.total,
+        "reason": job.reason,
+        "message": job.message if private else None,
+        "model": job.model_pk,
+        "created": job.created,
+        "updated": job.updated,
+    }
+
+
 class Jobs:
     """Job records, their enclaves, and the worker pool that runs `train` calls."""
 
@@ -103,6 +127,8 @@ class Jobs:
         instance_id: str,
         platform: str,
         concurrency: int,
+        start_enclave: EnclaveStarter | None = None,
+        on_progress: ProgressListener | None = None,
     ) -> None:
         self._db = db
         self._instance_id = instance_id
@@ -112,6 +138,8 @@ class Jobs:
         self._checkpoints = checkpoints_dir
         self._logs = logs_dir
         self._platform = platform
+        self._start_enclave = start_enclave
+        self._on_progress = on_progress
         self._enclaves: dict[str, ManagedEnclave] = {}
         self._guard = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="chiron-job")
@@ -242,6 +270,8 @@ class Jobs:
         return job.manifest_sha256
 
     def _new_enclave(self, job_id: str) -> ManagedEnclave:
+        if self._start_enclave is not None:
+            return self._start_enclave(job_id)
         return ManagedEnclave(
             "train",
             self._enclave_dir,
@@ -418,6 +448,8 @@ class Jobs:
             return
         step, total = event.get("step"), event.get("total")
         if isinstance(step, int) and isinstance(total, int) and 0 <= step <= total < 2**31:
+            if self._on_progress is not None:
+                self._on_progress(job_id, step, total)
             self._set(job_id, step=step, total=total)
 
     def _set(self, job_id: str, **values: Any) -> None:

@@ -60,8 +60,15 @@ class Recipes:
         self._db = db
         self._store = store
 
-    def register(self, account: Account, submission: RecipeSubmission) -> RegisteredRecipe:
-        """Publish a recipe; registering the very same recipe again is a no-op."""
+    def register(
+        self, account: Account, submission: RecipeSubmission, *, replace: bool = False
+    ) -> RegisteredRecipe:
+        """Publish a recipe; registering the very same recipe again is a no-op.
+
+        A different recipe under a taken name is a Conflict, unless `replace`: a host
+        whose recipes are its one user's own files (`host.local.LocalHost`) follows the
+        file as it changes.
+        """
         authorization.require(Action.REGISTER_RECIPE, account)
         statement = _check(submission)
         provider_public = statement.provider.to_bytes().hex()
@@ -91,7 +98,9 @@ class Recipes:
                     session.add(recipe)
                 elif _same(existing, recipe):
                     recipe = existing
-                elif existing.statement_sha256 is None and existing.account_id == account.id:
+                elif replace or (
+                    existing.statement_sha256 is None and existing.account_id == account.id
+                ):
                     # Registered before statements existed: its provider signs it now.
                     for field in (*_FIELDS, "source_sha256", "statement_sha256"):
                         setattr(existing, field, getattr(recipe, field))

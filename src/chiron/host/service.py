@@ -3,7 +3,9 @@
 `Service.open` is what `chiron serve` and the tests start from. It runs the database
 migrations, creates the operator account on first start, and recovers from however
 the service last stopped (SIGKILL included): stray staging files are removed, and jobs
-that were in flight are marked failed with reason `host_restart`.
+that were in flight are marked `interrupted (host_restart)`, for their owners to resume
+(one never started fails). `host.local.LocalHost` runs the same jobs, recipe registry
+and stores in the owner's own process, for `--local`.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ class Service:
         self.config = config
         state = config.state_dir
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock_fd = _lock_state_dir(state)
-        self.instance_id = _instance_id(state)
+        self._lock_fd = lock_state_dir(state)
+        self.instance_id = instance_id(state)
         config.logs_dir.mkdir(exist_ok=True, mode=0o700)
         self.pepper = load_pepper(state)
         self.db = Database(config.database_url)
@@ -79,9 +81,12 @@ class Service:
             log_path=config.logs_dir / "service-enclave.log",
         )
         self.uploads.recover()
-        failed = self.jobs.recover()
-        if failed:
-            log.warning("%d job(s) in flight when the service last stopped: failed", failed)
+        stopped = self.jobs.recover()
+        if stopped:
+            log.warning(
+                "%d job(s) in flight when the service last stopped: interrupted or failed",
+                stopped,
+            )
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name="chiron-reaper", daemon=True)
         self._reaper.start()
@@ -155,7 +160,7 @@ class Service:
         os.close(self._lock_fd)
 
 
-def _instance_id(state_dir: Path) -> str:
+def instance_id(state_dir: Path) -> str:
     """This service's name among several sharing one database (which jobs are its own)."""
     path = state_dir / INSTANCE_FILE
     if not path.exists():
@@ -166,14 +171,16 @@ def _instance_id(state_dir: Path) -> str:
     return text
 
 
-def _lock_state_dir(state_dir: Path) -> int:
-    """Hold an exclusive lock on the state directory for as long as the service runs."""
+def lock_state_dir(state_dir: Path, *, holder: str = "chiron serve") -> int:
+    """Hold an exclusive lock on the state directory for as long as the service runs.
+
+    The lock dies with its process, however it ends: whoever takes it next knows that
+    no job of the directory's instance is still running anywhere.
+    """
     fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise ServiceError(
-            f"another chiron serve is using the state directory {state_dir}"
-        ) from None
+        raise ServiceError(f"another {holder} is using the state directory {state_dir}") from None
     return fd

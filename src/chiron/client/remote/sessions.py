@@ -12,13 +12,16 @@ import os
 from typing import Any
 
 from chiron.client.remote.service_client import ServiceClient
-from chiron.client.sessions import EventHandler
+from chiron.client.sessions import EventHandler, JobHost
 from chiron.core.contract import TrainAuthorization, TrainResult
 from chiron.core.errors import EnclaveError, UsageError
 
 
 class RemoteJobSession:
-    """A service's training job seen as an enclave session (`train` via the job API).
+    """A host's training job seen as an enclave session (`train` via the job API).
+
+    The host is a service (`ServiceClient`) or the same code in this process
+    (`host.local.LocalHost`): anything answering `client.sessions.JobHost`.
 
     `call("train", TrainAuthorization(...).to_wire())` starts the job with the owner's
     signed manifest and sealed key, reports progress events while it runs, and returns
@@ -26,7 +29,7 @@ class RemoteJobSession:
     recipe, its statement and the dataset; the enclave checks them against the manifest.
     """
 
-    def __init__(self, client: ServiceClient, job_id: str, *, poll_seconds: float = 1.0) -> None:
+    def __init__(self, client: JobHost, job_id: str, *, poll_seconds: float = 1.0) -> None:
         self.client = client
         self.job_id = job_id
         self._poll = poll_seconds

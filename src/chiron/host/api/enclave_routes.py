@@ -18,7 +18,6 @@ from chiron.core.contract import TrainAuthorization
 from chiron.core.encoding import b64encode
 from chiron.core.errors import InputError
 from chiron.enclave.boundary import decode_message, encode_message
-from chiron.host import authorization
 from chiron.host.api.deps import (
     ERRORS,
     OCTETS,
@@ -40,27 +39,13 @@ from chiron.host.api.schemas import (
 )
 from chiron.host.db import Account, Job
 from chiron.host.enclaves import parse_nonce
-from chiron.host.jobs import status_text
+from chiron.host.jobs import job_view
 
 router = APIRouter(prefix="/v1", responses=ERRORS)
 
 
 def _job_out(job: Job, account: Account) -> JobOut:
-    private = authorization.sees_private_fields(account, job)
-    return JobOut(
-        id=job.id,
-        recipe=job.recipe_name,
-        dataset=job.dataset_pk if private else None,
-        state=job.state,
-        status=status_text(job),
-        step=job.step,
-        total=job.total,
-        reason=job.reason,
-        message=job.message if private else None,
-        model=job.model_pk,
-        created=job.created,
-        updated=job.updated,
-    )
+    return JobOut(**job_view(job, account))
 
 
 # --- jobs ----------------------------------------------------------------------
