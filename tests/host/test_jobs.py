@@ -233,12 +233,7 @@ def test_query_sessions_relay_calls_and_enforce_who_may_make_them(tmp_path, live
             )
     # A well-formed query (the enclave parses every call with its contract type), which
     # a model still waiting for its shares cannot answer.
-    a_query = {
-        "request_id": "0" * 32,
-        "sealed_inputs": b"x",
-        "reply_key": b"k" * 32,
-        "signature": b"s" * 64,
-    }
+    a_query = {"channel_id": "0" * 32, "sequence": 0, "sealed_inputs": b"x", "opening": None}
     with pytest.raises(NotFound, match="no query session"):
         provider.query_session_call(session["id"], "query", a_query)
     with pytest.raises(InputError, match="locked"):

@@ -34,7 +34,6 @@ from chiron.core.crypto import (
     open_sealed,
     random_key,
     reply_key_pair,
-    reply_public_key,
     seal,
     sign,
 )
@@ -145,15 +144,39 @@ def evaluation_set(scene: Scene) -> tuple[Path, DataKey]:
 
 @pytest.fixture
 def opened(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Every ciphertext the client's query code opens, recorded as it opens it."""
+    """Every sealed reply the client's query code opened (and so believed), in order."""
     seen: list[bytes] = []
+    open_answers = query_protocol.ChannelKeys.open_answers
 
     def spy(private_key: Any, ciphertext: bytes, **kwargs: Any) -> bytes:
+        plaintext = open_sealed(private_key, ciphertext, **kwargs)
         seen.append(ciphertext)
-        return open_sealed(private_key, ciphertext, **kwargs)
+        return plaintext
+
+    def spy_answers(keys: Any, sequence: int, budget_left: int | None, sealed: bytes) -> bytes:
+        plaintext = open_answers(keys, sequence, budget_left, sealed)
+        seen.append(sealed)
+        return plaintext
 
     monkeypatch.setattr(querying, "open_sealed", spy)
+    monkeypatch.setattr(query_protocol.ChannelKeys, "open_answers", spy_answers)
     return seen
+
+
+def sealed_query(keys: query_protocol.ChannelKeys, sequence: int, batch: np.ndarray) -> dict:
+    """A query on an open channel, made with its keys (as only the owner's client can)."""
+    plaintext = query_protocol.encode_query_inputs(batch, SCHEMA)
+    return {
+        "channel_id": keys.channel_id,
+        "sequence": sequence,
+        "sealed_inputs": keys.seal_inputs(sequence, plaintext),
+        "opening": None,
+    }
+
+
+def channel_keys(unlocked: UnlockedModel) -> query_protocol.ChannelKeys:
+    assert unlocked._channel is not None
+    return unlocked._channel.keys
 
 
 # -- forged and swapped replies ---------------------------------------------------------
@@ -169,31 +192,31 @@ def test_a_forged_answer_is_refused_before_it_is_opened(scene, host, opened):
     def forge(name: str, args: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
         if name != "query":
             return result
-        # The host saw the reply key in the request, so it can seal well-formed answers
-        # of exactly the right size (every input "is" class 2, with certainty).
+        # The host knows the channel id, the sequence number and the answers' size, so
+        # it can make well-formed answers (every input "is" class 2, with certainty)
+        # under a key of its own; or flip one bit of the enclave's genuine answers.
         count = 4
         answers = (
             np.full(count, 2, "<i4").tobytes()
             + np.tile(np.array([0, 0, 1], "<f4"), count).tobytes()
         )
-        blob = seal(
-            reply_public_key(args["reply_key"]),
-            answers,
-            purpose=purposes.QUERY_ANSWERS,
-            context=query_protocol.query_context(scene.model_id, args["request_id"]),
+        own_keys = query_protocol.ChannelKeys.derive(
+            random_key(), scene.model_id, args["channel_id"]
         )
+        genuine = bytearray(result["sealed_answers"])
+        genuine[5] ^= 1
+        blob = (
+            own_keys.seal_answers(args["sequence"], result["budget_left"], answers)
+            if not forged
+            else bytes(genuine)
+        )
+        assert len(blob) == len(result["sealed_answers"])
         forged.append(blob)
-        # Keeping the enclave's signature, or signing with a key of its own: both fail.
-        signature = (
-            result["signature"]
-            if len(forged) == 1
-            else sign(Identity.generate().signing_key, b"x", purpose="x")
-        )
-        return {**result, "sealed_answers": blob, "signature": signature}
+        return {**result, "sealed_answers": blob}
 
     host.rewrite = forge
     for _ in range(2):
-        with pytest.raises(IntegrityError, match="signature on its answers"):
+        with pytest.raises(IntegrityError, match="the answers"):
             query(unlocked, inputs())
     assert len(forged) == 2
     assert not set(forged) & set(opened)
@@ -212,7 +235,7 @@ def test_an_answer_swapped_between_two_requests_is_refused(scene, host, opened):
 
     host.rewrite = swap
     first, _ = query(unlocked, inputs(seed=1))
-    with pytest.raises(IntegrityError, match="signature on its answers"):
+    with pytest.raises(IntegrityError, match="the answers"):
         query(unlocked, inputs(seed=2))
     # Only the first (genuine, its own) answer was ever opened.
     assert opened == [kept[0]["sealed_answers"]]
@@ -224,7 +247,13 @@ def test_a_lie_about_the_budget_left_is_refused(scene, host):
     host.rewrite = lambda name, args, result: (
         {**result, "budget_left": 10**6} if name == "query" else result
     )
-    with pytest.raises(IntegrityError, match="signature on its answers"):
+    with pytest.raises(IntegrityError, match="the answers"):
+        query(unlocked, inputs())
+    # Nor can the host hide the budget: "no budget" is bound as much as a number.
+    host.rewrite = lambda name, args, result: (
+        {**result, "budget_left": None} if name == "query" else result
+    )
+    with pytest.raises(IntegrityError, match="the answers"):
         query(unlocked, inputs())
 
 
@@ -252,20 +281,76 @@ def test_a_replayed_evaluation_is_refused_and_yields_nothing(scene, host):
 
 def test_a_replayed_query_is_refused(scene, host):
     unlocked = scene.unlock(host)
-    query(unlocked, inputs())
-    (recorded,) = [args for name, args in host.calls if name == "query"]
+    for _ in range(3):
+        query(unlocked, inputs())
+    opening, *later = [args for name, args in host.calls if name == "query"]
+    assert opening["opening"] is not None and all(args["opening"] is None for args in later)
+    # The query that opened the channel, and the queries made on it: each refused.
+    for recorded in (opening, *later):
+        with pytest.raises(InputError, match="replayed"):
+            host.enclave.call("query", recorded)
+    # Opening the same channel again with a fresh query is refused too: an opening is
+    # accepted once per model.
+    again = {**sealed_query(channel_keys(unlocked), 9, inputs()), "opening": opening["opening"]}
     with pytest.raises(InputError, match="replayed"):
-        host.enclave.call("query", recorded)
+        host.enclave.call("query", again)
+    # The refusals cost nothing, and the owner's channel still works.
+    assert query(unlocked, inputs())[1] == POLICY["budget"] - 4 * 4
 
 
-def test_a_query_request_id_cannot_be_reused_for_an_evaluation(scene, host):
-    """Queries and evaluations share one set of seen request ids."""
+def test_a_reordered_query_is_refused(scene, host):
+    """A host holding back a query and delivering it after a later one gets a refusal."""
+    unlocked = scene.unlock(host)
+    query(unlocked, inputs())
+    keys = channel_keys(unlocked)
+    held_back, later = sealed_query(keys, 1, inputs(seed=1)), sealed_query(keys, 2, inputs(seed=2))
+    result = host.enclave.call("query", later)
+    assert result["budget_left"] == POLICY["budget"] - 8
+    with pytest.raises(InputError, match="reordered"):
+        host.enclave.call("query", held_back)
+
+
+def test_the_host_cannot_query_a_model_the_owner_unlocked(scene, host):
+    unlocked = scene.unlock(host)
+    query(unlocked, inputs())
+    (opening,) = [args for name, args in host.calls if name == "query"]
+    # On the owner's channel, under a key of its own: refused, unopened.
+    guessed = query_protocol.ChannelKeys.derive(random_key(), scene.model_id, opening["channel_id"])
+    with pytest.raises(IntegrityError, match="not the owner's"):
+        host.enclave.call("query", sealed_query(guessed, 5, inputs()))
+    # On a channel of its own: the opening must be signed by the model's owner.
+    channel_id, secret = os.urandom(16).hex(), random_key()
+    sealed_secret = seal(
+        unlocked.enclave.hpke_key,
+        secret,
+        purpose=purposes.QUERY_CHANNEL_SECRET,
+        context=query_protocol.channel_secret_context(scene.model_id, channel_id),
+    )
+    own = query_protocol.ChannelKeys.derive(secret, scene.model_id, channel_id)
+    for signer in (Identity.generate(), scene.provider):
+        signature = sign(
+            signer.signing_key,
+            query_protocol.channel_opening_message(scene.model_id, channel_id, sealed_secret),
+            purpose=purposes.QUERY_CHANNEL_OPENING,
+        )
+        request = {
+            **sealed_query(own, 0, inputs()),
+            "opening": {"sealed_secret": sealed_secret, "signature": signature},
+        }
+        with pytest.raises(IntegrityError, match="owner's signature on this query channel"):
+            host.enclave.call("query", request)
+    # Nothing was charged for any of it.
+    assert query(unlocked, inputs())[1] == POLICY["budget"] - 8
+
+
+def test_a_channel_id_cannot_be_reused_for_an_evaluation(scene, host):
+    """Channel ids and evaluation request ids are one set of spent ids."""
     unlocked = scene.unlock(host)
     query(unlocked, inputs())
     (recorded,) = [args for name, args in host.calls if name == "query"]
     dataset, data_key = evaluation_set(scene)
     _, reply_public = reply_key_pair()
-    request_id = recorded["request_id"]
+    request_id = recorded["channel_id"]
     sealed_key = seal(
         unlocked.enclave.hpke_key,
         data_key.key,

@@ -14,7 +14,7 @@ training enclaves through the owner's own client (`client.training.run_training`
 
 from __future__ import annotations
 
-import io
+import itertools
 import os
 import threading
 from collections.abc import Iterator
@@ -32,7 +32,7 @@ from chiron.client.querying import UnlockedModel, evaluate, query, unlock_model
 from chiron.client.sessions import LocalEnclaveSession
 from chiron.client.training import local_job_id, run_training
 from chiron.core import dataset as container
-from chiron.core import modelfile, purposes, query_protocol
+from chiron.core import purposes, query_protocol
 from chiron.core.contract import TrainMaterials
 from chiron.core.crypto import random_key, seal
 from chiron.core.errors import ChironError, InputError, IntegrityError
@@ -41,7 +41,6 @@ from chiron.core.manifest import DatasetRef, Plan
 from chiron.core.recipe_protocol import encode_json
 from chiron.core.recipe_statement import make_statement
 from chiron.core.schema import DatasetSchema
-from chiron.enclave.query import parse_inputs
 
 SCHEMA = DatasetSchema((1, 4, 4), "uint8", 3)
 
@@ -391,32 +390,72 @@ def test_a_failed_prediction_refunds_its_units_but_not_its_request_id(make_model
         second.enclave.call("query", recorded)
 
 
+# -- the sealed ledger: one record size, refused when tampered with --------------------
+
+
+def _ledger(model: Model) -> Path:
+    return model.state / "query-budget" / f"{model.model_id}.sealed"
+
+
+def test_the_ledger_grows_by_one_record_of_one_size_per_charged_query(make_model):
+    model, new_relay = make_model(SHIFTING_RECIPE, {"budget": 1000})
+    unlocked = model.unlock(new_relay())
+    sizes = []
+    for count in (1, 1, 100, 7):  # the first query also opens the channel
+        query(unlocked, inputs(count))
+        sizes.append(_ledger(model).stat().st_size)
+    # The host sees that a query was charged (it relayed it), never how many units.
+    steps = {b - a for a, b in itertools.pairwise(sizes)}
+    assert len(steps) == 1 and steps.pop() > 0
+    assert sizes[0] == 2 * (sizes[1] - sizes[0])
+
+
+@pytest.mark.parametrize("tamper", ["cut_short", "replaced", "record_edited"])
+def test_a_tampered_ledger_is_refused(make_model, tamper):
+    model, new_relay = make_model(SHIFTING_RECIPE, {"budget": 100})
+    unlocked = model.unlock(new_relay())
+    for _ in range(3):
+        query(unlocked, inputs(2))
+    path = _ledger(model)
+    data = path.read_bytes()
+    record = len(data) // 4  # the opening and three charges
+    if tamper == "cut_short":
+        path.write_bytes(data[: 2 * record])
+    elif tamper == "replaced":
+        copy = path.with_suffix(".copy")
+        copy.write_bytes(data)
+        os.replace(copy, path)
+    else:
+        edited = bytearray(data)
+        edited[2 * record - 1] ^= 1
+        path.write_bytes(bytes(edited))
+    if tamper != "record_edited":
+        # Rolled back or swapped under a running enclave, which knows better: it
+        # refuses to go on rather than forget what it knows.
+        with pytest.raises(IntegrityError, match="replaced or rolled back"):
+            query(unlocked, inputs(1))
+    else:
+        # The running enclave read that record long ago; one reading the file from the
+        # start refuses it.
+        assert query(unlocked, inputs(1))[1] == 100 - 7
+        with pytest.raises(IntegrityError, match="sealed state"):
+            query(model.unlock(new_relay()), inputs(1))
+
+
 # -- bare grayscale inputs ----------------------------------------------------------------
 
 
 def test_bare_grayscale_inputs_are_accepted_and_a_wrong_shape_is_one_line(make_model, tmp_path):
-    header = modelfile.ModelHeader(
-        model_id="0" * 32,
-        schema=SCHEMA,
-        query_policy=query_protocol.normalize_query_policy({}),
-        owner=Identity.generate().public,
-        provider=Identity.generate().public,
-        owner_share=b"",
-        provider_share=b"",
-        owner_share_sha256="0" * 64,
-        provider_share_sha256="0" * 64,
-        measurement="0" * 64,
-        created=0,
-    )
     bare = inputs(5)[:, 0]  # (5, 4, 4)
 
-    def npy(array: np.ndarray) -> bytes:
-        buffer = io.BytesIO()
-        np.save(buffer, array, allow_pickle=False)
-        return buffer.getvalue()
-
-    # The enclave's parser and the owner's loader agree: (N, H, W) is N images.
-    assert parse_inputs(npy(bare), header).shape == (5, 1, 4, 4)
+    # The owner's client and loader agree: (N, H, W) is N images; the enclave reads the
+    # records the client sealed as the model's input shape.
+    sent = query_protocol.encode_query_inputs(bare, SCHEMA)
+    assert query_protocol.decode_query_inputs(sent, SCHEMA).shape == (5, 1, 4, 4)
+    # The enclave checks what it decrypted all the same: whole records, 1 to 1024.
+    for bad, words in ((sent[:-1], "whole number"), (b"", "empty"), (bytes(16 * 1025), "at most")):
+        with pytest.raises(InputError, match=words):
+            query_protocol.decode_query_inputs(bad, SCHEMA)
     np.save(tmp_path / "bare.npy", bare)
     assert load_query_inputs(tmp_path / "bare.npy", SCHEMA).shape == (5, 1, 4, 4)
     np.savez(tmp_path / "bare.npz", x=bare)
@@ -430,7 +469,7 @@ def test_bare_grayscale_inputs_are_accepted_and_a_wrong_shape_is_one_line(make_m
         np.zeros((5, 16), np.uint8),
     ):
         with pytest.raises(InputError) as refused:
-            parse_inputs(npy(wrong), header)
+            query_protocol.encode_query_inputs(wrong, SCHEMA)
         message = str(refused.value)
         assert "\n" not in message and "this model takes (N, 1, 4, 4) or (N, 4, 4)" in message
         np.save(tmp_path / "wrong.npy", wrong)

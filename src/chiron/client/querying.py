@@ -6,19 +6,24 @@ provider's share comes from a `ProviderShareSource`: in every command, the provi
 key-release agent (`client.key_release.AgentShareSource`), which checks the enclave
 against the provider's release policy and seals the share to it, so the owner never
 holds the provider's key nor anything it could open with its own. Queries and
-evaluations are signed by the owner named in the model file and answered under a fresh
-reply key, so only that owner can ask and only that owner can read the answers.
+evaluations are made by the owner named in the model file: queries on a channel the
+owner's client opens once, with a signature, to the enclave it attested (its secret
+sealed to that enclave's key, `core.query_protocol`), evaluations each signed and
+answered under a fresh reply key. So only that owner can ask and only that owner can
+read the answers.
 
 The host relaying all of this may forge, swap or replay anything. So a reply is
-believed only once the enclave's signature over it, made with the key its evidence
-authenticated, checks out for the very request it answers; only then is it opened.
+believed only once it authenticates as the attested enclave's answer to the very
+request it answers: under the channel's answer key, bound to the query's sequence
+number and the budget left, or, for an evaluation, under the enclave's signature made
+with the key its evidence authenticated.
 """
 
 from __future__ import annotations
 
-import io
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +35,7 @@ from chiron.core import modelfile, purposes, replies
 from chiron.core.attestation import Policy
 from chiron.core.contract import (
     Call,
+    ChannelOpening,
     EvaluateRequest,
     EvaluateResult,
     LoadModelRequest,
@@ -39,21 +45,33 @@ from chiron.core.contract import (
     QueryRequest,
     QueryResult,
 )
-from chiron.core.crypto import open_sealed, reply_key_pair, seal, sign
+from chiron.core.crypto import open_sealed, random_key, reply_key_pair, seal, sign
 from chiron.core.errors import InputError, IntegrityError
 from chiron.core.identifiers import check_model_id
 from chiron.core.key_release import open_escrowed_share, seal_share_to_enclave
 from chiron.core.keys import DataKey, Identity, PublicIdentity
 from chiron.core.query_protocol import (
+    ChannelKeys,
+    channel_opening_message,
+    channel_secret_context,
     decode_answers,
     decode_evaluation_report,
+    encode_query_inputs,
     evaluation_data_key_context,
     evaluation_report_context,
     evaluation_request_message,
-    query_context,
-    query_request_message,
 )
 from chiron.core.roles import Role
+
+
+@dataclass
+class _Channel:
+    """The owner's end of a query channel to one attested enclave."""
+
+    keys: ChannelKeys
+    # Sent with each query until one is answered: the enclave opens the channel then.
+    opening: ChannelOpening | None
+    next_sequence: int = 0
 
 
 @dataclass
@@ -63,9 +81,13 @@ class UnlockedModel:
     session: EnclaveSession
     header: modelfile.ModelHeader
     owner: Identity
-    # The query enclave's identity as its evidence authenticated it: replies must be
-    # signed by this key.
+    # The query enclave's identity as its evidence authenticated it: a channel's secret
+    # is sealed to this key, and evaluation reports must be signed by it.
     enclave: PublicIdentity
+    _channel: _Channel | None = field(default=None, repr=False)
+    # Queries on one channel go one at a time, in sequence order (the enclave refuses a
+    # sequence number below one it accepted).
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 def _new_request_id() -> str:
@@ -159,45 +181,56 @@ def unlock_model(
     return UnlockedModel(session, header, owner, attested.identity)
 
 
-def query(unlocked: UnlockedModel, inputs: np.ndarray) -> tuple[list[dict[str, Any]], int | None]:
-    """Ask for predictions of `inputs`; returns the answers and the budget left."""
-    header = unlocked.header
-    model_id = header.model_id
-    buffer = io.BytesIO()
-    np.save(buffer, inputs, allow_pickle=False)
-    request_id = _new_request_id()
-    reply_private, reply_public = reply_key_pair()
-    sealed_inputs = seal(
+def _open_channel(unlocked: UnlockedModel) -> _Channel:
+    """A fresh channel: its secret sealed to the attested enclave, the opening signed."""
+    model_id, channel_id, secret = unlocked.header.model_id, _new_request_id(), random_key()
+    sealed_secret = seal(
         unlocked.enclave.hpke_key,
-        buffer.getvalue(),
-        purpose=purposes.QUERY_INPUTS,
-        context=query_context(model_id, request_id),
+        secret,
+        purpose=purposes.QUERY_CHANNEL_SECRET,
+        context=channel_secret_context(model_id, channel_id),
     )
     signature = sign(
         unlocked.owner.signing_key,
-        query_request_message(model_id, request_id, sealed_inputs, reply_public),
-        purpose=purposes.QUERY_REQUEST,
+        channel_opening_message(model_id, channel_id, sealed_secret),
+        purpose=purposes.QUERY_CHANNEL_OPENING,
     )
-    request = QueryRequest(request_id, sealed_inputs, reply_public, signature)
-    result = QueryResult.from_wire(unlocked.session.call(Call.QUERY.value, request.to_wire()))
-    # Anyone can seal to the reply key (the host saw it): believe only what the attested
-    # enclave signed for this request, budget included, and open nothing else.
-    replies.verify_query_answers(
-        unlocked.enclave,
-        result.signature,
-        model_id,
-        request_id,
-        result.sealed_answers,
-        result.budget_left,
-    )
-    answers = open_sealed(
-        reply_private,
-        result.sealed_answers,
-        purpose=purposes.QUERY_ANSWERS,
-        context=query_context(model_id, request_id),
-        what="query answers",
-    )
-    decoded = decode_answers(answers, len(inputs), header.schema.num_classes, header.query_policy)
+    keys = ChannelKeys.derive(secret, model_id, channel_id)
+    return _Channel(keys, ChannelOpening(sealed_secret, signature))
+
+
+def query(unlocked: UnlockedModel, inputs: np.ndarray) -> tuple[list[dict[str, Any]], int | None]:
+    """Ask for predictions of `inputs`; returns the answers and the budget left."""
+    header = unlocked.header
+    plaintext = encode_query_inputs(inputs, header.schema)
+    count = len(plaintext) // header.schema.record_bytes
+    with unlocked._lock:
+        channel = unlocked._channel or _open_channel(unlocked)
+        unlocked._channel = channel
+        sequence = channel.next_sequence
+        channel.next_sequence += 1
+        request = QueryRequest(
+            channel.keys.channel_id,
+            sequence,
+            channel.keys.seal_inputs(sequence, plaintext),
+            channel.opening,
+        )
+        try:
+            result = QueryResult.from_wire(
+                unlocked.session.call(Call.QUERY.value, request.to_wire())
+            )
+            # Only the attested enclave (and this client) holds the answer key: what opens
+            # under it, for this sequence number and this budget left, is its answer to
+            # this query. A forged, swapped or rewritten reply opens to nothing.
+            answers = channel.keys.open_answers(sequence, result.budget_left, result.sealed_answers)
+        except BaseException:
+            if channel.opening is not None:
+                # Whether the enclave opened the channel is unknown: the next query opens
+                # a fresh one (this one's id stays spent in the model's ledger).
+                unlocked._channel = None
+            raise
+        channel.opening = None
+    decoded = decode_answers(answers, count, header.schema.num_classes, header.query_policy)
     return decoded, result.budget_left
 
 

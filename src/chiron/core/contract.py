@@ -51,6 +51,7 @@ from chiron.core.limits import (
     MAX_WORKERS,
 )
 from chiron.core.manifest import SignedManifest
+from chiron.core.query_protocol import MAX_SEQUENCE
 from chiron.core.recipe_statement import SignedRecipeStatement
 from chiron.core.roles import Role
 
@@ -532,46 +533,65 @@ def _reply_key(args: Mapping[str, Any], what: str) -> bytes:
 
 
 @dataclass(frozen=True)
-class QueryRequest:
-    request_id: str
-    sealed_inputs: bytes
-    reply_key: bytes
+class ChannelOpening:
+    """The owner opening a query channel (core.query_protocol): its secret, sealed to the
+    attested enclave, and the owner's signature over the sealed secret and channel id."""
+
+    sealed_secret: bytes
     signature: bytes
 
     def to_wire(self) -> dict[str, Any]:
+        return {"sealed_secret": self.sealed_secret, "signature": self.signature}
+
+    @classmethod
+    def from_wire(cls, args: Mapping[str, Any]) -> ChannelOpening:
+        args = _mapping(args, "query channel opening")
+        what = "query"
+        return cls(
+            sealed_secret=_bytes(args, "sealed_secret", what, MAX_SEALED_KEY_BYTES),
+            signature=_bytes(args, "signature", what, MAX_SIGNATURE_BYTES),
+        )
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    """One query on a channel; the channel's first query carries its opening."""
+
+    channel_id: str
+    sequence: int
+    sealed_inputs: bytes
+    opening: ChannelOpening | None = None
+
+    def to_wire(self) -> dict[str, Any]:
         return {
-            "request_id": self.request_id,
+            "channel_id": self.channel_id,
+            "sequence": self.sequence,
             "sealed_inputs": self.sealed_inputs,
-            "reply_key": self.reply_key,
-            "signature": self.signature,
+            "opening": None if self.opening is None else self.opening.to_wire(),
         }
 
     @classmethod
     def from_wire(cls, args: Mapping[str, Any]) -> QueryRequest:
         args = _mapping(args, "QueryRequest")
         what = "query"
+        opening = args.get("opening")
         return cls(
-            request_id=check_request_id(_get(args, "request_id", what)),
+            channel_id=check_request_id(_get(args, "channel_id", what)),
+            sequence=_int(args, "sequence", what, 0, MAX_SEQUENCE),
             sealed_inputs=_bytes(args, "sealed_inputs", what, MAX_SEALED_INPUT_BYTES),
-            reply_key=_reply_key(args, what),
-            signature=_bytes(args, "signature", what, MAX_SIGNATURE_BYTES),
+            opening=None if opening is None else ChannelOpening.from_wire(opening),
         )
 
 
 @dataclass(frozen=True)
 class QueryResult:
-    """Answers sealed to the owner's reply key, signed by the attested query enclave."""
+    """Answers sealed under the query channel's answer key, with the budget left."""
 
     sealed_answers: bytes
     budget_left: int | None
-    signature: bytes
 
     def to_wire(self) -> dict[str, Any]:
-        return {
-            "sealed_answers": self.sealed_answers,
-            "budget_left": self.budget_left,
-            "signature": self.signature,
-        }
+        return {"sealed_answers": self.sealed_answers, "budget_left": self.budget_left}
 
     @classmethod
     def from_wire(cls, args: Mapping[str, Any]) -> QueryResult:
@@ -583,7 +603,6 @@ class QueryResult:
         return cls(
             sealed_answers=_bytes(args, "sealed_answers", what, MAX_SEALED_INPUT_BYTES),
             budget_left=budget,
-            signature=_bytes(args, "signature", what, MAX_SIGNATURE_BYTES),
         )
 
 

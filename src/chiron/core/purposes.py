@@ -12,11 +12,12 @@ TRAINING_RECEIPT = "training-receipt"
 MODEL_SHARE_ESCROW = "model-share-escrow"
 # HPKE: a party's model-key share re-sealed by its client to an attested query enclave.
 MODEL_SHARE_PROVISION = "model-share"
-# HPKE: query inputs to the query enclave; answers back to the owner's reply key.
-QUERY_INPUTS = "query-inputs"
-QUERY_ANSWERS = "query-answers"
-# Signature: the owner authorising one query / one evaluation.
-QUERY_REQUEST = "query-request"
+# HPKE: the secret of one query channel, sealed by the owner's client to an attested
+# query enclave; queries and answers then travel under keys derived from it
+# (core.query_protocol.ChannelKeys).
+QUERY_CHANNEL_SECRET = "query-channel-secret"  # noqa: S105 (a label, not a secret)
+# Signature: the owner opening one query channel / authorising one evaluation.
+QUERY_CHANNEL_OPENING = "query-channel-opening"
 EVALUATION_REQUEST = "evaluation-request"
 # HPKE: an evaluation report, sealed to the owner's reply key.
 EVALUATION_REPORT = "evaluation-report"
@@ -37,8 +38,7 @@ RECIPE_STATEMENT = "recipe-statement"
 TRAINING_DATA_KEY = "training-data-key"
 # HPKE: the owner's dataset key sealed to an attested query enclave for one evaluation.
 EVALUATION_DATA_KEY = "evaluation-data-key"
-# Signature: an enclave vouching for what it returns (answers, reports), by its attested key.
-QUERY_ANSWERS_SIGNATURE = "query-answers-signature"
+# Signature: an enclave vouching for what it returns (reports), by its attested key.
 EVALUATION_REPORT_SIGNATURE = "evaluation-report-signature"
 OWNER_REPORT_SIGNATURE = "owner-report-signature"
 # HPKE: the secret the owner's client derives for one job, sealed to the attested training

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from chiron.core.crypto import KEY_BYTES, NONCE_BYTES, aead_decrypt, aead_encrypt, derive_key
 from chiron.core.encoding import canonical_json
 from chiron.core.errors import InputError, IntegrityError
 from chiron.core.roles import Role
@@ -26,6 +27,8 @@ MAX_ROUNDING = 8
 # record it *is* one: the model's label for it, next to the owner's).
 DEFAULT_MIN_EVALUATION_RECORDS = 100
 _POLICY_KEYS = frozenset({"output", "rounding", "budget", "min_evaluation_records"})
+# "No budget", where a budget left is written as a signed 64-bit number.
+_NO_BUDGET = -1
 
 
 def normalize_query_policy(policy: Any) -> dict[str, Any]:
@@ -90,9 +93,117 @@ def query_policy_sha256(policy: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(policy)).hexdigest()
 
 
-def query_context(model_id: str, request_id: str) -> dict[str, str]:
-    """The sealing context of one query's inputs (to the enclave) and answers (back)."""
-    return {"model_id": model_id, "request_id": request_id}
+# -- the query channel -------------------------------------------------------------------
+#
+# The owner's client opens a channel to an attested query enclave once: it draws a fresh
+# 32-byte secret, seals it to the enclave's attested key (HPKE, purpose
+# `query-channel-secret`, context {model_id, channel_id}) and signs the opening with the
+# key the model file names as the owner's. Both ends then derive two AES-256-GCM keys
+# from the secret, one per direction, and every query and answer travels under them,
+# with the query's sequence number as the nonce and in the associated data:
+#
+# - only the owner and that one enclave know the keys, so a sealed query is the owner's
+#   (the host cannot ask) and a sealed answer is the enclave's, for exactly that query
+#   of that channel, with exactly that budget left (the host cannot forge, swap or
+#   rewrite one);
+# - each direction has its own key and a sequence number is used once per channel, so
+#   no (key, nonce) pair ever repeats, and the enclave answers only sequence numbers
+#   above the last one it accepted: a replayed or reordered query is refused unopened.
+#
+# So the asymmetric work (an HPKE seal and open, a signature and its check) is done once
+# per channel instead of four times per query: docs/query.md gives the whole argument.
+
+CHANNEL_SECRET_BYTES = KEY_BYTES
+# The highest sequence number a channel accepts (nonces are its 8 bytes, zero-padded).
+MAX_SEQUENCE = 2**64 - 2
+_CHANNEL_LABEL = b"chiron/query-channel/v1\x00"
+_SEQUENCE = struct.Struct(">Q")
+_BUDGET = struct.Struct(">q")
+_NONCE_PAD = bytes(NONCE_BYTES - _SEQUENCE.size)
+
+
+def channel_secret_context(model_id: str, channel_id: str) -> dict[str, str]:
+    """The sealing context of a channel's secret, sealed by the owner to the enclave."""
+    return {"model_id": model_id, "channel_id": channel_id}
+
+
+def channel_opening_message(model_id: str, channel_id: str, sealed_secret: bytes) -> bytes:
+    """What the owner signs to open one query channel to the enclave its secret is sealed to."""
+    return canonical_json(
+        {
+            "model_id": model_id,
+            "channel_id": channel_id,
+            "secret_sha256": hashlib.sha256(sealed_secret).hexdigest(),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class ChannelKeys:
+    """A query channel's two keys, as the owner's client and the enclave both derive them."""
+
+    model_id: str
+    channel_id: str
+    inputs_key: bytes = field(repr=False)
+    answers_key: bytes = field(repr=False)
+
+    @classmethod
+    def derive(cls, secret: bytes, model_id: str, channel_id: str) -> ChannelKeys:
+        if len(secret) != CHANNEL_SECRET_BYTES:
+            raise IntegrityError("a query channel's secret is 32 bytes")
+
+        def key(direction: bytes) -> bytes:
+            info = _CHANNEL_LABEL + direction + b"\x00" + bytes.fromhex(model_id)
+            return derive_key(secret, salt=bytes.fromhex(channel_id), info=info)
+
+        return cls(model_id, channel_id, key(b"inputs"), key(b"answers"))
+
+    def _associated(self, direction: bytes, sequence: int) -> bytes:
+        return (
+            _CHANNEL_LABEL
+            + direction
+            + b"\x00"
+            + bytes.fromhex(self.model_id)
+            + bytes.fromhex(self.channel_id)
+            + _SEQUENCE.pack(sequence)
+        )
+
+    def seal_inputs(self, sequence: int, plaintext: bytes) -> bytes:
+        return aead_encrypt(
+            self.inputs_key, _nonce(sequence), plaintext, self._associated(b"inputs", sequence)
+        )
+
+    def open_inputs(self, sequence: int, sealed: bytes) -> bytes:
+        return aead_decrypt(
+            self.inputs_key,
+            _nonce(sequence),
+            sealed,
+            self._associated(b"inputs", sequence),
+            what="the query (not the owner's, for this channel and sequence number)",
+        )
+
+    def seal_answers(self, sequence: int, budget_left: int | None, plaintext: bytes) -> bytes:
+        associated = self._associated(b"answers", sequence) + _budget(budget_left)
+        return aead_encrypt(self.answers_key, _nonce(sequence), plaintext, associated)
+
+    def open_answers(self, sequence: int, budget_left: int | None, sealed: bytes) -> bytes:
+        return aead_decrypt(
+            self.answers_key,
+            _nonce(sequence),
+            sealed,
+            self._associated(b"answers", sequence) + _budget(budget_left),
+            what="the answers (not the attested enclave's, for this query and budget)",
+        )
+
+
+def _nonce(sequence: int) -> bytes:
+    if not 0 <= sequence <= MAX_SEQUENCE:
+        raise InputError(f"a query channel's sequence number is 0 to {MAX_SEQUENCE}")
+    return _NONCE_PAD + _SEQUENCE.pack(sequence)
+
+
+def _budget(budget_left: int | None) -> bytes:
+    return _BUDGET.pack(_NO_BUDGET if budget_left is None else budget_left)
 
 
 def evaluation_report_context(model_id: str, request_id: str) -> dict[str, str]:
@@ -113,20 +224,6 @@ def evaluation_data_key_context(model_id: str, request_id: str, dataset_id: str)
         "dataset_id": dataset_id,
         "role": Role.QUERY.value,
     }
-
-
-def query_request_message(
-    model_id: str, request_id: str, sealed_inputs: bytes, reply_key: bytes
-) -> bytes:
-    """What the owner signs to authorise exactly one query."""
-    return canonical_json(
-        {
-            "model_id": model_id,
-            "request_id": request_id,
-            "inputs_sha256": hashlib.sha256(sealed_inputs).hexdigest(),
-            "reply_key": reply_key.hex(),
-        }
-    )
 
 
 def evaluation_request_message(
@@ -190,20 +287,62 @@ def as_batch(array: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
     return array
 
 
+def encode_query_inputs(array: np.ndarray, schema: DatasetSchema) -> bytes:
+    """The plaintext of a query: the batch's records, little-endian, back to back.
+
+    The owner's client checks the batch here (shape, dtype, size, finite values), so a
+    mistake is refused before anything is sealed; the enclave checks the plaintext again
+    in `decode_query_inputs`, as it checks everything it is sent.
+    """
+    batch = as_batch(np.asarray(array), schema.input_shape)
+    _check_batch(len(batch))
+    if batch.dtype != np.dtype(schema.dtype):
+        raise InputError(f"inputs are {batch.dtype}; this model takes {schema.dtype}")
+    _check_finite(batch)
+    return np.ascontiguousarray(batch, dtype=np.dtype(schema.dtype).newbyteorder("<")).tobytes()
+
+
+def decode_query_inputs(data: bytes, schema: DatasetSchema) -> np.ndarray:
+    """The batch a query's plaintext holds: a whole number of records, 1 to the maximum."""
+    if len(data) % schema.record_bytes:
+        raise InputError("query inputs are not a whole number of records of this model")
+    _check_batch(len(data) // schema.record_bytes)
+    dtype = np.dtype(schema.dtype).newbyteorder("<")
+    batch = np.frombuffer(data, dtype=dtype).reshape(-1, *schema.input_shape)
+    _check_finite(batch)
+    return batch
+
+
+def _check_batch(count: int) -> None:
+    if count == 0:
+        raise InputError("the batch is empty")
+    if count > MAX_QUERY_BATCH:
+        raise InputError(f"a batch holds at most {MAX_QUERY_BATCH} inputs, got {count}")
+
+
+def _check_finite(batch: np.ndarray) -> None:
+    if batch.dtype.kind == "f" and not np.isfinite(batch).all():
+        raise InputError("inputs contain NaN or infinite values")
+
+
+def answers_size(count: int, num_classes: int, policy: dict[str, Any]) -> int:
+    """The plaintext size of the answers to `count` inputs: fixed by the policy."""
+    return count * 4 * (1 + (num_classes if policy.get("output") != "label" else 0))
+
+
 def decode_answers(
     data: bytes, count: int, num_classes: int, policy: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    with_probabilities = policy.get("output") != "label"
-    expected = count * 4 * (1 + (num_classes if with_probabilities else 0))
-    if len(data) != expected:
+    if len(data) != answers_size(count, num_classes, policy):
         raise IntegrityError("the enclave's answer has the wrong size")
-    labels = np.frombuffer(data[: count * 4], dtype="<i4")
-    answers: list[dict[str, Any]] = [{"label": int(label)} for label in labels]
-    if with_probabilities:
-        probabilities = np.frombuffer(data[count * 4 :], dtype="<f4").reshape(count, num_classes)
-        for answer, row in zip(answers, probabilities, strict=True):
-            answer["probabilities"] = [float(p) for p in row]
-    return answers
+    labels = np.frombuffer(data, dtype="<i4", count=count).tolist()
+    if policy.get("output") == "label":
+        return [{"label": label} for label in labels]
+    rows = np.frombuffer(data, dtype="<f4", offset=count * 4).reshape(count, num_classes)
+    return [
+        {"label": label, "probabilities": row}
+        for label, row in zip(labels, rows.tolist(), strict=True)
+    ]
 
 
 def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -223,7 +362,6 @@ def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, num_classes: int)
 
 _EVALUATION_MAGIC = b"CHIRON-EVALUATION-1\n"
 _EVALUATION_HEADER = struct.Struct(">16s16sq")  # model id, dataset id, budget left or -1
-_NO_BUDGET = -1
 
 
 def evaluation_report_size(num_classes: int) -> int:
