@@ -115,28 +115,29 @@ def test_weights_are_bit_identical_to_a_plain_pytorch_run(world, run_chiron):
     assert plain == enclave_weights
 
 
-def test_resume_after_the_machine_dies_gives_the_same_weights(world, run_chiron, chiron_home):
-    slow_recipe = world.write_recipe(
-        "slow.py",
-        TINY_RECIPE.replace('"epochs": 2, "batch_size": 16', '"epochs": 4, "batch_size": 4')
-        + "\nimport time\n_sleep = time.sleep\n"
-        "def train_step(model, optimizer, x, y, hp):\n"
-        "    import torch.nn.functional as F\n"
-        "    _sleep(0.01)\n"
-        "    optimizer.zero_grad()\n"
-        "    loss = F.cross_entropy(model(x), y)\n"
-        "    loss.backward()\n"
-        "    optimizer.step()\n"
-        "    return loss\n",
-    )
-    reference = run_chiron(*train_args(world, recipe=slow_recipe, out=world.root / "ref.chm"))
-    assert reference.returncode == 0, reference.stderr
+SLOW_STEPS = (
+    "\nimport time\n_sleep = time.sleep\n"
+    "def train_step(model, optimizer, x, y, hp):\n"
+    "    import torch.nn.functional as F\n"
+    "    _sleep(0.01)\n"
+    "    optimizer.zero_grad()\n"
+    "    loss = F.cross_entropy(model(x), y)\n"
+    "    loss.backward()\n"
+    "    optimizer.step()\n"
+    "    return loss\n"
+)
 
+
+def _killed_mid_job(world, chiron_home, args, *, whole_machine: bool) -> None:
+    """Run `chiron train ARGS` and SIGKILL it once the job has sealed a checkpoint.
+
+    `whole_machine`: every process of the job dies at once (a power cut); otherwise only
+    the client's own process, its enclave left to notice it is gone.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHIRON_")}
     env["CHIRON_HOME"] = str(chiron_home)
-    args = [str(a) for a in train_args(world, recipe=slow_recipe, out=world.root / "resumed.chm")]
     process = subprocess.Popen(
-        [sys.executable, "-m", "chiron", *args],
+        [sys.executable, "-m", "chiron", *map(str, args)],
         env=env,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
@@ -147,18 +148,57 @@ def test_resume_after_the_machine_dies_gives_the_same_weights(world, run_chiron,
     while time.monotonic() < deadline and not list(checkpoints.glob("*/checkpoint.sealed")):
         time.sleep(0.1)
     time.sleep(0.5)
-    # The machine dies: every process of the job, at once.
-    os.killpg(process.pid, signal.SIGKILL)
+    if whole_machine:
+        os.killpg(process.pid, signal.SIGKILL)
+    else:
+        os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert not (world.root / "resumed.chm").exists()
     assert list(checkpoints.glob("*/checkpoint.sealed"))
 
-    resumed = run_chiron(
-        *train_args(world, recipe=slow_recipe, out=world.root / "resumed.chm"), "--json"
+
+@pytest.mark.parametrize("how", ["train-again", "jobs-resume"])
+def test_a_local_job_killed_mid_run_resumes_to_the_same_weights(
+    world, run_chiron, chiron_home, how
+):
+    """`--local` runs its job on this machine's host: a killed run resumes like a service's.
+
+    Re-running the same `chiron train` continues the job; so does `chiron service jobs
+    resume JOB --local`, with the job id `chiron service jobs list --local` shows.
+    """
+    slow_recipe = world.write_recipe(
+        "slow.py",
+        TINY_RECIPE.replace('"epochs": 2, "batch_size": 16', '"epochs": 4, "batch_size": 4')
+        + SLOW_STEPS,
     )
+    reference = run_chiron(*train_args(world, recipe=slow_recipe, out=world.root / "ref.chm"))
+    assert reference.returncode == 0, reference.stderr
+    resumed_out = world.root / "resumed.chm"
+    args = train_args(world, recipe=slow_recipe, out=resumed_out)
+    _killed_mid_job(world, chiron_home, args, whole_machine=how == "train-again")
+    assert not resumed_out.exists()
+
+    listed = run_chiron("service", "jobs", "list", "--local", "--json")
+    assert listed.returncode == 0, listed.stderr
+    states = sorted((job["state"], job["status"]) for job in json.loads(listed.stdout))
+    assert states == [("done", "done"), ("interrupted", "interrupted (host_restart)")]
+    job = next(j["id"] for j in json.loads(listed.stdout) if j["state"] == "interrupted")
+    shown = run_chiron("service", "jobs", "show", job, "--local")
+    assert f"chiron service jobs resume {job} --local" in shown.stdout
+
+    if how == "train-again":
+        resumed = run_chiron(*args, "--json")
+    else:
+        resumed = run_chiron(
+            "service", "jobs", "resume", job, "--local", "--owner", world.owner,
+            "--dataset", world.dataset, "--data-key", world.data_key, "--out", resumed_out,
+            "--allow-simulation", "--json",
+        )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["resumed_from_step"] > 0
     first = open_model(world.root / "ref.chm", world.owner, world.provider).weights
-    second = open_model(world.root / "resumed.chm", world.owner, world.provider).weights
+    second = open_model(resumed_out, world.owner, world.provider).weights
     assert first == second
-    assert not list(checkpoints.glob("*/checkpoint.sealed"))
+    # Ended: its checkpoints are gone, and it is not resumed again.
+    assert not list((chiron_home / "jobs").glob("*/checkpoint.sealed"))
+    again = run_chiron("service", "jobs", "show", job, "--local", "--json")
+    assert json.loads(again.stdout)["state"] == "done"
