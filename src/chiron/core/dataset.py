@@ -233,7 +233,8 @@ def encrypt_dataset(
     if record_count < 1:
         raise InputError("the data set is empty")
     header = DatasetHeader.plan(new_dataset_id(), schema, record_count)
-    with atomic_output(out_path, overwrite=overwrite) as handle:
+    # The disk writes the first chunks while the next ones are encrypted.
+    with atomic_output(out_path, overwrite=overwrite, sync_early=True) as handle:
         write_encrypted(
             handle,
             key,
