@@ -12,6 +12,8 @@ import json
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +31,90 @@ from chiron.core.errors import (
 )
 from chiron.enclave.boundary import decode_message, encode_message
 
-DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
-_HASH_BLOCK = 1024 * 1024
+# Large chunks: each is one request, and the service takes up to 64 MiB.
+DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
+_HASH_BLOCK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileDigests:
+    """A file's size and SHA-256, and the SHA-256 of each of its chunks of `chunk_bytes`."""
+
+    size: int
+    sha256: str
+    chunk_bytes: int
+    chunks: tuple[str, ...]
+
+    def of_chunk(self, offset: int, length: int) -> str | None:
+        """The digest of the chunk at `offset`, if it is one of `chunks`; else None."""
+        index, rest = divmod(offset, self.chunk_bytes)
+        if rest or index >= len(self.chunks):
+            return None
+        if length != min(self.chunk_bytes, self.size - offset):
+            return None
+        return self.chunks[index]
+
+
+def file_digests(path: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> FileDigests:
+    """Hash a file whole and chunk by chunk in one read.
+
+    The chunk digests are computed on a helper thread while this one computes the whole
+    file's (hashlib releases the GIL), and the file is read into two reused buffers.
+    """
+    if chunk_bytes < 1:
+        raise ValueError("chunk_bytes must be positive")
+    block_bytes = min(_HASH_BLOCK, chunk_bytes)
+    whole = hashlib.sha256()
+    chunks: list[str] = []
+    size = 0
+    with open(path, "rb", buffering=0) as handle, ThreadPoolExecutor(max_workers=1) as helper:
+        buffers = (bytearray(block_bytes), bytearray(block_bytes))
+        pending: list[Future[None] | None] = [None, None]
+        chunk = hashlib.sha256()
+        in_chunk = 0
+        turn = 0
+        while True:
+            earlier = pending[turn]
+            if earlier is not None:
+                earlier.result()  # that buffer's chunk hashing is done; it can be refilled
+            buffer = buffers[turn]
+            want = min(block_bytes, chunk_bytes - in_chunk)
+            count = handle.readinto(memoryview(buffer)[:want])
+            if not count:
+                break
+            block = memoryview(buffer)[:count]
+            in_chunk += count
+            size += count
+            ends_chunk = in_chunk == chunk_bytes
+            pending[turn] = helper.submit(_hash_block, chunk, block, chunks if ends_chunk else None)
+            whole.update(block)
+            if ends_chunk:
+                chunk, in_chunk = hashlib.sha256(), 0
+            turn ^= 1
+        if in_chunk:
+            helper.submit(_hash_block, chunk, memoryview(b""), chunks).result()
+    return FileDigests(size, whole.hexdigest(), chunk_bytes, tuple(chunks))
+
+
+def _hash_block(digest: hashlib._Hash, block: memoryview, done: list[str] | None) -> None:
+    digest.update(block)
+    if done is not None:
+        done.append(digest.hexdigest())
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digests(path).sha256
+
+
+def _digests_of(path: Path, chunk_bytes: int) -> FileDigests:
+    """A file to upload, hashed; InputError if it cannot be read or is empty."""
+    try:
+        digests = file_digests(path, chunk_bytes)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    if digests.size == 0:
+        raise InputError(f"{path} is empty")
+    return digests
 
 
 class ServiceClient(HttpTransport):
@@ -116,11 +192,14 @@ class ServiceClient(HttpTransport):
     def upload_status(self, upload_id: str) -> dict[str, Any]:
         return self._json("GET", f"/uploads/{upload_id}")
 
-    def put_chunk(self, upload_id: str, offset: int, data: bytes) -> dict[str, Any]:
+    def put_chunk(
+        self, upload_id: str, offset: int, data: bytes, *, sha256: str | None = None
+    ) -> dict[str, Any]:
+        """Send one chunk; `sha256` is its digest if already known (else computed here)."""
         return self._json(
             "PUT",
             f"/uploads/{upload_id}/chunks",
-            params={"offset": offset, "sha256": hashlib.sha256(data).hexdigest()},
+            params={"offset": offset, "sha256": sha256 or hashlib.sha256(data).hexdigest()},
             content=data,
             headers={"Content-Type": "application/octet-stream"},
         )
@@ -146,14 +225,13 @@ class ServiceClient(HttpTransport):
         service has every byte and the SHA-256 matches.
         """
         path = Path(path)
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise InputError(f"cannot read {path}: {exc.strerror}") from None
-        if size == 0:
-            raise InputError(f"{path} is empty")
-        sha256 = file_sha256(path)
-        upload = self._resumable(kind, size, sha256)
+        return self._upload(path, kind, _digests_of(path, chunk_bytes), progress=progress)
+
+    def _upload(
+        self, path: Path, kind: str, digests: FileDigests, *, progress: bool
+    ) -> dict[str, Any]:
+        size, chunk_bytes = digests.size, digests.chunk_bytes
+        upload = self._resumable(kind, size, digests.sha256)
         upload_id = upload["id"]
         with (
             progress_bar(progress, f"uploading {path.name}", size) as advance,
@@ -165,8 +243,11 @@ class ServiceClient(HttpTransport):
                 offset = upload["offset"]
                 source.seek(offset)
                 data = source.read(min(chunk_bytes, upload["chunk_bytes"]))
+                # A digest from the first read, unless this is a retry: then the bytes
+                # just read are hashed again, in case the file changed meanwhile.
+                known = digests.of_chunk(offset, len(data)) if not attempts else None
                 try:
-                    upload = self.put_chunk(upload["id"], offset, data)
+                    upload = self.put_chunk(upload["id"], offset, data, sha256=known)
                     attempts = 0
                 except (ServiceError, Conflict, IntegrityError):
                     attempts += 1
@@ -187,22 +268,22 @@ class ServiceClient(HttpTransport):
         self, path: str | os.PathLike[str], *, progress: bool = True
     ) -> dict[str, Any]:
         """Upload an encrypted dataset (.chd) unless it is there already; return its record."""
-        sha256 = file_sha256(Path(path))
+        digests = _digests_of(Path(path), DEFAULT_CHUNK_BYTES)
         for dataset in self.datasets():
-            if dataset["sha256"] == sha256:
+            if dataset["sha256"] == digests.sha256:
                 return dataset
-        done = self.upload(path, kind="dataset", progress=progress)
+        done = self._upload(Path(path), "dataset", digests, progress=progress)
         return self.dataset(done["result_id"])
 
     def upload_model(
         self, path: str | os.PathLike[str], *, progress: bool = True
     ) -> dict[str, Any]:
         """Upload an escrowed model file unless it is there already; return its record."""
-        sha256 = file_sha256(Path(path))
+        digests = _digests_of(Path(path), DEFAULT_CHUNK_BYTES)
         for model in self.models():
-            if model["sha256"] == sha256:
+            if model["sha256"] == digests.sha256:
                 return model
-        done = self.upload(path, kind="model", progress=progress)
+        done = self._upload(Path(path), "model", digests, progress=progress)
         return self.model(done["result_id"])
 
     def datasets(self) -> list[dict[str, Any]]:
