@@ -5,6 +5,8 @@ Also the one way an artifact leaves the store (a streamed download naming its SH
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, Request
@@ -62,13 +64,29 @@ def download(service: Service, sha256: str, filename: str) -> StreamingResponse:
     )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+@dataclass(frozen=True)
+class ReceivedBody:
+    """A request body of at most the route's limit, and its SHA-256 (hex)."""
+
+    data: memoryview
+    sha256: str
+
+
+async def read_body(request: Request, limit: int) -> ReceivedBody:
+    """Receive a body into one buffer, hashing each block as it arrives.
+
+    Hashing overlaps the transfer instead of following it, and the body is copied once.
+    The buffer grows with what arrives, not with what Content-Length announces, so a
+    client holds no more memory than it has sent.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise BodyTooLarge(f"a chunk holds at most {limit} bytes")
     body = bytearray()
+    digest = hashlib.sha256()
     async for block in request.stream():
-        body += block
-        if len(body) > limit:
+        if len(body) + len(block) > limit:
             raise BodyTooLarge(f"a chunk holds at most {limit} bytes")
-    return bytes(body)
+        body += block
+        digest.update(block)
+    return ReceivedBody(memoryview(body), digest.hexdigest())

@@ -200,10 +200,16 @@ async def put_chunk(
     sha256: str = Query(pattern=HEX64, description="SHA-256 of this chunk, hex"),
     caller: Account = Depends(current_account),
 ) -> UploadOut:
-    data = await read_body(request, MAX_CHUNK_BYTES)
+    body = await read_body(request, MAX_CHUNK_BYTES)
     service = service_of(request)
     await run_in_threadpool(
-        service.uploads.write_chunk, caller, upload_id, offset=offset, data=data, sha256=sha256
+        service.uploads.write_chunk,
+        caller,
+        upload_id,
+        offset=offset,
+        data=body.data,
+        sha256=sha256,
+        data_sha256=body.sha256,
     )
     return await run_in_threadpool(_upload_out, service, caller, upload_id)
 

@@ -1,0 +1,203 @@
+"""Uploads without an fsync per chunk: restarts, reboots, hostile bytes, and the client's digests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chiron.client.remote.service_client import file_digests
+from chiron.core.errors import Conflict, IntegrityError
+from chiron.host import uploads as uploads_module
+from chiron.host.accounts import create_account
+from chiron.host.config import ServiceConfig
+from chiron.host.db import Account
+from chiron.host.service import Service
+
+from .helpers import make_dataset
+
+CHUNK = 4096
+
+
+def sha256(data: bytes | bytearray) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Host:
+    """A service over one state directory that a test can stop and start again."""
+
+    def __init__(self, state: Path) -> None:
+        self.config = ServiceConfig(state_dir=state)
+        self.service = Service.open(self.config)
+        self.token = create_account(self.service.db, self.service.pepper, name="a", role="owner")
+
+    @property
+    def owner(self) -> Account:
+        return self.service.authenticate(self.token)
+
+    def restart(self) -> None:
+        self.service.close()
+        self.service = Service.open(self.config)
+
+    @property
+    def staging(self) -> Path:
+        return self.config.state_dir / "uploads"
+
+    def append(self, upload_id: str, data: bytes, offset: int) -> int:
+        return self.service.uploads.write_chunk(
+            self.owner, upload_id, offset=offset, data=data, sha256=sha256(data)
+        )
+
+    def settle(self, upload_id: str) -> None:
+        """Wait for the background sync of what was appended so far."""
+        self.service.uploads._wait_for_sync(upload_id)
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Host]:
+    running = Host(tmp_path / "service")
+    yield running
+    running.service.close()
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> bytes:
+    path = tmp_path / "data.chd"
+    make_dataset(path, records=2000)
+    return path.read_bytes()
+
+
+def start(host: Host, data: bytes) -> str:
+    upload = host.service.uploads.create(
+        host.owner, kind="dataset", size=len(data), sha256=sha256(data)
+    )
+    return upload.id
+
+
+def offset_of(host: Host, upload_id: str) -> int:
+    return host.service.uploads.get(host.owner, upload_id)[1]
+
+
+def test_a_restart_on_the_same_boot_keeps_every_appended_byte(host, dataset):
+    upload_id = start(host, dataset)
+    host.append(upload_id, dataset[:CHUNK], 0)
+    host.append(upload_id, dataset[CHUNK : 3 * CHUNK], CHUNK)
+    host.restart()
+    assert offset_of(host, upload_id) == 3 * CHUNK
+    # The running digest died with the old process: completion reads the file instead.
+    host.append(upload_id, dataset[3 * CHUNK :], 3 * CHUNK)
+    kind, _ = host.service.uploads.complete(host.owner, upload_id)
+    assert kind == "dataset"
+    assert list(host.staging.iterdir()) == []
+
+
+def test_after_a_reboot_an_upload_resumes_from_what_was_durable(host, dataset, monkeypatch):
+    upload_id = start(host, dataset)
+    host.append(upload_id, dataset[:CHUNK], 0)
+    host.settle(upload_id)
+    # The next chunk reaches the page cache but the machine loses power before any sync.
+    monkeypatch.setattr(uploads_module.Uploads, "_sync_in_background", lambda self, _: None)
+    host.append(upload_id, dataset[CHUNK : 3 * CHUNK], CHUNK)
+    monkeypatch.undo()
+    monkeypatch.setattr(uploads_module, "_boot_id", lambda: "the next boot")
+    host.restart()
+    # Only what was recorded durable counts; the client resends the rest.
+    assert offset_of(host, upload_id) == CHUNK
+    host.append(upload_id, dataset[CHUNK:], CHUNK)
+    host.service.uploads.complete(host.owner, upload_id)
+    assert list(host.staging.iterdir()) == []
+
+
+@pytest.mark.parametrize("record", ["", "garbage", "999999999 other-boot"])
+def test_after_a_reboot_a_damaged_or_boastful_record_never_extends_an_upload(
+    host, dataset, monkeypatch, record
+):
+    upload_id = start(host, dataset)
+    host.append(upload_id, dataset[: 2 * CHUNK], 0)
+    host.settle(upload_id)
+    (host.staging / f"{upload_id}.synced").write_text(record)
+    monkeypatch.setattr(uploads_module, "_boot_id", lambda: "the next boot")
+    host.restart()
+    # Unreadable: start over. A length beyond the file cuts nothing and adds nothing.
+    assert offset_of(host, upload_id) == (2 * CHUNK if record.startswith("999") else 0)
+
+
+def test_a_staging_file_altered_while_the_service_was_down_is_discarded(host, dataset):
+    upload_id = start(host, dataset)
+    host.append(upload_id, dataset[: 2 * CHUNK], 0)
+    host.settle(upload_id)
+    host.restart()
+    staged = host.staging / f"{upload_id}.part"
+    altered = bytearray(staged.read_bytes())
+    altered[100] ^= 1
+    staged.write_bytes(altered)
+    host.append(upload_id, dataset[2 * CHUNK :], 2 * CHUNK)
+    with pytest.raises(IntegrityError, match="discarded"):
+        host.service.uploads.complete(host.owner, upload_id)
+    assert list(host.staging.iterdir()) == []
+    assert not host.service.store.exists(sha256(dataset))
+
+
+def test_a_wrong_whole_file_checksum_leaves_no_file(host, dataset):
+    upload = host.service.uploads.create(
+        host.owner, kind="dataset", size=len(dataset), sha256=sha256(b"another file")
+    )
+    host.append(upload.id, dataset, 0)
+    with pytest.raises(IntegrityError, match="discarded"):
+        host.service.uploads.complete(host.owner, upload.id)
+    assert list(host.staging.iterdir()) == []
+    assert host.service.uploads.open_uploads(host.owner) == []
+    assert not host.service.store.exists(sha256(dataset))
+
+
+def test_a_chunk_whose_bytes_do_not_match_is_not_appended(host, dataset):
+    upload_id = start(host, dataset)
+    with pytest.raises(IntegrityError, match="chunk"):
+        host.service.uploads.write_chunk(
+            host.owner, upload_id, offset=0, data=dataset[:CHUNK], sha256=sha256(b"other")
+        )
+    # Nor with a digest the route computed that disagrees with the declared one.
+    with pytest.raises(IntegrityError, match="chunk"):
+        host.service.uploads.write_chunk(
+            host.owner,
+            upload_id,
+            offset=0,
+            data=dataset[:CHUNK],
+            sha256=sha256(dataset[:CHUNK]),
+            data_sha256=sha256(b"what arrived"),
+        )
+    assert offset_of(host, upload_id) == 0
+
+
+def test_a_replayed_chunk_is_refused_and_the_running_digest_stays_right(host, dataset):
+    upload_id = start(host, dataset)
+    host.append(upload_id, dataset[:CHUNK], 0)
+    with pytest.raises(Conflict, match="continues at byte"):
+        host.append(upload_id, dataset[:CHUNK], 0)
+    host.append(upload_id, dataset[CHUNK:], CHUNK)
+    assert host.service.uploads.complete(host.owner, upload_id)[0] == "dataset"
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096, 100_000])
+@pytest.mark.parametrize("chunk_bytes", [7, 4096, 10_000, 1 << 20])
+def test_file_digests_match_hashlib(tmp_path, monkeypatch, size, chunk_bytes):
+    # Small read blocks, so chunks span several blocks and blocks end chunks.
+    monkeypatch.setattr("chiron.client.remote.service_client._HASH_BLOCK", 3000)
+    data = os.urandom(size)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    digests = file_digests(path, chunk_bytes)
+    assert (digests.size, digests.sha256) == (size, sha256(data))
+    expected = [sha256(data[i : i + chunk_bytes]) for i in range(0, size, chunk_bytes)]
+    assert list(digests.chunks) == expected
+    for index, digest in enumerate(expected):
+        offset = index * chunk_bytes
+        length = min(chunk_bytes, size - offset)
+        assert digests.of_chunk(offset, length) == digest
+    # A chunk the first read did not cut (a resumed offset, another length) is not known.
+    assert digests.of_chunk(1, 1) is None
+    assert digests.of_chunk(0, size + 1) is None
+    assert digests.of_chunk(size, 1) is None
