@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import pydoc
 import re
@@ -18,7 +20,7 @@ import chiron
 from chiron.client.key_release_agent import AgentState, KeyReleaseAgent, running_agent
 from chiron.core import errors
 from chiron.core.attestation import load_sim_root
-from chiron.core.keys import load_identity
+from chiron.core.keys import load_data_key, load_identity
 from chiron.core.measurement import measure_runtime
 from chiron.core.modelfile import read_model_header
 from chiron.core.release_policy import ReleasePolicy
@@ -236,6 +238,27 @@ def test_train_returns_a_verified_run_and_reports_progress(files, trained):
     total = files.progress[-1][1]
     assert steps[-1] == total
     assert {t for _, t in files.progress} == {total}
+
+
+@pytest.mark.slow
+def test_train_runs_on_this_machines_own_host_which_holds_nothing_in_clear(files, trained):
+    """`connect(local=True)` trains on the same LocalHost as `chiron train --local`.
+
+    The job is on record there (`chiron service jobs list --local`), and the host's
+    database and store hold ciphertext only: not the data key, not the owner's key.
+    """
+    listed = _chiron(files.home, "service", "jobs", "list", "--local", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert "done" in [job["state"] for job in json.loads(listed.stdout)]
+    owner = load_identity(files.owner).to_document()
+    secrets = [load_data_key(files.train_key).key]
+    secrets += [base64.b64decode(owner[name]) for name in ("signing_key", "hpke_key")]
+    secrets += [base64.b64encode(secret) for secret in secrets]
+    stored = [path for path in (files.home / "host").rglob("*") if path.is_file()]
+    assert stored
+    for path in stored:
+        content = path.read_bytes()
+        assert not any(secret in content for secret in secrets), path
 
 
 @pytest.mark.slow
