@@ -4,12 +4,18 @@ One run: trains a small model of the CNN recipe (a short run on part of Fashion-
 the weights do not matter for timing), unlocks it in a query enclave the way
 `chiron query --local` does, then measures
 
-- single-input latency p50/p99 through the enclave (seal, sign, relay, sandbox, seal
-  back, open) against calling the same recipe's `predict` in this process, and prints
-  the added milliseconds (goal: p50 added <= 2 ms once warm);
-- batch-of-256 throughput as a ratio to in-process inference (goal >= 0.8).
+- single-input latency p50/p99 through the enclave (seal on the query channel, relay,
+  check, sandbox, seal back, open) against calling the same recipe's `predict` in this
+  process, and prints the added milliseconds (goals once warm: p50 added <= 0.5 ms,
+  p99 added <= 2 ms);
+- batch-of-256 throughput as a ratio to in-process inference (goal >= 0.97).
 
-    .venv/bin/python benchmarks/query_latency.py [--singles 300] [--batches 30]
+Rounds alternate between the two paths (`--rounds`), each round printed with the load
+average, then the median of the rounds. `--budget N` gives the recipe a query budget,
+so every query is also charged to the model's sealed ledger.
+
+    .venv/bin/python benchmarks/query_latency.py [--singles 300] [--batches 30] \
+        [--rounds 3] [--budget N]
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -47,7 +54,7 @@ def _images(count: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _train_model(root: Path) -> Path:
+def _train_model(root: Path, recipe: Path) -> Path:
     x, y = _images(3000)
     np.savez(root / "small.npz", x=x, y=y)
 
@@ -71,13 +78,15 @@ def _train_model(root: Path) -> Path:
         str(root / "small.key"),
     )
     statement = root / "recipe.statement.json"
-    chiron("recipe", "sign", str(RECIPE), "--key", str(root / "provider.key"), "--out", str(statement))
+    chiron(
+        "recipe", "sign", str(recipe), "--key", str(root / "provider.key"), "--out", str(statement)
+    )
     chiron(
         "train",
         "--local",
         "--allow-simulation",
         "--recipe",
-        str(RECIPE),
+        str(recipe),
         "--statement",
         str(statement),
         "--dataset",
@@ -115,15 +124,50 @@ def _percentile(samples: list[float], q: float) -> float:
     return float(np.percentile(np.array(samples) * 1000, q))
 
 
+def _recipe(root: Path, budget: int | None) -> Path:
+    """The CNN recipe, with a query budget if one is asked for."""
+    if budget is None:
+        return RECIPE
+    source = RECIPE.read_text().replace(
+        'QUERY_POLICY = {"output": "probabilities", "rounding": 4}',
+        f'QUERY_POLICY = {{"output": "probabilities", "rounding": 4, "budget": {budget}}}',
+    )
+    assert "budget" in source
+    (root / "cnn.py").write_text(source)
+    return root / "cnn.py"
+
+
+def _round(call, x: np.ndarray, singles: int, batches: int) -> dict[str, float]:
+    samples = []
+    for i in range(singles):
+        batch = x[i % 1024 : i % 1024 + 1]
+        start = time.perf_counter()
+        call(batch)
+        samples.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    for i in range(batches):
+        offset = (i * 256) % (1024 - 256)
+        call(x[offset : offset + 256])
+    elapsed = time.perf_counter() - start
+    return {
+        "p50_ms": _percentile(samples, 50),
+        "p99_ms": _percentile(samples, 99),
+        "batch256_per_s": batches * 256 / elapsed,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--singles", type=int, default=300)
     parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--budget", type=int, default=None)
     args = parser.parse_args()
     x, _ = _images(1024)
+    rounds: list[dict[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        model = _train_model(root)
+        model = _train_model(root, _recipe(root, args.budget))
         predict = _in_process_predictor(model, root / "owner.key", root / "provider.key")
         owner = load_identity(root / "owner.key")
         with (
@@ -139,42 +183,45 @@ def main() -> None:
                 policy=load_policy(None, allow_simulation=True),
                 state_dir=root / "home",
             )
-            results: dict[str, dict[str, float]] = {}
-            for name, call in (
-                ("enclave", lambda batch: query(unlocked, batch)),
-                ("in-process", predict),
-            ):
+            paths = {"enclave": lambda batch: query(unlocked, batch), "in-process": predict}
+            for call in paths.values():
                 for i in range(20):  # warm up both paths
                     call(x[i : i + 1])
-                singles = []
-                for i in range(args.singles):
-                    batch = x[i % 1024 : i % 1024 + 1]
-                    start = time.perf_counter()
-                    call(batch)
-                    singles.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                for i in range(args.batches):
-                    offset = (i * 256) % (1024 - 256)
-                    call(x[offset : offset + 256])
-                elapsed = time.perf_counter() - start
-                results[name] = {
-                    "p50_ms": _percentile(singles, 50),
-                    "p99_ms": _percentile(singles, 99),
-                    "batch256_per_s": args.batches * 256 / elapsed,
+            for number in range(args.rounds):
+                results = {
+                    name: _round(call, x, args.singles, args.batches)
+                    for name, call in paths.items()
                 }
-    enclave, local = results["enclave"], results["in-process"]
-    print(json.dumps(results, indent=2))
+                rounds.append(results)
+                load = " ".join(f"{value:.2f}" for value in os.getloadavg())
+                print(f"round {number + 1} (load average {load}): {json.dumps(results)}")
+    _report(rounds)
+
+
+def _report(rounds: list[dict[str, dict[str, float]]]) -> None:
+    def median(path: str, key: str) -> float:
+        return float(np.median([r[path][key] for r in rounds]))
+
+    def added(key: str) -> float:
+        return float(np.median([r["enclave"][key] - r["in-process"][key] for r in rounds]))
+
+    ratio = float(
+        np.median(
+            [r["enclave"]["batch256_per_s"] / r["in-process"]["batch256_per_s"] for r in rounds]
+        )
+    )
+    print(f"median of {len(rounds)} rounds:")
     print(
-        f"single input p50: enclave {enclave['p50_ms']:.2f} ms, in-process {local['p50_ms']:.2f} ms"
-        f" -> added {enclave['p50_ms'] - local['p50_ms']:.2f} ms (goal <= 2 ms)"
+        f"single input p50: enclave {median('enclave', 'p50_ms'):.2f} ms, in-process "
+        f"{median('in-process', 'p50_ms'):.2f} ms -> added {added('p50_ms'):.2f} ms (goal <= 0.5 ms)"
     )
     print(
-        f"single input p99: enclave {enclave['p99_ms']:.2f} ms, in-process {local['p99_ms']:.2f} ms"
-        f" -> added {enclave['p99_ms'] - local['p99_ms']:.2f} ms"
+        f"single input p99: enclave {median('enclave', 'p99_ms'):.2f} ms, in-process "
+        f"{median('in-process', 'p99_ms'):.2f} ms -> added {added('p99_ms'):.2f} ms (goal <= 2 ms)"
     )
     print(
-        f"batch of 256: {enclave['batch256_per_s']:.0f} vs {local['batch256_per_s']:.0f} inputs/s"
-        f" -> ratio {enclave['batch256_per_s'] / local['batch256_per_s']:.3f} (goal >= 0.8)"
+        f"batch of 256: {median('enclave', 'batch256_per_s'):.0f} vs "
+        f"{median('in-process', 'batch256_per_s'):.0f} inputs/s -> ratio {ratio:.3f} (goal >= 0.97)"
     )
 
 

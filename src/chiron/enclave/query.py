@@ -32,6 +32,7 @@ Against an owner who wants more than the policy allows:
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import struct
 from collections import OrderedDict
@@ -181,6 +182,11 @@ def _unlock(context: EnclaveContext, session: _Session) -> None:
         raise
     session.header, session.policy, session.ledger = header, policy, ledger
     session.sandbox = sandbox
+    # What the enclave holds now lives as long as it does: move it out of the
+    # collector's generations, so a collection while answering walks only what the
+    # queries allocated (a full collection of everything is a tail on some query).
+    gc.collect()
+    gc.freeze()
 
 
 def _budget_key(context: EnclaveContext) -> SealingKey:

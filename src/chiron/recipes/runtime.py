@@ -15,6 +15,7 @@ is synthetic and the provider reads it.
 
 from __future__ import annotations
 
+import gc
 import sys
 import traceback
 from typing import Any, NoReturn
@@ -216,6 +217,13 @@ def _serve_queries(channel: _Channel, probe: TrainingRun, declaration: Declarati
         ToChild.WEIGHTS, max_payload=declaration.model_nbytes, size=declaration.model_nbytes
     )
     probe.load_weights(weights)
+    del weights
+    # Everything alive now (torch, the recipe, the model) lives as long as this child:
+    # move it out of the collector's generations, so that a collection while answering
+    # walks only what queries allocated, not torch's whole object graph (a tail of
+    # tens of milliseconds on a query that happens to trigger a full collection).
+    gc.collect()
+    gc.freeze()
     channel.send(FromChild.READY)
     while True:
         kind, payload = channel.receive()
