@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from chiron.client import targets
 from chiron.client.attestation import load_policy, service_sim_roots
-from chiron.client.remote import RemoteJobSession, ServiceClient
 from chiron.client.jobs import resume_job
+from chiron.client.remote import RemoteJobSession, ServiceClient
 from chiron.client.sessions import EventHandler
 from chiron.client.training import run_training
 from chiron.core.dataset import encrypt_dataset, read_dataset_header_and_digest
-from chiron.core.errors import AccessDenied, Conflict, InputError, NotFound
+from chiron.core.errors import AccessDenied, Conflict, InputError, NotFound, ServiceError
 from chiron.core.keys import DataKey, Identity
 from chiron.core.manifest import DatasetRef, Plan
 from chiron.core.recipe_statement import SignedRecipeStatement, make_statement
@@ -34,6 +35,7 @@ from chiron.core.schema import DatasetSchema
 from chiron.host.accounts import create_account
 from chiron.host.config import ServiceConfig
 from chiron.host.server import running_service
+from chiron.host.service import Service
 from e2e.model_access import open_model
 
 from .test_crash import CHIRON, RunningServe
@@ -254,29 +256,81 @@ def test_a_job_killed_with_the_service_resumes_to_the_same_weights(tmp_path):
             running.stop()
 
 
+def _slow_recipe_and_owner(service: Service, url: str, owner: Owner) -> str:
+    """Register the slow recipe on a running service; return a new owner account's token."""
+    alice = create_account(service.db, service.pepper, name="alice", role="owner")
+    operator = service.operator_token_path.read_text().strip()
+    with ServiceClient(url, operator) as provider:
+        statement = make_statement(SLOW_RECIPE, name="slow", version="1", provider=owner.provider)
+        provider.register_recipe("slow", source=SLOW_RECIPE, statement=statement.to_bytes())
+    return alice
+
+
+def _job_that_lost_its_enclave(service: Service, client: ServiceClient, owner: Owner) -> str:
+    """Start a job (its client gone at once), and SIGKILL its enclave after a checkpoint."""
+    dataset = client.upload_dataset(owner.dataset, progress=False)["id"]
+    job = client.create_job(recipe="slow", dataset=dataset)["id"]
+    owner.start_only(client, job)
+    _wait_for_checkpoint(client, service.config.state_dir, job)
+    enclave = service.jobs._enclaves[job]
+    os.kill(enclave._process._process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while client.job(job)["state"] != "interrupted" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return job
+
+
+@pytest.mark.slow
+def test_training_again_on_a_service_continues_its_interrupted_job(tmp_path):
+    """The same `chiron train --url` run again after its job lost its enclave resumes it."""
+    owner = Owner(tmp_path)
+    with running_service(ServiceConfig(state_dir=tmp_path / "service")) as (service, url):
+        alice = _slow_recipe_and_owner(service, url, owner)
+        with ServiceClient(url, alice) as client:
+            job = _job_that_lost_its_enclave(service, client, owner)
+        with targets.open_target(
+            local=False,
+            url=url,
+            token=alice,
+            allow_simulation=True,
+            policy_file=None,
+            state_dir=owner.home,
+        ) as target:
+            trained = targets.train(
+                target,
+                recipe="slow",
+                statement_path=None,
+                dataset=owner.dataset,
+                data_key_path=owner.data_key_path,
+                owner_key=owner.key,
+                provider=owner.provider.public,
+                plan=PLAN,
+            )
+        assert trained.outcome.manifest.manifest.job_id == job
+        assert trained.outcome.report["resumed_from_step"] > 0
+        with ServiceClient(url, alice) as client:
+            assert [j["state"] for j in client.jobs()] == ["done"]
+
+
+def test_one_process_at_a_time_runs_a_local_host(tmp_path):
+    """`--local` jobs: a second process may not open the host while one runs its jobs."""
+    with targets.local_host(tmp_path) as host:
+        assert host.jobs() == []
+        with pytest.raises(ServiceError, match="another chiron command running local jobs"):
+            targets.local_host(tmp_path)
+    with targets.local_host(tmp_path) as host:
+        assert host.jobs() == []
+
+
 @pytest.mark.slow
 def test_a_lost_enclave_and_a_lost_client_resume_too(tmp_path):
     """The enclave process dies mid-job: interrupted; a resumed job's client dies: attach."""
     owner = Owner(tmp_path)
     config = ServiceConfig(state_dir=tmp_path / "service")
     with running_service(config) as (service, url):
-        alice = create_account(service.db, service.pepper, name="alice", role="owner")
-        operator = service.operator_token_path.read_text().strip()
-        with ServiceClient(url, operator) as provider:
-            statement = make_statement(
-                SLOW_RECIPE, name="slow", version="1", provider=owner.provider
-            )
-            provider.register_recipe("slow", source=SLOW_RECIPE, statement=statement.to_bytes())
+        alice = _slow_recipe_and_owner(service, url, owner)
         with ServiceClient(url, alice) as client:
-            dataset = client.upload_dataset(owner.dataset, progress=False)["id"]
-            job = client.create_job(recipe="slow", dataset=dataset)["id"]
-            owner.start_only(client, job)
-            _wait_for_checkpoint(client, config.state_dir, job)
-            enclave = service.jobs._enclaves[job]
-            os.kill(enclave._process._process.pid, signal.SIGKILL)
-            deadline = time.monotonic() + 60
-            while client.job(job)["state"] != "interrupted" and time.monotonic() < deadline:
-                time.sleep(0.05)
+            job = _job_that_lost_its_enclave(service, client, owner)
             interrupted = client.job(job)
             assert (interrupted["state"], interrupted["reason"]) == ("interrupted", "enclave_error")
             assert (config.state_dir / "checkpoints" / job / "checkpoint.sealed").exists()
