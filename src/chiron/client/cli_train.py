@@ -25,7 +25,7 @@ from chiron.client.options import (
     URL,
     default_state_dir,
 )
-from chiron.client.outputs import output_paths, write_training_outputs
+from chiron.client.outputs import check_destination, output_paths, save_trained, summary_lines
 from chiron.client.querying import UnlockedModel, evaluate, query
 from chiron.client.receipts import verify_receipt_offline
 from chiron.client.targets import (
@@ -36,7 +36,7 @@ from chiron.client.targets import (
     unlock,
 )
 from chiron.client.targets import train as train_model
-from chiron.core.errors import InputError, UsageError
+from chiron.core.errors import UsageError
 from chiron.core.fileio import atomic_write, read_input_file
 from chiron.core.keys import load_public_identity
 from chiron.core.limits import MAX_PERIOD_MS, MAX_WORKERS
@@ -132,10 +132,7 @@ def train(
         raise UsageError("several workers run with --local or --rendezvous, not --url")
     if not distributed and (wire_trace is not None or async_staleness is not None):
         raise UsageError("--wire-trace and --async-staleness need --workers 2 or more")
-    if out.exists() and not force:
-        raise InputError(f"{out} already exists (use --force to overwrite)")
-    if not out.parent.is_dir():
-        raise InputError(f"cannot write {out}: directory {out.parent} does not exist")
+    check_destination(out, force=force)
     if rendezvous is not None and workers < 2:
         raise UsageError("with --rendezvous, --workers N names the training enclaves (2 or more)")
     if rendezvous is not None and statement_file is None:
@@ -174,34 +171,14 @@ def train(
             on_progress=lambda step, total: progress.update(task, completed=step, total=total),
             upload_progress=not as_json,
         )
-    outcome = trained.outcome
-    report = outcome.report
-    # --force was settled above, before training: what is left to write may be replaced.
-    paths = write_training_outputs(
-        out,
-        model=outcome.model,
-        receipt=outcome.receipt,
-        report=report,
-        overwrite=True,
-        with_plots=True,
-    )
+    summary = save_trained(out, trained.outcome)
     if trained.wire_traces is not None and wire_trace is not None:
         atomic_write(wire_trace, (json.dumps(trained.wire_traces, indent=1) + "\n").encode())
-    summary = {
-        "model": str(out),
-        "model_id": report["model_id"],
-        "holdout_accuracy": report["final_holdout_accuracy"],
-        "epoch_accuracy": report["epoch_accuracy"],
-        "resumed_from_step": report["resumed_from_step"],
-        **{name: str(path) for name, path in paths.items()},
-    }
     if as_json:
         typer.echo(json.dumps(summary))
     else:
-        typer.echo(f"model     {out} (escrowed: needs both the owner's and the provider's share)")
-        typer.echo(f"held-out accuracy {report['final_holdout_accuracy']:.4f}")
-        for name, path in paths.items():
-            typer.echo(f"{name:<9} {path}")
+        for line in summary_lines(summary):
+            typer.echo(line)
 
 
 def _progress_bar(quiet: bool) -> Progress:

@@ -27,7 +27,6 @@ from chiron.client.options import (
 )
 from chiron.client.remote import ServiceClient
 from chiron.client.sessions import JobHost
-from chiron.core.errors import InputError
 from chiron.core.keys import load_identity
 
 JOBS_LOCAL = typer.Option(
@@ -122,13 +121,10 @@ def jobs_resume(
     With --local, the job is one of this machine's own (`chiron train --local`).
     """
     from chiron.client.jobs import resume_job
-    from chiron.client.outputs import write_training_outputs
+    from chiron.client.outputs import check_destination, save_trained, summary_lines
     from chiron.client.targets import hosted_jobs, open_target
 
-    if out.exists() and not force:
-        raise InputError(f"{out} already exists (use --force to overwrite)")
-    if not out.parent.is_dir():
-        raise InputError(f"cannot write {out}: directory {out.parent} does not exist")
+    check_destination(out, force=force)
     owner = load_identity(owner_key)
 
     def on_event(event: dict[str, Any]) -> None:
@@ -157,31 +153,5 @@ def jobs_resume(
             sim_roots=target.sim_roots(),
             on_event=on_event,
         )
-    report = outcome.report
-    paths = write_training_outputs(
-        out,
-        model=outcome.model,
-        receipt=outcome.receipt,
-        report=report,
-        overwrite=True,
-        with_plots=True,
-    )
-    summary = {
-        "job": job_id,
-        "model": str(out),
-        "model_id": report["model_id"],
-        "holdout_accuracy": report["final_holdout_accuracy"],
-        "epoch_accuracy": report["epoch_accuracy"],
-        "resumed_from_step": report["resumed_from_step"],
-        **{name: str(path) for name, path in paths.items()},
-    }
-    print_result(
-        summary,
-        as_json,
-        [
-            f"model     {out} (escrowed: needs both the owner's and the provider's share)",
-            f"resumed from step {report['resumed_from_step']}",
-            f"held-out accuracy {report['final_holdout_accuracy']:.4f}",
-            *(f"{name:<9} {path}" for name, path in paths.items()),
-        ],
-    )
+    summary = save_trained(out, outcome)
+    print_result(summary, as_json, summary_lines(summary))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from chiron.client import plots
+from chiron.client.training import TrainOutcome
 from chiron.core.errors import InputError
 from chiron.core.fileio import atomic_write
 
@@ -63,3 +64,48 @@ def write_training_outputs(
         )
     atomic_write(out, model, overwrite=overwrite)
     return paths
+
+
+def check_destination(out: Path, *, force: bool) -> None:
+    """Before any training: refuse a model file that exists (without --force) or has no folder."""
+    if out.exists() and not force:
+        raise InputError(f"{out} already exists (use --force to overwrite)")
+    if not out.parent.is_dir():
+        raise InputError(f"cannot write {out}: directory {out.parent} does not exist")
+
+
+def save_trained(out: Path, outcome: TrainOutcome) -> dict[str, Any]:
+    """Write a verified result with its plots; return the summary `--json` prints.
+
+    What is there is replaced: `check_destination` settled --force before training.
+    """
+    report = outcome.report
+    paths = write_training_outputs(
+        out,
+        model=outcome.model,
+        receipt=outcome.receipt,
+        report=report,
+        overwrite=True,
+        with_plots=True,
+    )
+    return {
+        "job": outcome.manifest.manifest.job_id,
+        "model": str(out),
+        "model_id": report["model_id"],
+        "holdout_accuracy": report["final_holdout_accuracy"],
+        "epoch_accuracy": report["epoch_accuracy"],
+        "resumed_from_step": report["resumed_from_step"],
+        **{name: str(path) for name, path in paths.items()},
+    }
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The summary of `save_trained` for people."""
+    lines = [
+        f"model     {summary['model']} (escrowed: needs both the owner's and the provider's share)",
+        f"held-out accuracy {summary['holdout_accuracy']:.4f}",
+    ]
+    if summary["resumed_from_step"]:
+        lines.append(f"resumed from step {summary['resumed_from_step']}")
+    names = [name for name in output_paths(Path(summary["model"])) if name in summary]
+    return lines + [f"{name:<9} {summary[name]}" for name in names]
