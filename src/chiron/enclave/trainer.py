@@ -50,7 +50,12 @@ from chiron.enclave.recipe_session import (
 from chiron.enclave.sandbox import Sandbox
 from chiron.enclave.sealing import SealingKey
 
-CHECKPOINT_EVERY_STEPS = 1000
+# A free-running job checkpoints every this many steps and at every epoch end: with a
+# checkpoint costing a few tens of milliseconds (docs/benchmarks.md, "Checkpoints"), about
+# every minute for ResNet-20 on the reference machine, every 12 s for the CNN. A fixed-rate
+# job checkpoints on its clock instead, about every CHECKPOINT_SECONDS of it.
+CHECKPOINT_EVERY_STEPS = 200
+CHECKPOINT_SECONDS = 60
 # The longest JSON text of any float (sign, 17 significant digits, 3-digit exponent).
 # Every accuracy in the owner's report and in checkpoint metadata is padded as if it took
 # this many characters, so the digits a figure happens to need (which a recipe steers
@@ -381,6 +386,8 @@ def _train(
         rate = _fix_rate(job, plan, declaration, len(y_holdout), exchange is not None)
         if exchange is not None:
             rate = exchange.begin(plan, declaration, rate)
+        elif rate is not None:
+            plan = dataclasses.replace(plan, checkpoint_every=_clock_checkpoint_every(plan, rate))
         pacer.rate = rate
         pacer.start()
         units = rate or Rate(period_ms=1)
@@ -576,6 +583,18 @@ def _fix_rate(
         holdout_records=holdout_records,
         exchanges=exchanges,
     )
+
+
+def _clock_checkpoint_every(plan: TrainingPlan, rate: Rate) -> int:
+    """Steps between a fixed-rate job's checkpoints: about `CHECKPOINT_SECONDS` of its clock.
+
+    On the clock every step takes one period, so this is fixed by public facts (the
+    period, owner-given or calibrated on synthetic records) like the rest of the schedule.
+    The sealed checkpoints stay bound to the plan as first fixed: a resumed run may
+    calibrate another period and checkpoint at other steps, which changes no weights.
+    """
+    steps = max(1, round(CHECKPOINT_SECONDS * 1000 / rate.period_ms))
+    return min(steps, plan.steps_per_epoch)
 
 
 def _exchange(
