@@ -15,22 +15,18 @@ with the owner's job secret and continues from the last one.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import or_, select, update
 
-from chiron.core.contract import TrainAuthorization, TrainMaterials, TrainRequest, TrainResult
-from chiron.core.dataset import read_dataset_header_and_digest
-from chiron.core.encoding import canonical_json, sha256_hex
+from chiron.core.contract import TrainAuthorization, TrainMaterials, TrainRequest
 from chiron.core.errors import (
     AttestationError,
     ChironError,
@@ -41,20 +37,25 @@ from chiron.core.errors import (
     JobFailed,
     NotFound,
 )
-from chiron.core.recipe_statement import SignedRecipeStatement
-from chiron.core.schema import DatasetSchema
-from chiron.host import headers
 
 # Imported by name: in this module "authorization" is the owner's signed TrainAuthorization.
-from chiron.host.authorization import Action, Kind, find, listing, require, sees_private_fields
-from chiron.host.db import ACTIVE_JOB_STATES, Account, Database, Dataset, Job, Model, Recipe, now
+from chiron.host.authorization import Action, Kind, find, listing, require
+from chiron.host.db import ACTIVE_JOB_STATES, Account, Database, Job, now
 from chiron.host.enclaves import ManagedEnclave
+from chiron.host.job_records import (
+    RESULT_NAMES,
+    PreparedTrain,
+    check_schema,
+    prepare,
+    result_digest,
+    status_text,
+    store_result,
+)
 from chiron.host.recipes import Recipes
 from chiron.host.store import ArtifactStore
 
 log = logging.getLogger("chiron.host.jobs")
 
-RESULT_NAMES = ("model", "receipt", "owner_report", "owner_report_signature")
 # Longest silence tolerated from a training enclave; it reports progress every 1% of steps.
 TRAIN_SILENCE_SECONDS = 6 * 3600.0
 HOST_RESTART = "host_restart"
@@ -70,46 +71,6 @@ _REASONS: tuple[tuple[type[ChironError], str], ...] = (
     (AttestationError, "attestation"),
     (InputError, "bad_input"),
 )
-
-
-@dataclass(frozen=True)
-class PreparedTrain:
-    """What a queued job's `train` call is made of, fixed when the owner starts it."""
-
-    authorization: TrainAuthorization
-    recipe_name: str
-    recipe_sha256: str
-    statement: SignedRecipeStatement
-    dataset_sha256: str
-    binding_sha256: str
-
-
-def status_text(job: Job) -> str:
-    """The one line a provider or owner sees, e.g. 'running (step 40 of 600)'."""
-    if job.state == "running" and job.total:
-        return f"running (step {job.step} of {job.total})"
-    if job.state in ("failed", "interrupted"):
-        return f"{job.state} ({job.reason})"
-    return job.state
-
-
-def job_view(job: Job, account: Account) -> dict[str, Any]:
-    """A job as `account` sees it (docs/api.md): the owner's own fields are None for others."""
-    private = sees_private_fields(account, job)
-    return {
-        "id": job.id,
-        "recipe": job.recipe_name,
-        "dataset": job.dataset_pk if private else None,
-        "state": job.state,
-        "status": status_text(job),
-        "step": job.step,
-        "total": job.total,
-        "reason": job.reason,
-        "message": job.message if private else None,
-        "model": job.model_pk,
-        "created": job.created,
-        "updated": job.updated,
-    }
 
 
 class Jobs:
@@ -199,7 +160,7 @@ class Jobs:
         with self._db.transaction() as session:
             recipe = find(session, Kind.RECIPE, account, recipe_name)
             dataset = find(session, Kind.DATASET, account, dataset_pk)
-        _check_schema(recipe, dataset)
+        check_schema(recipe, dataset)
         job = Job(
             id=uuid.uuid4().hex,
             account_id=account.id,
@@ -301,7 +262,7 @@ class Jobs:
             enclave = self._enclaves.get(job_id)
         if job.state != "created" or enclave is None:
             raise Conflict(f"job {job_id} is {status_text(job)}, not waiting to start")
-        prepared = self._prepare(job, authorization)
+        prepared = prepare(self._db, self._store, self._recipes, job, authorization)
         if job.binding_sha256 not in (None, prepared.binding_sha256):
             raise InputError(
                 f"job {job_id} was started under another job binding: a resumed job keeps "
@@ -333,71 +294,13 @@ class Jobs:
         self._pool.submit(self._run, job_id, enclave, prepared)
         return current
 
-    def _prepare(self, job: Job, authorization: TrainAuthorization) -> PreparedTrain:
-        """Check the owner's manifest against what this service holds for the job."""
-        manifest = authorization.manifest.manifest
-        if authorization.group is not None or manifest.plan.workers != 1:
-            raise InputError("this service runs single-enclave jobs: the plan must have 1 worker")
-        if manifest.job_id != job.id:
-            raise InputError(f"the manifest is for job {manifest.job_id}, not {job.id}")
-        with self._db.transaction() as session:
-            recipe = session.get_one(Recipe, job.recipe_name)
-            dataset = session.get_one(Dataset, job.dataset_pk)
-        statement = self._recipes.statement(recipe)
-        if manifest.recipe_sha256 != recipe.source_sha256:
-            raise InputError(f"the manifest names another recipe than {recipe.name!r}")
-        if manifest.recipe_statement_sha256 != statement.sha256:
-            raise InputError(
-                f"the manifest names another provider statement than recipe {recipe.name!r} has"
-            )
-        if manifest.provider != statement.provider:
-            raise InputError("the manifest names another provider than the recipe's statement")
-        if manifest.dataset.dataset_id != dataset.dataset_id:
-            raise InputError(f"the manifest names another dataset than {dataset.dataset_id}")
-        if manifest.dataset.header_sha256 != self._header_sha256(dataset):
-            raise InputError(f"the manifest names another file of dataset {dataset.dataset_id}")
-        return PreparedTrain(
-            authorization=authorization,
-            recipe_name=f"{recipe.name}.py",
-            recipe_sha256=recipe.source_sha256,
-            statement=statement,
-            dataset_sha256=dataset.sha256,
-            binding_sha256=sha256_hex(canonical_json(manifest.job_binding())),
-        )
-
-    def _header_sha256(self, dataset: Dataset) -> str:
-        """The dataset's header digest: recorded at upload, or read once from the file."""
-        if dataset.header_sha256 is not None:
-            return dataset.header_sha256
-        _, digest = read_dataset_header_and_digest(self._store.local_path(dataset.sha256))
-        self._set_dataset_header(dataset.id, digest)
-        return digest
-
-    def _set_dataset_header(self, dataset_pk: str, digest: str) -> None:
-        with self._db.transaction() as session:
-            session.execute(
-                update(Dataset).where(Dataset.id == dataset_pk).values(header_sha256=digest)
-            )
-
     def result(self, account: Account, job_id: str, name: str) -> str:
         """The SHA-256 of one of a finished job's results (owner only)."""
         if name not in RESULT_NAMES:
             raise NotFound(f"a job has no result {name!r} (use one of {', '.join(RESULT_NAMES)})")
         job = self.get(account, job_id)
         require(Action.DOWNLOAD_RESULTS, account, job)
-        if job.state != "done":
-            raise Conflict(f"job {job_id} is {status_text(job)}; results exist once it is done")
-        if name == "model":
-            with self._db.transaction() as session:
-                return session.get_one(Model, job.model_pk).sha256
-        digest = {
-            "receipt": job.receipt_sha256,
-            "owner_report": job.owner_report_sha256,
-            "owner_report_signature": job.owner_report_signature_sha256,
-        }[name]
-        if digest is None:
-            raise NotFound(f"job {job_id} finished before the service kept its {name}")
-        return digest
+        return result_digest(self._db, job, name)
 
     # --- running -------------------------------------------------------------
 
@@ -420,7 +323,7 @@ class Jobs:
                 on_event=lambda e: self._on_event(job_id, e),
                 timeout=TRAIN_SILENCE_SECONDS,
             )
-            self._finish_done(job_id, result)
+            store_result(self._db, self._store, job_id, result)
         except JobFailed as exc:
             self._finish_failed(job_id, exc.reason_class, str(exc))
         except ChironError as exc:
@@ -455,40 +358,6 @@ class Jobs:
     def _set(self, job_id: str, **values: Any) -> None:
         with self._db.transaction() as session:
             session.execute(update(Job).where(Job.id == job_id).values(updated=now(), **values))
-
-    def _finish_done(self, job_id: str, wire: dict[str, Any]) -> None:
-        try:
-            result = TrainResult.from_wire(wire)
-        except InputError:
-            raise JobFailed("bad_result", "the enclave's result is malformed") from None
-        if not result.complete:
-            raise JobFailed("bad_result", "the enclave's result is incomplete")
-        blobs: dict[str, bytes] = {name: getattr(result, name) for name in RESULT_NAMES}
-        try:
-            info = headers.model_info_from_bytes(blobs["model"])
-        except InputError:
-            raise JobFailed("bad_result", "the enclave's model file is malformed") from None
-        digests = {name: self._store.put_bytes(blob) for name, blob in blobs.items()}
-        with self._db.transaction() as session:
-            job = session.get_one(Job, job_id)
-            model = Model(
-                id=uuid.uuid4().hex,
-                account_id=job.account_id,
-                model_id=info.model_id,
-                job_id=job_id,
-                schema=json.dumps(info.schema),
-                query_policy=json.dumps(info.query_policy),
-                size=len(blobs["model"]),
-                sha256=digests["model"],
-                created=now(),
-            )
-            session.add(model)
-            job.state, job.updated = "done", now()
-            job.step = job.total
-            job.model_pk = model.id
-            job.receipt_sha256 = digests["receipt"]
-            job.owner_report_sha256 = digests["owner_report"]
-            job.owner_report_signature_sha256 = digests["owner_report_signature"]
 
     def _finish_failed(self, job_id: str, reason: str, message: str) -> None:
         self._set(job_id, state="failed", reason=reason, message=message)
@@ -526,21 +395,3 @@ class Jobs:
             enclave.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.recover()
-
-
-def _check_schema(recipe: Recipe, dataset: Dataset) -> None:
-    """Refuse at once a dataset the recipe says it cannot take."""
-    if recipe.input_schema is None:
-        return
-    wanted = DatasetSchema.from_dict(json.loads(recipe.input_schema))
-    have = DatasetSchema.from_dict(json.loads(dataset.schema))
-    if (wanted.input_shape, wanted.dtype, wanted.num_classes) != (
-        have.input_shape,
-        have.dtype,
-        have.num_classes,
-    ):
-        raise InputError(
-            f"recipe {recipe.name!r} takes {wanted.dtype} inputs of shape {wanted.input_shape} "
-            f"with {wanted.num_classes} classes; this dataset has {have.dtype} "
-            f"{have.input_shape} with {have.num_classes}"
-        )

@@ -38,7 +38,8 @@ from chiron.core.recipe_statement import SignedRecipeStatement
 from chiron.host import headers
 from chiron.host.accounts import add_account, load_pepper, new_token
 from chiron.host.db import Account, Database, Dataset, now
-from chiron.host.jobs import EnclaveStarter, Jobs, job_view
+from chiron.host.job_records import job_view
+from chiron.host.jobs import EnclaveStarter, Jobs
 from chiron.host.recipes import Recipes, RecipeSubmission
 from chiron.host.service import instance_id, lock_state_dir
 from chiron.host.store import LocalStore, file_sha256

@@ -39,7 +39,7 @@ from chiron.host.api.schemas import (
 )
 from chiron.host.db import Account, Job
 from chiron.host.enclaves import parse_nonce
-from chiron.host.jobs import job_view
+from chiron.host.job_records import job_view
 
 router = APIRouter(prefix="/v1", responses=ERRORS)
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from chiron.core.limits import MAX_RECIPE_BYTES, MAX_SEALED_KEY_BYTES
 from chiron.core.manifest import MAX_MANIFEST_BYTES
 from chiron.core.recipe_statement import MAX_STATEMENT_BYTES
-from chiron.host.jobs import RESULT_NAMES
+from chiron.host.job_records import RESULT_NAMES
 from chiron.host.recipes import MAX_DESCRIPTION_CHARS
 
 HEX64 = r"^[0-9a-f]{64}$"
