@@ -270,7 +270,9 @@ class Connection:
         with `url=` the name of a recipe registered there. `provider` (a .pub file or a
         PublicIdentity) pins who must have signed the recipe. `epochs` overrides the
         recipe's; `workers` > 1 trains locally on several enclaves with a parameter
-        server. `on_progress(step, total)` is called as training advances.
+        server. `on_progress(step, total)` is called as training advances. Calling
+        `train` again with the same arguments after an interruption (a crash, a killed
+        kernel) continues the unfinished job from its last sealed checkpoint.
         """
         if not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
             raise UsageError(f"workers must be from 1 to {MAX_WORKERS}")
@@ -343,7 +345,8 @@ def connect(
     line). Enclave evidence is verified against `policy` (a TOML file; default: this
     installation's own measurement); simulated evidence (no TEE) is refused unless
     `allow_simulation`. Local enclaves keep their state in `state_dir` (default
-    $CHIRON_HOME or ~/.chiron).
+    $CHIRON_HOME or ~/.chiron), and local jobs run on this machine's own host there,
+    the very one `chiron train --local` uses (`chiron service jobs list --local`).
     """
     if local == (url is not None):
         raise UsageError("give exactly one of local=True or url=...")

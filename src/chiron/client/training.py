@@ -49,7 +49,10 @@ class TrainOutcome:
 
 def local_job_id(*, statement: SignedRecipeStatement, dataset: DatasetRef, owner: PublicIdentity,
                  plan: Plan) -> str:  # fmt: skip
-    """The same inputs give the same job id, so re-running a command resumes its job."""
+    """A job id from the job's inputs alone, for a flow that drives an enclave with no host.
+
+    A host (a service, or `LocalHost` for `--local`) picks its jobs' ids itself.
+    """
     return sha256_hex(
         canonical_json(
             {
