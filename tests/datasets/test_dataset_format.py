@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import io
-import os
-import threading
 
 import numpy as np
 import pytest
 
-from chiron.core import container, fileio
+from chiron.core import container
 from chiron.core import dataset as dataset_format
 from chiron.core.crypto import TAG_BYTES, random_key
 from chiron.core.dataset import (
@@ -235,35 +233,8 @@ def test_wrong_shape_or_dtype(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def sync_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "chiron-sync-early"]
-
-
-def test_early_syncs_overlap_the_writes_and_change_no_byte(tmp_path, monkeypatch):
-    # Syncs every MiB: several while the file is written, none left running after.
-    monkeypatch.setattr(fileio, "SYNC_EARLY_BYTES", 1 << 20)
-    synced = []
-    real_fdatasync = os.fdatasync
-
-    def counting_fdatasync(fd: int) -> None:
-        synced.append(fd)
-        real_fdatasync(fd)
-
-    monkeypatch.setattr(os, "fdatasync", counting_fdatasync)
-    key = random_key()
-    x, y = records(PER_CHUNK * 5 + 3)
-    path = tmp_path / "d.chd"
-    encrypt_dataset(in_batches(x, y, 100), path, key, schema=SCHEMA, record_count=len(x))
-    assert synced and not sync_threads()
-    _, x_read, y_read = load_dataset(path, key)
-    assert np.array_equal(x_read, x) and np.array_equal(y_read, y)
-    assert verify_dataset(path, key).record_count == len(x)
-
-
 @pytest.mark.parametrize("interruption", [KeyboardInterrupt, OSError])
-def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch, interruption):
-    # Early syncs have started by the time the source fails; the file still goes.
-    monkeypatch.setattr(fileio, "SYNC_EARLY_BYTES", 1 << 20)
+def test_interrupted_write_leaves_nothing(tmp_path, interruption):
     x, y = records(PER_CHUNK * 3)
 
     def batches():
@@ -275,7 +246,6 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch, interruption):
             batches(), tmp_path / "o.chd", random_key(), schema=SCHEMA, record_count=len(x)
         )
     assert list(tmp_path.iterdir()) == []
-    assert not sync_threads()
 
 
 def test_existing_output_is_not_overwritten(dataset):

@@ -161,10 +161,14 @@ class EncryptedStreamWriter:
         )
         self._digest = self.header.digest
         self._out = out
-        # Fixed buffers, reused for every chunk: no allocation per chunk.
-        self._pending = bytearray(chunk_size)
+        # One buffer, reused for every chunk: pending plaintext is gathered at its start
+        # and encrypted in place, tag after it. One buffer instead of a plaintext and a
+        # ciphertext buffer keeps the chunk in the CPU's cache between the copy that
+        # gathers it, the encryption and the write (AES-GCM in place is what OpenSSL
+        # does for identical input and output).
+        self._chunk = bytearray(chunk_size + TAG_BYTES)
+        self._pending = memoryview(self._chunk)[:chunk_size]
         self._filled = 0
-        self._sealed = bytearray(chunk_size + TAG_BYTES)
         self._index = 0
         self._closed = False
         out.write(encoded)
@@ -211,9 +215,10 @@ class EncryptedStreamWriter:
             self.close()
 
     def _seal(self, plaintext: bytes | bytearray | memoryview, *, final: bool) -> None:
+        """Encrypt into the chunk buffer: in place for pending data, else from the caller's."""
         if self._index >= MAX_CHUNKS:
             raise ValueError("too many chunks for one encrypted stream")
-        sealed = memoryview(self._sealed)[: len(plaintext) + TAG_BYTES]
+        sealed = memoryview(self._chunk)[: len(plaintext) + TAG_BYTES]
         aead_encrypt_into(
             self._chunk_key,
             _nonce(self._index),
@@ -324,8 +329,9 @@ def _chunk_plaintexts(
     source: BinaryIO, chunk_key: bytes, header: StreamHeader, what: str
 ) -> Iterator[memoryview]:
     sealed_size = header.chunk_size + TAG_BYTES
+    # Each chunk is decrypted in place, so only two buffers exist: the chunk being
+    # opened and the next one, read first because it says whether this one is final.
     current, following = bytearray(sealed_size), bytearray(sealed_size)
-    plaintext = bytearray(header.chunk_size)
     digest = header.digest
     filled = _readinto_exactly(source, current)
     if filled == 0:
@@ -339,7 +345,9 @@ def _chunk_plaintexts(
             raise IntegrityError(f"{what} is truncated")
         if index >= MAX_CHUNKS:
             raise IntegrityError(f"{what} has too many chunks")
-        out = memoryview(plaintext)[: filled - TAG_BYTES]
+        # Unauthenticated plaintext may be left in `current` on failure; it is never
+        # yielded, and the next read overwrites it.
+        out = memoryview(current)[: filled - TAG_BYTES]
         try:
             aead_decrypt_into(
                 chunk_key,

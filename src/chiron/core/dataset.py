@@ -30,14 +30,14 @@ from chiron.core.container import (
     DEFAULT_CHUNK_SIZE,
     FORMAT_VERSION,
     MAX_CHUNKS,
+    EncryptedStreamWriter,
     StreamHeader,
     authenticated_views,
     read_header,
-    write_encrypted,
 )
 from chiron.core.crypto import TAG_BYTES
 from chiron.core.errors import InputError, IntegrityError
-from chiron.core.fileio import atomic_output, open_input
+from chiron.core.fileio import atomic_output, open_input, preallocate
 from chiron.core.schema import DatasetSchema
 
 DATASET_KIND = "dataset"
@@ -233,17 +233,26 @@ def encrypt_dataset(
     if record_count < 1:
         raise InputError("the data set is empty")
     header = DatasetHeader.plan(new_dataset_id(), schema, record_count)
-    # The disk writes the first chunks while the next ones are encrypted.
-    with atomic_output(out_path, overwrite=overwrite, sync_early=True) as handle:
-        write_encrypted(
+    with (
+        atomic_output(out_path, overwrite=overwrite) as handle,
+        EncryptedStreamWriter(
             handle,
             key,
             kind=DATASET_KIND,
             file_id=header.dataset_id,
             metadata=header.to_metadata(),
-            chunks=_dataset_plaintext(batches, header, on_records),
             chunk_size=header.chunk_size,
-        )
+        ) as writer,
+    ):
+        # The header fixes the file's size, so its blocks are reserved at once rather
+        # than found chunk by chunk when the file is synced.
+        preallocate(handle, header.encrypted_size(writer.header.size))
+        for piece in _dataset_plaintext(batches, header, on_records):
+            writer.write(piece)
+        writer.close()
+        # The layout fixes the size, so this cuts nothing; were it ever to differ, the
+        # file ends where the last chunk does, and readers check that against the header.
+        handle.truncate()
     return header
 
 

@@ -3,92 +3,25 @@
 Output goes to a hidden temporary file in the destination directory, is fsynced, and
 is renamed into place only when the writer finished without any exception (including
 KeyboardInterrupt), so a crash or Ctrl-C never leaves a half-written artifact.
-
-With `sync_early`, a helper thread has the kernel write the file's data to disk while
-the caller is still producing it, so the final fsync finds little left to do: for a
-large file, disk writes overlap the work that produces the data instead of following
-it. The guarantee is unchanged: the file is renamed into place only after one fsync of
-all of it, and an unfinished temporary file is never renamed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from chiron.core.errors import InputError
-
-# With sync_early, the helper thread starts one fdatasync each time this much more data
-# has been written: a few per file, each overlapping the writes that follow it.
-SYNC_EARLY_BYTES = 16 << 20
-
-
-class _SyncingWriter(io.BufferedWriter):
-    """A buffered file that starts an fdatasync on a helper thread every SYNC_EARLY_BYTES.
-
-    fdatasync releases the GIL and mostly waits for the device, so the caller keeps
-    writing meanwhile. At most one sync runs at a time; a request made while one runs is
-    served by the next. Errors of an early sync are ignored: the final fsync in
-    atomic_output reports what matters, before anything is renamed.
-    """
-
-    def __init__(self, raw: io.FileIO) -> None:
-        super().__init__(raw)
-        self._fd = raw.fileno()
-        self._unsynced = 0
-        self._wanted = threading.Event()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-
-    def write(self, data: Any) -> int:
-        written = super().write(data)
-        self._unsynced += written
-        if self._unsynced >= SYNC_EARLY_BYTES:
-            self._unsynced = 0
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._sync_loop, name="chiron-sync-early", daemon=True
-                )
-                self._thread.start()
-            self._wanted.set()
-        return written
-
-    def _sync_loop(self) -> None:
-        while True:
-            self._wanted.wait()
-            self._wanted.clear()
-            if self._stopping:
-                return
-            with contextlib.suppress(OSError):
-                os.fdatasync(self._fd)
-
-    def stop_syncing(self) -> None:
-        """Wait for the helper thread to finish; call before closing the file."""
-        if self._thread is not None:
-            self._stopping = True
-            self._wanted.set()
-            self._thread.join()
-            self._thread = None
 
 
 @contextlib.contextmanager
 def atomic_output(
-    path: str | os.PathLike[str],
-    *,
-    mode: int = 0o644,
-    overwrite: bool = True,
-    sync_early: bool = False,
+    path: str | os.PathLike[str], *, mode: int = 0o644, overwrite: bool = True
 ) -> Iterator[BinaryIO]:
-    """Yield a binary file that becomes `path` only if the block completes.
-
-    `sync_early` suits large files written in a stream (see the module's docstring).
-    """
+    """Yield a binary file that becomes `path` only if the block completes."""
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
@@ -101,13 +34,8 @@ def atomic_output(
         raise InputError(f"cannot write {target}: {exc.strerror}") from None
     os.fchmod(fd, mode)
     try:
-        handle = _SyncingWriter(io.FileIO(fd, "wb")) if sync_early else os.fdopen(fd, "wb")
-        with handle:
-            try:
-                yield handle
-            finally:
-                if isinstance(handle, _SyncingWriter):
-                    handle.stop_syncing()
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         if not overwrite and target.exists():
@@ -117,6 +45,19 @@ def atomic_output(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def preallocate(handle: BinaryIO, size: int) -> None:
+    """Reserve disk blocks for a file about to be written to exactly `size` bytes.
+
+    The file system then allocates one extent up front instead of chunk by chunk when
+    the data is flushed, which makes the final fsync of a large file cheaper. It also
+    sets the file's length to `size` at once: the caller must write exactly that much
+    (atomic_output discards a file whose writer failed). Where the file system cannot
+    preallocate, nothing happens.
+    """
+    with contextlib.suppress(OSError):  # an optimization only: writes allocate anyway
+        os.posix_fallocate(handle.fileno(), 0, size)
 
 
 def atomic_write(
