@@ -21,6 +21,7 @@ from chiron.core.recipe_protocol import (
     encode_json,
 )
 from chiron.core.schema import DatasetSchema
+from chiron.enclave.sandbox.shared_file import SharedFile
 from chiron.recipes.runtime import serve
 
 TIMEOUT_SECONDS = 120
@@ -96,6 +97,7 @@ class Enclave:
     def __init__(self, *, dry_run: bool = False) -> None:
         self._child_in, self._to_child = os.pipe()
         self._from_child, self._child_out = os.pipe()
+        self.shared = SharedFile("test-data")
         self.error: BaseException | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._serve, args=(dry_run,), daemon=True)
@@ -103,7 +105,7 @@ class Enclave:
 
     def _serve(self, dry_run: bool) -> None:
         try:
-            serve(self._child_in, self._child_out, dry_run=dry_run)
+            serve(self._child_in, self._child_out, data_fd=self.shared.reader_fd, dry_run=dry_run)
         except BaseException as exc:
             self.error = exc
         finally:
@@ -159,8 +161,10 @@ class Enclave:
         self, plan: TrainingPlan, x: np.ndarray, y: np.ndarray, state: bytes | None = None
     ) -> None:
         self.send(ToChild.PLAN, encode_json(plan.to_dict()))
-        self.send(ToChild.DATA_X, np.ascontiguousarray(x).tobytes())
-        self.send(ToChild.DATA_Y, np.ascontiguousarray(y, dtype=LABEL_DTYPE).tobytes())
+        self.shared.write_once(
+            [np.ascontiguousarray(y, dtype=LABEL_DTYPE), np.ascontiguousarray(x)]
+        )
+        self.send(ToChild.DATA)
         if state is not None:
             self.send(ToChild.STATE, state)
         self.expect(FromChild.READY, size=0)
@@ -197,6 +201,7 @@ class Enclave:
         assert not self._thread.is_alive(), "serve did not return"
         os.close(self._to_child)
         os.close(self._from_child)
+        self.shared.close()
         return self.error
 
     def train(

@@ -64,8 +64,11 @@ def test_the_runtime_imports_nothing_once_serving(tmp_path):
         def session(path, shape, dry_run, train):
             child_in, to_child = os.pipe()
             from_child, child_out = os.pipe()
+            data = os.memfd_create("data")
             thread = threading.Thread(
-                target=runtime.serve, args=(child_in, child_out), kwargs={"dry_run": dry_run}
+                target=runtime.serve,
+                args=(child_in, child_out),
+                kwargs={"data_fd": data, "dry_run": dry_run},
             )
             thread.start()
             receive = lambda: read_frame(from_child, max_payload=2**30).kind
@@ -79,8 +82,8 @@ def test_the_runtime_imports_nothing_once_serving(tmp_path):
                     num_train=4, batch_size=2, epochs=1, seed=1, checkpoint_every=1
                 )
                 write_frame(to_child, ToChild.PLAN, encode_json(plan.to_dict()))
-                write_frame(to_child, ToChild.DATA_X, bytes(4 * int(np.prod(shape))))
-                write_frame(to_child, ToChild.DATA_Y, bytes(4 * 8))
+                os.write(data, bytes(4 * 8 + 4 * int(np.prod(shape))))
+                write_frame(to_child, ToChild.DATA, b"")
                 kinds.append(receive())
                 run = {"until_step": 2, "checkpoint": True}
                 write_frame(to_child, ToChild.RUN, encode_json(run))

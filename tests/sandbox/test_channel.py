@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 from tests.sandbox.conftest import recipe
 
@@ -55,26 +58,74 @@ def test_write_to_every_descriptor(run_attack, marker):
     assert marker.encode() not in outcome.all_bytes()
 
 
-def test_only_the_two_pipes_and_stdio_are_open(run_attack):
+def test_only_the_pipes_the_data_file_and_stdio_are_open(run_attack):
+    """Top-level code runs before the declaration: the shared data file is already open,
+    read-only, and still empty (no record can shape what the recipe declares)."""
     outcome = run_attack(
         recipe(
             """
+            def describe(fd):
+                st = os.fstat(fd)
+                mode = __import__("fcntl").fcntl(fd, __import__("fcntl").F_GETFL) & os.O_ACCMODE
+                return (fd, stat.S_ISFIFO(st.st_mode), stat.S_ISREG(st.st_mode), mode, st.st_size)
             open_fds = []
             for fd in range(1024):
                 try:
-                    os.fstat(fd)
-                    open_fds.append(fd)
+                    open_fds.append(describe(fd))
                 except OSError:
                     pass
-            keep(repr([(fd, stat.S_ISFIFO(os.fstat(fd).st_mode)) for fd in open_fds]).encode())
+            keep(repr(open_fds).encode())
             """
         )
     )
     assert outcome.reason is None
     found = eval(outcome.loot().rstrip(b"\0"))
-    assert [fd for fd, _ in found][:3] == [0, 1, 2]
-    assert [is_pipe for fd, is_pipe in found if fd > 2] == [True, True]
-    assert not any(is_pipe for fd, is_pipe in found if fd <= 2)  # /dev/null
+    assert [fd for fd, *_ in found][:3] == [0, 1, 2]
+    assert not any(is_pipe for fd, is_pipe, *_ in found if fd <= 2)  # /dev/null
+    beyond = [rest for fd, *rest in found if fd > 2]
+    assert [is_pipe for is_pipe, *_ in beyond].count(True) == 2
+    data_files = [rest for rest in beyond if not rest[0]]
+    assert data_files == [[False, True, os.O_RDONLY, 0]]
+
+
+def test_the_shared_data_file_cannot_be_written_or_mapped_shared(run_attack, marker):
+    """With the owner's records in it, every way to change the data file fails: writing,
+    and a shared writable mapping (seccomp refuses MAP_SHARED)."""
+    outcome = run_attack(
+        recipe(
+            f"""
+            import mmap
+            def data_fd():
+                for fd in range(3, 64):
+                    try:
+                        if stat.S_ISREG(os.fstat(fd).st_mode):
+                            return fd
+                    except OSError:
+                        pass
+            def train_step(model, optimizer, x, y, hp):
+                if not x.any():
+                    return  # the declaration's probe
+                fd = data_fd()
+                results = [os.fstat(fd).st_size > 0]
+                try:
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    os.write(fd, b"{marker}")
+                    results.append("written")
+                except OSError as exc:
+                    results.append(exc.errno)
+                try:
+                    mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+                    results.append("mapped")
+                except OSError as exc:
+                    results.append(exc.errno)
+                keep(repr(results).encode())
+            """
+        )
+    )
+    assert outcome.reason is None
+    results = eval(outcome.loot().rstrip(b"\0"))
+    assert results[0] is True  # the records were there
+    assert results[1:] == [errno.EBADF, errno.EPERM]
 
 
 def test_a_declaration_larger_than_allowed(run_attack):

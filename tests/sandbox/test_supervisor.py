@@ -100,7 +100,8 @@ def test_spawn_returns_a_confined_child():
         assert limits_seen["Max open files"] == ["32", "32"]
         assert limits_seen["Max core file size"] == ["0", "0"]
         fds = sorted(int(fd) for fd in os.listdir(f"/proc/{worker}/fd"))
-        assert fds == [0, 1, 2, *fds[3:]] and len(fds) == 5  # stdio and the two pipes
+        # stdio, the two pipes and the read-only shared data file
+        assert fds == [0, 1, 2, *fds[3:]] and len(fds) == 6
     assert sandbox._process.poll() is not None
 
 

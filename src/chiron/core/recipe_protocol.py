@@ -17,8 +17,7 @@ Conversation (E = enclave runtime, C = sandboxed child), all frames from core.fr
                      recipe's QUERY_POLICY or {} — the enclave validates both)
   train / dryrun:
     E→C PLAN         JSON TrainingPlan.to_dict()
-    E→C DATA_X       num_train records, C-order, schema dtype, little-endian
-    E→C DATA_Y       num_train labels, int64 little-endian
+    E→C DATA         empty: the training data is now in the shared data file (below)
     C→E READY        empty
     E→C STATE        (only when resuming, before the first RUN) a checkpoint the child
                      sent earlier; the child cannot know whether one comes, so it
@@ -27,7 +26,7 @@ Conversation (E = enclave runtime, C = sandboxed child), all frames from core.fr
       E→C RUN        JSON {"until_step": int, "checkpoint": bool}
       C→E TICK       empty, exactly once per optimizer step, up to until_step
       C→E CHECKPOINT exactly checkpoint_nbytes (only if "checkpoint" was true)
-      E→C PREDICT    n records (held-out evaluation), same layout as DATA_X
+      E→C PREDICT    n records (held-out evaluation), C-order, schema dtype, little-endian
       C→E PREDICTIONS exactly n * num_outputs float32 little-endian
       (distributed training, at each exchange point of the fixed schedule:)
       E→C GET_PARAMS empty
@@ -45,6 +44,17 @@ Conversation (E = enclave runtime, C = sandboxed child), all frames from core.fr
     C→E RECIPE_ERROR empty; the recipe raised. The enclave reports `recipe_error` and
                      nothing else: no text from the child ever crosses the boundary.
     C→E RESOURCE_EXHAUSTED empty; the recipe ran out of memory (MemoryError).
+
+The shared data file. Training records do not cross the pipe: the child holds, from its
+start, a read-only descriptor of a memory file of the enclave's (`--data-fd`), empty
+until the enclave has the declaration and then written once and sealed before DATA is
+sent. Its layout, exactly `num_train * (8 + record_bytes)` bytes:
+
+    num_train labels, int64 little-endian, then
+    num_train records, C-order, schema dtype, little-endian
+
+(labels first, so that both arrays start 8-byte aligned). The child maps it private and
+read-only; one copy of the data serves both ends.
 """
 
 from __future__ import annotations
@@ -61,8 +71,7 @@ class ToChild(enum.IntEnum):
     SETUP = 1
     SOURCE = 2
     PLAN = 3
-    DATA_X = 4
-    DATA_Y = 5
+    DATA = 4
     STATE = 6
     RUN = 7
     PREDICT = 8

@@ -56,7 +56,7 @@ from chiron.enclave.recipe_session import (
     Declaration,
     predict_logits,
     receive_declaration,
-    send_records,
+    share_training_data,
     spawn_recipe,
 )
 from chiron.enclave.sandbox import Sandbox, SandboxFailure
@@ -260,8 +260,7 @@ def calibrate(
             raise SandboxFailure(ReasonClass.BAD_OUTPUT)
         started = time.monotonic()
         sandbox.send(ToChild.PLAN, encode_json(plan.to_dict()))
-        send_records(sandbox, ToChild.DATA_X, x, schema)
-        sandbox.send(ToChild.DATA_Y, y.tobytes())
+        share_training_data(sandbox, x, y, schema)
         sandbox.expect(FromChild.READY, size=0)
         load = time.monotonic() - started
         sandbox.send(ToChild.RUN, encode_json({"until_step": steps, "checkpoint": True}))

@@ -6,6 +6,7 @@ check its declaration, and ask it for predictions; the checks live here once.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ import numpy as np
 from chiron.core.limits import MAX_BATCH_SIZE, MAX_EPOCHS
 from chiron.core.query_protocol import normalize_query_policy
 from chiron.core.recipe_protocol import (
+    LABEL_DTYPE,
     MAX_DECLARE_BYTES,
     PREDICTION_DTYPE,
     FromChild,
@@ -27,6 +29,9 @@ from chiron.enclave.sandbox import Sandbox, SandboxFailure, SandboxLimits
 MAX_MODEL_BYTES = 512 * 1024 * 1024
 MAX_CHECKPOINT_BYTES = 4 * MAX_MODEL_BYTES
 PREDICT_BATCH_RECORDS = 1024
+# Records go into the shared data file this many bytes at a time (bounds the enclave's
+# transient copy while it writes the training set).
+SHARE_CHUNK_BYTES = 16 * 1024 * 1024
 
 
 class Declaration:
@@ -92,6 +97,32 @@ def receive_declaration(
     except ValueError:
         raise SandboxFailure(ReasonClass.BAD_OUTPUT) from None
     return Declaration(doc, schema)
+
+
+def share_training_data(
+    sandbox: Sandbox,
+    x: np.ndarray,
+    y: np.ndarray,
+    schema: DatasetSchema,
+    index: np.ndarray | None = None,
+) -> None:
+    """Give the child the records `x[index]` and labels `y[index]` (all, without `index`).
+
+    They go into the child's shared data file (layout: `core.recipe_protocol`), a slice
+    at a time, so the enclave never holds a second copy of the training set.
+    """
+    if index is None:
+        index = np.arange(len(y))
+    dtype = np.dtype(schema.dtype).newbyteorder("<")
+    step = max(1, SHARE_CHUNK_BYTES // schema.record_bytes)
+
+    def parts() -> Iterator[memoryview]:
+        yield np.ascontiguousarray(y[index], dtype=LABEL_DTYPE).data
+        for start in range(0, len(index), step):
+            yield np.ascontiguousarray(x[index[start : start + step]], dtype=dtype).data
+
+    sandbox.share(parts())
+    sandbox.send(ToChild.DATA)
 
 
 def send_records(sandbox: Sandbox, kind: ToChild, x: np.ndarray, schema: DatasetSchema) -> None:

@@ -28,7 +28,6 @@ from chiron.core.errors import InputError, IntegrityError
 from chiron.core.manifest import JobManifest, SignedManifest, training_data_key_context
 from chiron.core.query_protocol import confusion_matrix, query_policy_sha256
 from chiron.core.recipe_protocol import (
-    LABEL_DTYPE,
     FromChild,
     ToChild,
     TrainingPlan,
@@ -44,7 +43,7 @@ from chiron.enclave.recipe_session import (
     Declaration,
     predict_logits,
     receive_declaration,
-    send_records,
+    share_training_data,
     spawn_recipe,
 )
 from chiron.enclave.sandbox import Sandbox
@@ -348,7 +347,7 @@ def _train(
     if exchange is not None:
         train_index = exchange.shard(train_index, seed)
     x_holdout, y_holdout = x[holdout_index], y[holdout_index]
-    x, y = x[train_index], y[train_index]
+    num_train = len(train_index)
 
     emit({"event": "state", "state": "running"})
     with spawn_recipe() as sandbox:
@@ -362,11 +361,11 @@ def _train(
         )
         _check_declaration(job, declaration)
         plan = TrainingPlan.fixed(
-            num_train=len(y),
+            num_train=num_train,
             batch_size=declaration.batch_size,
             epochs=declaration.epochs,
             seed=seed,
-            checkpoint_every=min(CHECKPOINT_EVERY_STEPS, -(-len(y) // declaration.batch_size)),
+            checkpoint_every=min(CHECKPOINT_EVERY_STEPS, -(-num_train // declaration.batch_size)),
         )
         checkpoints = _Checkpoints(
             job.checkpoint_dir,
@@ -412,8 +411,8 @@ def _train(
 
         with pacer.slot(units.load, sandbox):
             sandbox.send(ToChild.PLAN, encode_json(plan.to_dict()))
-            send_records(sandbox, ToChild.DATA_X, x, schema)
-            sandbox.send(ToChild.DATA_Y, np.ascontiguousarray(y, dtype=LABEL_DTYPE).tobytes())
+            share_training_data(sandbox, x, y, schema, train_index)
+            del x, y  # the child's shared file holds the training set; one copy is enough
             sandbox.expect(FromChild.READY, size=0)
             if resumed:
                 sandbox.send(ToChild.STATE, resumed[1])

@@ -16,6 +16,8 @@ is synthetic and the provider reads it.
 from __future__ import annotations
 
 import gc
+import mmap
+import os
 import sys
 import traceback
 from typing import Any, NoReturn
@@ -52,7 +54,8 @@ class _Closed(Exception):
 class _Channel:
     """Frames on the two pipes, with the enclave's misbehaviour kept apart from the recipe's."""
 
-    def __init__(self, in_fd: int, out_fd: int) -> None:
+    def __init__(self, in_fd: int, out_fd: int, data_fd: int | None = None) -> None:
+        self.data_fd = data_fd
         self._in_fd = in_fd
         self._out_fd = out_fd
 
@@ -83,14 +86,16 @@ class _Channel:
             raise _Closed from None
 
 
-def serve(in_fd: int, out_fd: int, *, dry_run: bool) -> None:
+def serve(in_fd: int, out_fd: int, *, data_fd: int | None = None, dry_run: bool) -> None:
     """Speak the recipe protocol on `in_fd` / `out_fd` until SHUTDOWN or end of input.
+
+    `data_fd` is the read-only shared data file the training data arrives in.
 
     Any exception from the recipe (its top-level code or a hook) ends the conversation
     with an empty RECIPE_ERROR frame; running out of memory with RESOURCE_EXHAUSTED.
     A `ProtocolError` (the enclave broke the protocol) propagates to the caller.
     """
-    channel = _Channel(in_fd, out_fd)
+    channel = _Channel(in_fd, out_fd, data_fd)
     try:
         _converse(channel)
     except _Closed:
@@ -149,17 +154,22 @@ def _start_run(channel: _Channel, recipe: Recipe, schema: DatasetSchema) -> Trai
         -plan.num_train // plan.batch_size
     ):
         raise ProtocolError("inconsistent PLAN")
-    n = plan.num_train
-    x = _records(
-        channel.expect(
-            ToChild.DATA_X, max_payload=n * schema.record_bytes, size=n * schema.record_bytes
-        ),
-        schema,
-    )
-    y = np.frombuffer(
-        channel.expect(ToChild.DATA_Y, max_payload=n * 8, size=n * 8), dtype=LABEL_DTYPE
-    )
+    channel.expect(ToChild.DATA, max_payload=0, size=0)
+    x, y = _map_training_data(channel.data_fd, plan.num_train, schema)
     return TrainingRun(recipe, schema, plan, x, y)
+
+
+def _map_training_data(
+    data_fd: int | None, n: int, schema: DatasetSchema
+) -> tuple[np.ndarray, np.ndarray]:
+    """The labels and records in the shared data file, mapped read-only without a copy."""
+    size = n * (np.dtype(LABEL_DTYPE).itemsize + schema.record_bytes)
+    if data_fd is None or os.fstat(data_fd).st_size != size:
+        raise ProtocolError("the shared data file does not hold the planned records")
+    region = mmap.mmap(data_fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+    y = np.frombuffer(region, dtype=LABEL_DTYPE, count=n)
+    x = np.frombuffer(region, dtype=np.dtype(schema.dtype).newbyteorder("<"), offset=y.nbytes)
+    return x.reshape(n, *schema.input_shape), y
 
 
 def _serve_training(channel: _Channel, run: TrainingRun, declaration: Declaration) -> None:

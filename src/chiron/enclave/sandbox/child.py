@@ -3,13 +3,14 @@
 Run by `Sandbox.spawn` as a fresh interpreter:
 
     python -s -P -B -m chiron.enclave.sandbox.child --in-fd N --out-fd N --ready-fd N
-           --limits JSON --entry MODULE [--dry-run]
+           --data-fd N --limits JSON --entry MODULE [--dry-run]
 
 Order, before any provider code runs:
 
   bootstrap process (single-threaded, only the standard library imported):
     0. join the sandbox's pids cgroup, where the enclave could create one;
-    1. close every descriptor but stdio (/dev/null, or the dry-run log pipe) and the pipes;
+    1. close every descriptor but stdio (/dev/null, or the dry-run log pipe), the pipes
+       and the read-only shared data file (`shared_file`; only the worker keeps it);
     2. enter new user, mount (read-only, empty /tmp, /dev/shm, /run), network, IPC, UTS,
        cgroup namespaces, then fork the worker into a new PID namespace and only wait
        for it, mirroring how it ended (SIGTERM, or the enclave's end of the pipe
@@ -25,7 +26,8 @@ Order, before any provider code runs:
     6. rlimits (address space, CPU time, file size 0, descriptors, tasks, no core
        dumps, no locked memory or message queues) and not dumpable;
     7. close any descriptor the imports left open; load the seccomp filter on all threads;
-    8. report "confined" on the ready pipe, close it, and call `entry.serve(in, out)`.
+    8. report "confined" on the ready pipe, close it, and call `entry.serve(in, out,
+       data_fd=...)`.
 
 A failure before step 8 is reported on the ready pipe as the name of the step and the
 error's type: nothing of the recipe has run yet, so that text is the enclave's own.
@@ -70,13 +72,14 @@ def main(argv: list[str] | None = None) -> NoReturn:
     parser.add_argument("--in-fd", type=int, required=True)
     parser.add_argument("--out-fd", type=int, required=True)
     parser.add_argument("--ready-fd", type=int, required=True)
+    parser.add_argument("--data-fd", type=int, required=True)
     parser.add_argument("--limits", required=True)
     parser.add_argument("--entry", required=True)
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--pids-cgroup")
     options = parser.parse_args(argv)
     limits = json.loads(options.limits)
-    pipes = (options.in_fd, options.out_fd, options.ready_fd)
+    pipes = (options.in_fd, options.out_fd, options.ready_fd, options.data_fd)
 
     # SIGTERM is how the enclave stops a sandbox: this process kills the worker and
     # collects it (so no orphan is left for someone else to reap), then ends.
@@ -95,13 +98,14 @@ def main(argv: list[str] | None = None) -> NoReturn:
         _setup_failed(options.ready_fd, stage, exc, options.dry_run)
     if worker:
         signal.signal(signal.SIGTERM, lambda *_: os.kill(worker, signal.SIGKILL))
+        os.close(options.data_fd)
         _wait_and_mirror(worker, options.in_fd, (options.out_fd, options.ready_fd))
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _run_worker(options, limits)
 
 
 def _run_worker(options: argparse.Namespace, limits: dict[str, int]) -> NoReturn:
-    keep = {0, 1, 2, options.in_fd, options.out_fd, options.ready_fd}
+    keep = {0, 1, 2, options.in_fd, options.out_fd, options.ready_fd, options.data_fd}
     stage = "proc"
     try:
         # If the bootstrap process dies, so does the worker.
@@ -143,7 +147,7 @@ def _run_worker(options: argparse.Namespace, limits: dict[str, int]) -> NoReturn
     # frames on the out pipe; its exit status is reduced to a reason class.
     status = 0
     try:
-        entry.serve(options.in_fd, options.out_fd, dry_run=options.dry_run)
+        entry.serve(options.in_fd, options.out_fd, data_fd=options.data_fd, dry_run=options.dry_run)
     except BaseException:
         if options.dry_run:
             traceback.print_exc()

@@ -29,7 +29,6 @@ from chiron.core.fileio import read_input_file
 from chiron.core.framing import write_frame
 from chiron.core.limits import MAX_RECIPE_BYTES
 from chiron.core.recipe_protocol import (
-    LABEL_DTYPE,
     FromChild,
     ToChild,
     TrainingPlan,
@@ -39,7 +38,11 @@ from chiron.core.recipe_protocol import (
 from chiron.core.schema import DatasetSchema
 from chiron.enclave.boundary import EVENT, FAILURE, RESULT, encode_message
 from chiron.enclave.escrow import check_weights
-from chiron.enclave.recipe_session import predict_logits, receive_declaration, send_records
+from chiron.enclave.recipe_session import (
+    predict_logits,
+    receive_declaration,
+    share_training_data,
+)
 from chiron.enclave.sandbox.supervisor import Sandbox, SandboxLimits
 
 DEFAULT_RECORDS = 256
@@ -98,7 +101,6 @@ def run_synthetic(
     x, y = synthetic_records(schema, records, seed)
     train_index, holdout_index = holdout_split(records, seed)
     x_holdout = x[holdout_index]
-    x, y = x[train_index], y[train_index]
     with Sandbox.spawn(
         limits=limits or SandboxLimits(), entry=entry, dry_run=dry_run, output=output
     ) as sandbox:
@@ -111,15 +113,14 @@ def run_synthetic(
             overrides={"epochs": epochs},
         )
         plan = TrainingPlan.fixed(
-            num_train=len(y),
+            num_train=len(train_index),
             batch_size=declaration.batch_size,
             epochs=declaration.epochs,
             seed=seed,
-            checkpoint_every=-(-len(y) // declaration.batch_size),
+            checkpoint_every=-(-len(train_index) // declaration.batch_size),
         )
         sandbox.send(ToChild.PLAN, encode_json(plan.to_dict()))
-        send_records(sandbox, ToChild.DATA_X, x, schema)
-        sandbox.send(ToChild.DATA_Y, np.ascontiguousarray(y, dtype=LABEL_DTYPE).tobytes())
+        share_training_data(sandbox, x, y, schema, train_index)
         sandbox.expect(FromChild.READY, size=0)
         step = 0
         for epoch in range(1, plan.epochs + 1):
@@ -141,7 +142,7 @@ def run_synthetic(
         epochs=plan.epochs,
         batch_size=plan.batch_size,
         steps=plan.total_steps,
-        train_records=len(y),
+        train_records=len(train_index),
         holdout_records=len(x_holdout),
         startup_seconds=sandbox.startup_seconds,
         seconds=time.monotonic() - started,

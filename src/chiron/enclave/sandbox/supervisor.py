@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -35,6 +35,7 @@ from chiron.core.errors import EnclaveError, JobFailed
 from chiron.core.framing import HEADER_BYTES
 from chiron.core.recipe_protocol import FromChild, ReasonClass, ToChild
 from chiron.enclave.sandbox import pids
+from chiron.enclave.sandbox.shared_file import SharedFile
 
 _HEADER = struct.Struct(">BI")
 _PIPE_BYTES = 1 << 20  # F_SETPIPE_SZ: fewer wake-ups when data or models cross
@@ -111,8 +112,10 @@ class Sandbox:
         output_relay: threading.Thread | None,
         pids_group: Path | None = None,
         started: float | None = None,
+        shared: SharedFile | None = None,
     ) -> None:
         self._process = process
+        self._shared = shared
         self._pids_group = pids_group
         # Every deadline of a send or expect also ends here: the job's own.
         self._job_deadline = (
@@ -147,6 +150,7 @@ class Sandbox:
         to_child_r, to_child_w = os.pipe2(os.O_CLOEXEC)
         from_child_r, from_child_w = os.pipe2(os.O_CLOEXEC)
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        shared = SharedFile("chiron-data")
         log_r = log_w = None
         if dry_run:
             log_r, log_w = os.pipe2(os.O_CLOEXEC)
@@ -156,7 +160,7 @@ class Sandbox:
         command = [
             sys.executable, "-s", "-P", "-B", "-m", "chiron.enclave.sandbox.child",
             "--in-fd", str(to_child_r), "--out-fd", str(from_child_w),
-            "--ready-fd", str(ready_w),
+            "--ready-fd", str(ready_w), "--data-fd", str(shared.reader_fd),
             "--limits", json.dumps(dataclasses.asdict(limits)),
             "--entry", entry,
         ]  # fmt: skip
@@ -172,7 +176,7 @@ class Sandbox:
                 stdin=subprocess.DEVNULL,
                 stdout=log_w if dry_run else subprocess.DEVNULL,
                 stderr=log_w if dry_run else subprocess.DEVNULL,
-                pass_fds=(to_child_r, from_child_w, ready_w),
+                pass_fds=(to_child_r, from_child_w, ready_w, shared.reader_fd),
                 env=_child_environment(entry, limits, dry_run=dry_run),
                 cwd="/",
                 # Its own process group: close() can kill the bootstrap and the worker
@@ -186,17 +190,19 @@ class Sandbox:
                 os.close(fd)
             if pids_group is not None:
                 pids.remove(pids_group)
+            shared.close()
             raise EnclaveError(f"could not start the sandbox: {exc.strerror}") from None
         finally:
             for fd in child_side:
                 os.close(fd)
+            shared.release_reader()
         relay = None
         if log_r is not None:
             relay = threading.Thread(
                 target=_relay_output, args=(log_r, output or _write_stderr), daemon=True
             )
             relay.start()
-        sandbox = cls(process, to_child_w, from_child_r, limits, relay, pids_group, started)
+        sandbox = cls(process, to_child_w, from_child_r, limits, relay, pids_group, started, shared)
         try:
             sandbox._await_confinement(ready_r, started + limits.startup_timeout_seconds)
         except BaseException:
@@ -211,6 +217,13 @@ class Sandbox:
     def pid(self) -> int:
         """Host PID of the child's bootstrap process (the worker is its only child)."""
         return self._process.pid
+
+    def share(self, parts: Iterable[bytes | memoryview]) -> int:
+        """Write the child's shared data file once (see `shared_file`); return its size."""
+        self._require_open()
+        if self._shared is None:
+            raise EnclaveError("this sandbox has no shared data file")
+        return self._shared.write_once(parts)
 
     def send(self, kind: ToChild, payload: bytes | memoryview = b"") -> None:
         """Send one frame; the child must read it within the wall timeout.
@@ -306,6 +319,8 @@ class Sandbox:
             self._output_relay.join(timeout=_EXIT_GRACE_SECONDS)
         if self._pids_group is not None:
             pids.remove(self._pids_group)  # empty now: the whole child was reaped
+        if self._shared is not None:
+            self._shared.close()
 
     @contextlib.contextmanager
     def until(self, deadline: float | None) -> Iterator[None]:
