@@ -286,6 +286,9 @@ class _Ledger:
         kind, request_id, units = _RECORD.unpack(plaintext)
         if kind not in (_OPENED, _EVALUATED, _CHARGED):
             raise IntegrityError("the model's sealed query ledger is malformed")
+        self._count(blob, kind, request_id, units)
+
+    def _count(self, blob: bytes, kind: int, request_id: bytes, units: int) -> None:
         if kind != _CHARGED:
             self.ids.add(request_id)
         self.used += units
@@ -304,7 +307,7 @@ class _Ledger:
         os.pwrite(self._fd, blob, self._records * self._record_bytes)
         if durable:
             os.fsync(self._fd)
-        self._apply(blob)
+        self._count(blob, kind, request_id, units)
 
     def accept(self, request_id: str, kind: int, units: int, budget: int | None) -> int | None:
         """Record a channel or an evaluation, refusing an id already spent; the budget left."""
