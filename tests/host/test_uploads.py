@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from chiron.client.remote import ServiceClient
 from chiron.client.remote.service_client import file_digests
 from chiron.core.errors import Conflict, IntegrityError
 from chiron.host import uploads as uploads_module
 from chiron.host.accounts import create_account
 from chiron.host.config import ServiceConfig
 from chiron.host.db import Account
+from chiron.host.server import running_service
 from chiron.host.service import Service
 
 from .helpers import make_dataset
@@ -201,3 +203,20 @@ def test_file_digests_match_hashlib(tmp_path, monkeypatch, size, chunk_bytes):
     assert digests.of_chunk(1, 1) is None
     assert digests.of_chunk(0, size + 1) is None
     assert digests.of_chunk(size, 1) is None
+
+
+@pytest.mark.parametrize("piece", [333, 1 << 20])
+def test_the_client_sends_a_chunk_in_pieces_and_resumes_mid_chunk(tmp_path, monkeypatch, piece):
+    monkeypatch.setattr("chiron.client.remote.service_client._SEND_PIECE", piece)
+    path = tmp_path / "data.chd"
+    make_dataset(path, records=2000)
+    data = path.read_bytes()
+    with running_service(ServiceConfig(state_dir=tmp_path / "service")) as (service, url):
+        token = create_account(service.db, service.pepper, name="a", role="owner")
+        with ServiceClient(url, token) as client:
+            # An earlier attempt stopped part-way into a chunk of the size the client uses.
+            upload = client.create_upload(kind="dataset", size=len(data), sha256=sha256(data))
+            client.put_chunk(upload["id"], 0, data[:1500])
+            done = client.upload(path, kind="dataset", progress=False, chunk_bytes=1000)
+            assert done["id"] == upload["id"] and done["complete"]
+            assert client.dataset(done["result_id"])["sha256"] == sha256(data)

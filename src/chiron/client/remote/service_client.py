@@ -8,6 +8,7 @@ error mapping are `transport`'s.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -34,6 +35,10 @@ from chiron.enclave.boundary import decode_message, encode_message
 # Large chunks: each is one request, and the service takes up to 64 MiB.
 DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
 _HASH_BLOCK = 4 * 1024 * 1024
+# A chunk's body goes to the HTTP stack in pieces of this size: after each partial
+# socket send it copies what remains of the piece, which for one large piece costs
+# time quadratic in its size.
+_SEND_PIECE = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,14 @@ def _hash_block(digest: hashlib._Hash, block: memoryview, done: list[str] | None
 
 def file_sha256(path: Path) -> str:
     return file_digests(path).sha256
+
+
+def _read_into(source: io.RawIOBase, buffer: memoryview) -> int:
+    """Fill `buffer` from `source`; fewer bytes only at end of file."""
+    filled = 0
+    while filled < len(buffer) and (count := source.readinto(buffer[filled:])):
+        filled += count
+    return filled
 
 
 def _digests_of(path: Path, chunk_bytes: int) -> FileDigests:
@@ -193,15 +206,21 @@ class ServiceClient(HttpTransport):
         return self._json("GET", f"/uploads/{upload_id}")
 
     def put_chunk(
-        self, upload_id: str, offset: int, data: bytes, *, sha256: str | None = None
+        self,
+        upload_id: str,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        *,
+        sha256: str | None = None,
     ) -> dict[str, Any]:
         """Send one chunk; `sha256` is its digest if already known (else computed here)."""
+        view = memoryview(data).cast("B")
         return self._json(
             "PUT",
             f"/uploads/{upload_id}/chunks",
-            params={"offset": offset, "sha256": sha256 or hashlib.sha256(data).hexdigest()},
-            content=data,
-            headers={"Content-Type": "application/octet-stream"},
+            params={"offset": offset, "sha256": sha256 or hashlib.sha256(view).hexdigest()},
+            content=(view[i : i + _SEND_PIECE] for i in range(0, len(view), _SEND_PIECE)),
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(view))},
         )
 
     def complete_upload(self, upload_id: str) -> dict[str, Any]:
@@ -235,14 +254,16 @@ class ServiceClient(HttpTransport):
         upload_id = upload["id"]
         with (
             progress_bar(progress, f"uploading {path.name}", size) as advance,
-            open(path, "rb") as source,
+            open(path, "rb", buffering=0) as source,
         ):
             advance(upload["offset"])
             attempts = 0
+            # One buffer, read into for every chunk.
+            buffer = memoryview(bytearray(min(chunk_bytes, upload["chunk_bytes"], size)))
             while not upload["complete"] and upload["offset"] < size:
                 offset = upload["offset"]
                 source.seek(offset)
-                data = source.read(min(chunk_bytes, upload["chunk_bytes"]))
+                data = buffer[: _read_into(source, buffer)]
                 # A digest from the first read, unless this is a retry: then the bytes
                 # just read are hashed again, in case the file changed meanwhile.
                 known = digests.of_chunk(offset, len(data)) if not attempts else None
