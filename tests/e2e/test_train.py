@@ -128,11 +128,12 @@ SLOW_STEPS = (
 )
 
 
-def _killed_mid_job(world, chiron_home, args, *, whole_machine: bool) -> None:
+def _killed_mid_job(run_chiron, chiron_home, args, *, whole_machine: bool) -> None:
     """Run `chiron train ARGS` and SIGKILL it once the job has sealed a checkpoint.
 
-    `whole_machine`: every process of the job dies at once (a power cut); otherwise only
-    the client's own process, its enclave left to notice it is gone.
+    Meanwhile another command may look at the job it runs. `whole_machine`: every
+    process of the job dies at once (a power cut); otherwise only the client's own
+    process, its enclave left to notice it is gone.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHIRON_")}
     env["CHIRON_HOME"] = str(chiron_home)
@@ -147,6 +148,9 @@ def _killed_mid_job(world, chiron_home, args, *, whole_machine: bool) -> None:
     checkpoints = chiron_home / "jobs"
     while time.monotonic() < deadline and not list(checkpoints.glob("*/checkpoint.sealed")):
         time.sleep(0.1)
+    listed = run_chiron("service", "jobs", "list", "--local", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert "running" in [job["state"] for job in json.loads(listed.stdout)]
     time.sleep(0.5)
     if whole_machine:
         os.killpg(process.pid, signal.SIGKILL)
@@ -174,7 +178,7 @@ def test_a_local_job_killed_mid_run_resumes_to_the_same_weights(
     assert reference.returncode == 0, reference.stderr
     resumed_out = world.root / "resumed.chm"
     args = train_args(world, recipe=slow_recipe, out=resumed_out)
-    _killed_mid_job(world, chiron_home, args, whole_machine=how == "train-again")
+    _killed_mid_job(run_chiron, chiron_home, args, whole_machine=how == "train-again")
     assert not resumed_out.exists()
 
     listed = run_chiron("service", "jobs", "list", "--local", "--json")
@@ -194,6 +198,8 @@ def test_a_local_job_killed_mid_run_resumes_to_the_same_weights(
             "--allow-simulation", "--json",
         )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
+    after = run_chiron("service", "jobs", "list", "--local", "--json").stdout
+    assert json.loads(resumed.stdout)["job"] == job, after
     assert json.loads(resumed.stdout)["resumed_from_step"] > 0
     first = open_model(world.root / "ref.chm", world.owner, world.provider).weights
     second = open_model(resumed_out, world.owner, world.provider).weights

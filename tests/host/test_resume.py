@@ -312,12 +312,17 @@ def test_training_again_on_a_service_continues_its_interrupted_job(tmp_path):
             assert [j["state"] for j in client.jobs()] == ["done"]
 
 
-def test_one_process_at_a_time_runs_a_local_host(tmp_path):
-    """`--local` jobs: a second process may not open the host while one runs its jobs."""
+def test_one_process_at_a_time_runs_a_local_host_and_others_only_look(tmp_path):
+    """`--local` jobs: while one process runs the host, another may only list its jobs."""
     with targets.local_host(tmp_path) as host:
         assert host.jobs() == []
         with pytest.raises(ServiceError, match="another chiron command running local jobs"):
             targets.local_host(tmp_path)
+        with targets.local_host(tmp_path, view_only=True) as viewer:
+            assert viewer.jobs() == []
+            with pytest.raises(ServiceError, match="another chiron command running local jobs"):
+                viewer.create_job(recipe="slow", dataset="0" * 32)
+        assert host.jobs() == []
     with targets.local_host(tmp_path) as host:
         assert host.jobs() == []
 

@@ -47,7 +47,10 @@ def print_result(value: Any, as_json: bool, lines: list[str]) -> None:
 def _jobs_of(
     local: bool, url: str | None, token: str | None, state_dir: Path | None
 ) -> Iterator[JobHost]:
-    """The host whose jobs a `service jobs` command means: a service, or this machine's."""
+    """The host whose jobs `service jobs list|show` mean: a service, or this machine's.
+
+    This machine's may be running a job in another process: then they only look.
+    """
     from chiron.client.targets import local_host
 
     require_one_target(local, url)
@@ -55,7 +58,7 @@ def _jobs_of(
         with ServiceClient(url, token) as client:
             yield client
     else:
-        with local_host(state_dir or default_state_dir()) as host:
+        with local_host(state_dir or default_state_dir(), view_only=True) as host:
             yield host
 
 

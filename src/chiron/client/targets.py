@@ -255,12 +255,13 @@ def train(
         raise JobFailed(exc.reason_class, f"training failed: {exc.reason_class}") from None
 
 
-def local_host(state_dir: Path) -> LocalHost:
+def local_host(state_dir: Path, *, view_only: bool = False) -> LocalHost:
     """This machine's own host for `--local` jobs, kept in `state_dir/host`.
 
     Its training enclaves are the client's own local enclave processes, sharing the
     state (and, simulated, the root) that `chiron attest --local` checks; their sealed
-    checkpoints are kept in `state_dir/jobs/<job id>` until the job ends.
+    checkpoints are kept in `state_dir/jobs/<job id>` until the job ends. `view_only`:
+    to look at its jobs even while another process runs them.
     """
 
     def start_enclave(job_id: str) -> ManagedEnclave:
@@ -274,6 +275,7 @@ def local_host(state_dir: Path) -> LocalHost:
         enclave_dir=state_dir,
         checkpoints_dir=state_dir / "jobs",
         start_enclave=start_enclave,
+        view_only=view_only,
     )
 
 

@@ -13,9 +13,10 @@ model ciphertext, the recipe, the owner's signed manifest, sealed checkpoints an
 results); the owner's client attests every enclave, signs the manifest and seals the
 keys itself, exactly as with `--url`.
 
-One process at a time holds a local host's directory (a lock that ends with its
-process, however it ends), so whoever opens it knows that every job it finds active
-lost its enclave.
+One process at a time runs a local host's jobs (a lock on its directory that ends with
+its process, however it ends), so whoever takes the lock knows that every job it finds
+active lost its enclave. Meanwhile others may only look (`view_only`): they see the
+jobs as the running process records them.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 from sqlalchemy import select
 
 from chiron.core.contract import TrainAuthorization
-from chiron.core.errors import Conflict, JobFailed
+from chiron.core.errors import Conflict, JobFailed, ServiceError
 from chiron.core.recipe_statement import SignedRecipeStatement
 from chiron.host import headers
 from chiron.host.accounts import add_account, load_pepper, new_token
@@ -45,6 +46,7 @@ from chiron.host.service import instance_id, lock_state_dir
 from chiron.host.store import LocalStore, file_sha256
 
 OWNER_ACCOUNT = "owner"
+RUNNER = "chiron command running local jobs"
 # How often `wait_job` looks at a job's state; progress arrives as the enclave sends it.
 POLL_SECONDS = 0.05
 UpdateHandler = Callable[[dict[str, Any]], None]
@@ -56,7 +58,8 @@ class LocalHost:
     `state_dir` holds its database and artifact store; `enclave_dir` is the enclaves'
     own state (the simulated platform's root, which the owner's client trusts locally);
     sealed checkpoints go to `checkpoints_dir/<job id>`. `start_enclave` makes a job's
-    training enclave when the caller starts its enclaves its own way.
+    training enclave when the caller starts its enclaves its own way. With `view_only`,
+    a host that another process is running opens for `job` and `jobs` only.
     """
 
     def __init__(
@@ -66,10 +69,16 @@ class LocalHost:
         enclave_dir: Path,
         checkpoints_dir: Path,
         start_enclave: EnclaveStarter | None = None,
+        view_only: bool = False,
     ) -> None:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._dir = state_dir
-        self._lock_fd = lock_state_dir(state_dir, holder="chiron command running local jobs")
+        self._lock_fd: int | None = None
+        try:
+            self._lock_fd = lock_state_dir(state_dir, holder=RUNNER)
+        except ServiceError:
+            if not view_only:
+                raise
         self._listeners: dict[str, UpdateHandler] = {}
         self._last: dict[str, tuple[int, int]] = {}
         self._guard = threading.Lock()
@@ -91,10 +100,11 @@ class LocalHost:
                 start_enclave=start_enclave,
                 on_progress=self._progress,
             )
-            self._jobs.recover()
+            if self._lock_fd is not None:
+                self._jobs.recover()
             self._owner = self._account(OWNER_ACCOUNT, "owner")
         except BaseException:
-            os.close(self._lock_fd)
+            self._unlock()
             raise
 
     # --- what the owner's client registers ------------------------------------------
@@ -105,6 +115,7 @@ class LocalHost:
         The recipe's provider gets an account of its own (one per provider identity,
         as on a service); a changed file under the same name replaces the old one.
         """
+        self._require_runner()
         provider = self._account(f"provider-{statement.provider.fingerprint[:32]}", "provider")
         name = statement.statement.name
         submission = RecipeSubmission(
@@ -125,6 +136,7 @@ class LocalHost:
         A copy, not a link: the store's files are read-only and the owner's file stays
         the owner's. `progress` is accepted for the service client's signature.
         """
+        self._require_runner()
         source = Path(path)
         sha256 = file_sha256(source)
         info = headers.dataset_info(source)
@@ -163,6 +175,7 @@ class LocalHost:
         return statement
 
     def create_job(self, *, recipe: str, dataset: str) -> dict[str, Any]:
+        self._require_runner()
         job = self._jobs.create(self._owner, recipe_name=recipe, dataset_pk=dataset)
         return job_view(job, self._owner)
 
@@ -179,6 +192,7 @@ class LocalHost:
         return job_view(self._jobs.start(self._owner, job_id, authorization), self._owner)
 
     def resume_job(self, job_id: str) -> dict[str, Any]:
+        self._require_runner()
         return job_view(self._jobs.resume(self._owner, job_id), self._owner)
 
     def job_manifest(self, job_id: str) -> bytes:
@@ -243,13 +257,23 @@ class LocalHost:
         assert account is not None
         return account
 
+    def _require_runner(self) -> None:
+        if self._lock_fd is None:
+            raise ServiceError(f"another {RUNNER} is using the state directory {self._dir}")
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     def close(self) -> None:
         """Stop every enclave; a job still running is interrupted, to resume later."""
         try:
-            self._jobs.close()
+            if self._lock_fd is not None:
+                self._jobs.close()
             self._db.close()
         finally:
-            os.close(self._lock_fd)
+            self._unlock()
 
     def __enter__(self) -> LocalHost:
         return self
