@@ -28,13 +28,14 @@ Speed without weaker guarantees:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -47,6 +48,11 @@ from chiron.host.db import UPLOAD_KINDS, Account, Database, Dataset, Model, Uplo
 from chiron.host.store import ArtifactStore, file_sha256
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Blocks gathered by one writev call (POSIX guarantees at least 16; Linux takes 1024).
+try:
+    _IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))
+except (ValueError, OSError):
+    _IOV_MAX = 16
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
@@ -74,6 +80,30 @@ def _recorded_boot(record: Path) -> str | None:
         return None
 
 
+Buffer = bytes | bytearray | memoryview
+
+
+def _update(digest: hashlib._Hash, blocks: Sequence[Buffer]) -> None:
+    for block in blocks:
+        digest.update(block)
+
+
+def _append(fd: int, blocks: Sequence[Buffer]) -> None:
+    """Write `blocks` in order at the end of `fd`, gathering them into few system calls."""
+    pending = [memoryview(block).cast("B") for block in blocks if len(block)]
+    while pending:
+        written = os.writev(fd, pending[:_IOV_MAX])
+        if not written:
+            raise OSError(errno.EIO, "no progress appending to a staging file")
+        while written:
+            head = pending[0]
+            if written < len(head):
+                pending[0], written = head[written:], 0
+            else:
+                pending.pop(0)
+                written -= len(head)
+
+
 class _RunningDigest:
     """The SHA-256 of the bytes appended to one staging file, updated in order off-thread."""
 
@@ -82,10 +112,10 @@ class _RunningDigest:
         self._state = hashlib.sha256()
         self._last: Future[None] | None = None
 
-    def add(self, helper: ThreadPoolExecutor, data: bytes | bytearray | memoryview) -> None:
-        # One helper thread runs the updates in submission order; each holds its buffer.
-        self._last = helper.submit(self._state.update, data)
-        self.covered += len(data)
+    def add(self, helper: ThreadPoolExecutor, blocks: Sequence[Buffer], size: int) -> None:
+        # One helper thread runs the updates in submission order; each holds its blocks.
+        self._last = helper.submit(_update, self._state, blocks)
+        self.covered += size
 
     def hexdigest(self) -> str:
         if self._last is not None:
@@ -227,17 +257,24 @@ class Uploads:
         upload_id: str,
         *,
         offset: int,
-        data: bytes | bytearray | memoryview,
+        data: Buffer | Sequence[Buffer],
         sha256: str,
         data_sha256: str | None = None,
     ) -> int:
         """Append one chunk at `offset`; return the new offset.
 
-        `data_sha256` is the data's SHA-256 when the caller computed it already (the
-        API route hashes the body while it arrives); it is compared like any other.
+        `data` is the chunk's bytes, or the blocks it arrived in. `data_sha256` is its
+        SHA-256 when the caller computed it already (the API route hashes the body while
+        it arrives); it is compared like any other.
         """
+        blocks: Sequence[Buffer] = (
+            (data,) if isinstance(data, bytes | bytearray | memoryview) else tuple(data)
+        )
+        size = sum(len(block) for block in blocks)
         if data_sha256 is None:
-            data_sha256 = hashlib.sha256(data).hexdigest()
+            digest = hashlib.sha256()
+            _update(digest, blocks)
+            data_sha256 = digest.hexdigest()
         if data_sha256 != sha256:
             raise IntegrityError("the chunk's SHA-256 does not match its bytes; send it again")
         with self._locked(upload_id):
@@ -246,25 +283,23 @@ class Uploads:
                 raise Conflict(f"upload {upload_id} is already complete")
             if offset != held:
                 raise Conflict(f"upload {upload_id} continues at byte {held}, not {offset}")
-            if not data:
+            if not size:
                 raise InputError("empty chunk")
-            if held + len(data) > upload.size:
+            if held + size > upload.size:
                 raise InputError(f"the chunk goes past the declared size of {upload.size} bytes")
             # The running digest goes on only from where it left off; anything else (a
             # restart, a failed write) leaves completion to read the file again.
             running = self._digests.pop(upload_id, None) or _RunningDigest()
             fd = os.open(self._staged(upload_id), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                _append(fd, blocks)
             finally:
                 os.close(fd)
             if running.covered == held:
-                running.add(self._hasher, data)
+                running.add(self._hasher, blocks, size)
                 self._digests[upload_id] = running
             self._syncs[upload_id] = self._syncer.submit(self._sync_in_background, upload_id)
-            return held + len(data)
+            return held + size
 
     def complete(self, account: Account, upload_id: str) -> tuple[str, str]:
         """Check and register the upload; return ("dataset" | "model", its id)."""

@@ -66,27 +66,32 @@ def download(service: Service, sha256: str, filename: str) -> StreamingResponse:
 
 @dataclass(frozen=True)
 class ReceivedBody:
-    """A request body of at most the route's limit, and its SHA-256 (hex)."""
+    """A request body of at most the route's limit, as the blocks it arrived in."""
 
-    data: memoryview
+    blocks: tuple[bytes, ...]
+    size: int
     sha256: str
 
 
 async def read_body(request: Request, limit: int) -> ReceivedBody:
-    """Receive a body into one buffer, hashing each block as it arrives.
+    """Receive a body, hashing each block as it arrives.
 
-    Hashing overlaps the transfer instead of following it, and the body is copied once.
-    The buffer grows with what arrives, not with what Content-Length announces, so a
-    client holds no more memory than it has sent.
+    Hashing overlaps the transfer instead of following it. The blocks are kept as they
+    came, not joined: a growing buffer would be copied again and again as it moves, and
+    the blocks can be written out as they are. Memory grows with what arrives, not with
+    what Content-Length announces.
     """
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise BodyTooLarge(f"a chunk holds at most {limit} bytes")
-    body = bytearray()
+    blocks: list[bytes] = []
+    size = 0
     digest = hashlib.sha256()
     async for block in request.stream():
-        if len(body) + len(block) > limit:
+        size += len(block)
+        if size > limit:
             raise BodyTooLarge(f"a chunk holds at most {limit} bytes")
-        body += block
-        digest.update(block)
-    return ReceivedBody(memoryview(body), digest.hexdigest())
+        if block:
+            blocks.append(block)
+            digest.update(block)
+    return ReceivedBody(tuple(blocks), size, digest.hexdigest())

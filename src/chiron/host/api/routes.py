@@ -207,7 +207,7 @@ async def put_chunk(
         caller,
         upload_id,
         offset=offset,
-        data=body.data,
+        data=body.blocks,
         sha256=sha256,
         data_sha256=body.sha256,
     )
