@@ -10,6 +10,10 @@ must not grow with the data set size.
 
 "raw+file" is the plain baseline doing the same file I/O (write + fsync, read back);
 "raw mem" is AES-256-GCM alone in memory, an upper bound no file format can reach.
+Ratios are Chiron's throughput over the baseline's, from the best of the repeats (and,
+beside it, the median of the repeats' own ratios); Chiron and the baseline take turns
+going first. The load average is printed beside the figures: on a shared machine it
+moves them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,7 +112,7 @@ def child(size_mib: int, directory: Path, repeats: int) -> dict:
     def record(name: str, seconds: float) -> None:
         times.setdefault(name, []).append(seconds)
 
-    for _ in range(repeats):
+    def chiron() -> None:
         start = time.perf_counter()
         encrypt_dataset(
             synthetic_batches(header.record_count, rng),
@@ -122,19 +127,41 @@ def child(size_mib: int, directory: Path, repeats: int) -> dict:
         verify_dataset(chd, key)
         record("chiron_verify_s", time.perf_counter() - start)
         chd.unlink()
+
+    def baseline() -> None:
         record("raw_encrypt_file_s", raw_encrypt(key, total, header.chunk_size, rng, raw))
         record("raw_verify_file_s", raw_decrypt_file(key, raw, header.chunk_size))
         raw.unlink()
+
+    for repeat in range(repeats):
+        for run in (chiron, baseline) if repeat % 2 == 0 else (baseline, chiron):
+            run()
         record("raw_encrypt_memory_s", raw_encrypt(key, total, header.chunk_size, rng, None))
         record("raw_verify_memory_s", raw_decrypt_memory(key, total, header.chunk_size, rng))
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {
-        "size_mib": size_mib,
-        "records": header.record_count,
-        "chunk_size": header.chunk_size,
-        "bytes": total,
-        "peak_rss_mib": peak_kib / 1024,
-    } | {name: min(values) for name, values in times.items()}
+    return (
+        {
+            "size_mib": size_mib,
+            "records": header.record_count,
+            "chunk_size": header.chunk_size,
+            "bytes": total,
+            "peak_rss_mib": peak_kib / 1024,
+        }
+        | {name: min(values) for name, values in times.items()}
+        | {
+            f"median_ratio_{step}": statistics.median(
+                raw_s / chiron_s
+                for chiron_s, raw_s in zip(
+                    times[f"chiron_{step}_s"], times[f"raw_{step}_file_s"], strict=True
+                )
+            )
+            for step in ("encrypt", "verify")
+        }
+    )
+
+
+def load() -> str:
+    return "/".join(f"{value:.1f}" for value in os.getloadavg())
 
 
 def main() -> None:
@@ -148,6 +175,7 @@ def main() -> None:
         print(json.dumps(child(args.child, args.dir, args.repeats)))
         return
 
+    load_before = load()
     with tempfile.TemporaryDirectory(dir=args.dir) as directory:
         results = []
         for size in args.sizes_mib:
@@ -171,9 +199,12 @@ def main() -> None:
     def rate(result: dict, key: str) -> float:
         return result["bytes"] / MIB / result[key]
 
-    print(f"chunk size {results[0]['chunk_size']} bytes; throughput in MiB/s")
     print(
-        f"{'size':>8} {'step':>8} {'chiron':>8} {'raw+file':>9} {'ratio':>6} "
+        f"chunk size {results[0]['chunk_size']} bytes; throughput in MiB/s, best of "
+        f"{args.repeats}; load average (1/5/15 min) {load_before} before, {load()} after"
+    )
+    print(
+        f"{'size':>8} {'step':>8} {'chiron':>8} {'raw+file':>9} {'ratio':>6} {'median':>7} "
         f"{'raw mem':>8} {'ratio':>6} {'peak RSS':>9}"
     )
     for result in results:
@@ -183,7 +214,8 @@ def main() -> None:
             raw_memory = rate(result, f"raw_{step}_memory_s")
             print(
                 f"{result['size_mib']:>5} MiB {step:>8} {chiron:>8.0f} {raw_file:>9.0f} "
-                f"{chiron / raw_file:>6.2f} {raw_memory:>8.0f} {chiron / raw_memory:>6.2f} "
+                f"{chiron / raw_file:>6.2f} {result[f'median_ratio_{step}']:>7.2f} "
+                f"{raw_memory:>8.0f} {chiron / raw_memory:>6.2f} "
                 f"{result['peak_rss_mib']:>6.0f} MiB"
             )
     peaks = [r["peak_rss_mib"] for r in results]
