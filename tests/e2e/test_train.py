@@ -208,3 +208,35 @@ def test_a_local_job_killed_mid_run_resumes_to_the_same_weights(
     assert not list((chiron_home / "jobs").glob("*/checkpoint.sealed"))
     again = run_chiron("service", "jobs", "show", job, "--local", "--json")
     assert json.loads(again.stdout)["state"] == "done"
+
+
+def test_ctrl_c_leaves_a_local_job_interrupted_to_resume(world, run_chiron, chiron_home):
+    """SIGINT stops the client's enclave and marks its job interrupted, checkpoints kept."""
+    slow_recipe = world.write_recipe(
+        "slow.py",
+        TINY_RECIPE.replace('"epochs": 2, "batch_size": 16', '"epochs": 4, "batch_size": 4')
+        + SLOW_STEPS,
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHIRON_")}
+    env["CHIRON_HOME"] = str(chiron_home)
+    args = train_args(world, recipe=slow_recipe, out=world.root / "model.chm")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chiron", *map(str, args)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoints = chiron_home / "jobs"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(checkpoints.glob("*/checkpoint.sealed")):
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert "Traceback" not in stderr
+    listed = run_chiron("service", "jobs", "list", "--local", "--json")
+    jobs = json.loads(listed.stdout)
+    assert [(job["state"], job["reason"]) for job in jobs] == [("interrupted", "host_restart")]
+    assert list(checkpoints.glob(f"{jobs[0]['id']}/checkpoint.sealed"))
+    assert not (world.root / "model.chm").exists()
