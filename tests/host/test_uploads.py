@@ -114,18 +114,21 @@ def test_after_a_reboot_an_upload_resumes_from_what_was_durable(host, dataset, m
     assert list(host.staging.iterdir()) == []
 
 
-@pytest.mark.parametrize("record", ["", "garbage", "999999999 other-boot"])
-def test_after_a_reboot_a_damaged_or_boastful_record_never_extends_an_upload(
+@pytest.mark.parametrize("record", [None, "", "garbage", "999999999 other-boot"])
+def test_after_a_reboot_a_lost_damaged_or_boastful_record_never_extends_an_upload(
     host, dataset, monkeypatch, record
 ):
     upload_id = start(host, dataset)
     host.append(upload_id, dataset[: 2 * CHUNK], 0)
     host.settle(upload_id)
-    (host.staging / f"{upload_id}.synced").write_text(record)
+    if record is None:
+        (host.staging / f"{upload_id}.synced").unlink()
+    else:
+        (host.staging / f"{upload_id}.synced").write_text(record)
     monkeypatch.setattr(uploads_module, "_boot_id", lambda: "the next boot")
     host.restart()
     # Unreadable: start over. A length beyond the file cuts nothing and adds nothing.
-    assert offset_of(host, upload_id) == (2 * CHUNK if record.startswith("999") else 0)
+    assert offset_of(host, upload_id) == (2 * CHUNK if record and record[0] == "9" else 0)
 
 
 def test_a_staging_file_altered_while_the_service_was_down_is_discarded(host, dataset):

@@ -201,9 +201,9 @@ class Uploads:
                 path.unlink(missing_ok=True)
         for upload_id in open_ids:
             staged, record = self._staged(upload_id), self._sync_record(upload_id)
-            # No record: staged before records existed, when every chunk was fsynced.
-            if not staged.exists() or not record.exists():
+            if not staged.exists():
                 continue
+            # A missing or unreadable record vouches for nothing: the upload starts over.
             if _recorded_boot(record) == self._boot != "unknown":
                 continue  # the same boot: the page cache still holds every byte
             durable = _durable_length(record)
