@@ -178,12 +178,16 @@ def test_forged_record_count_is_refused_before_reading(tmp_path, dataset):
         load_dataset(path, key)
 
 
-def test_authentic_but_out_of_range_labels_are_refused_on_read(tmp_path):
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [([1, 7], "record 1 has label 7"), ([-1, 2], "record 0 has label -1"), ([2, 3], "label 3")],
+)
+def test_authentic_but_out_of_range_labels_are_refused_on_read(tmp_path, labels, message):
     # Only a key holder can make such a file; the reader still validates every label.
     schema = DatasetSchema((2,), "float32", 3)
     header = DatasetHeader.plan(dataset_format.new_dataset_id(), schema, 2)
     x = np.zeros((2, 2), dtype="<f4")
-    y = np.array([1, 7], dtype="<i8")
+    y = np.array(labels, dtype="<i8")
     key = random_key()
     path = tmp_path / "bad.chd"
     with open(path, "wb") as out:
@@ -196,8 +200,10 @@ def test_authentic_but_out_of_range_labels_are_refused_on_read(tmp_path):
             chunks=[x.tobytes(), y.tobytes()],
             chunk_size=header.chunk_size,
         )
-    with pytest.raises(InputError, match="record 1 has label 7"):
+    with pytest.raises(InputError, match=message):
         load_dataset(path, key)
+    with pytest.raises(InputError, match=message):
+        verify_dataset(path, key)
 
 
 @pytest.mark.parametrize(

@@ -163,6 +163,9 @@ def _records_of_batch(
 def _check_labels(y: np.ndarray, num_classes: int, first_record: int) -> None:
     if not len(y):
         return
+    # Stored labels take one reduction: read as unsigned, a negative label is huge.
+    if y.dtype == LABEL_DTYPE and int(y.view(np.uint64).max()) < num_classes:
+        return
     low, high = int(y.min()), int(y.max())
     if low < 0 or high >= num_classes:
         bad = low if low < 0 else high
@@ -314,15 +317,25 @@ class _DatasetReader:
 
         The arrays are views of a reused buffer, valid until the next item.
         """
+        schema = self.header.schema
+        element = _element_dtype(schema)
+        for first, plaintext, y in self.labelled_chunks():
+            count = len(y)
+            x = np.frombuffer(plaintext, dtype=element, count=count * schema.input_elements)
+            yield first, x.reshape(count, *schema.input_shape), y
+
+    def labelled_chunks(self) -> Iterator[tuple[int, memoryview, np.ndarray]]:
+        """Yield (first record index, plaintext, y) per chunk, authenticated and validated.
+
+        What verification needs, without making arrays of the records it does not keep.
+        """
         header, what = self.header, self._what
         schema = header.schema
-        element = _element_dtype(schema)
         first = 0
         for index, plaintext in enumerate(self._chunks):
             count = header.records_in_chunk(index)
             if count < 1 or len(plaintext) != count * header.stored_record_bytes:
                 raise InputError(f"{what}: chunk {index} does not match the header's layout")
-            x = np.frombuffer(plaintext, dtype=element, count=count * schema.input_elements)
             y = np.frombuffer(
                 plaintext, dtype=LABEL_DTYPE, count=count, offset=count * schema.record_bytes
             )
@@ -330,7 +343,7 @@ class _DatasetReader:
                 _check_labels(y, schema.num_classes, first)
             except InputError as exc:
                 raise InputError(f"{what}: {exc}") from None
-            yield first, x.reshape(count, *schema.input_shape), y
+            yield first, plaintext, y
             first += count
         if first != header.record_count:
             raise InputError(f"{what} holds {first} records, its header says {header.record_count}")
@@ -362,7 +375,7 @@ def verify_dataset(
 ) -> DatasetHeader:
     """Authenticate and validate every record without keeping them: constant memory."""
     with _DatasetReader(path, key) as reader:
-        for _, _, y_part in reader.records():
+        for _, _, y_part in reader.labelled_chunks():
             if on_records is not None:
                 on_records(len(y_part))
         return reader.header
