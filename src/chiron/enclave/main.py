@@ -38,7 +38,7 @@ from chiron.enclave.context import EnclaveContext
 # lazily so a role loads only what it uses; each returns a result with `to_wire()`.
 HANDLERS: dict[Call, tuple[str, Any]] = {
     Call.ATTEST: ("chiron.enclave.attestation:handle_attest", contract.AttestRequest),
-    Call.TRAIN: ("chiron.enclave.trainer:handle_train", contract.TrainRequest),
+    Call.TRAIN: ("chiron.enclave.train_call:handle_train", contract.TrainRequest),
     Call.LOAD_MODEL: ("chiron.enclave.query:handle_load_model", contract.LoadModelRequest),
     Call.PROVISION_SHARE: (
         "chiron.enclave.query:handle_provision_share",

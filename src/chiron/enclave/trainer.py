@@ -301,18 +301,6 @@ class ParameterExchange(Protocol):
         """What this worker's call returns besides the model (the wire trace, timings)."""
 
 
-def handle_train(
-    context: EnclaveContext, request: TrainRequest, emit: Callable[[dict[str, Any]], None]
-) -> TrainResult:
-    job = accept_job(context, request)
-    if request.authorization.group is not None:
-        # One training enclave of a distributed job: torch (for gloo) loads only here.
-        from chiron.enclave.distributed.worker import train_worker
-
-        return train_worker(context, job, request, emit)
-    return train(context, job, emit)
-
-
 def train(
     context: EnclaveContext,
     job: AcceptedJob,
