@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chiron.client import options
 from chiron.client.attestation import SimRootSource, load_policy, service_sim_roots
@@ -38,8 +38,10 @@ from chiron.core.limits import CALL_SILENCE_SECONDS, MAX_RECIPE_BYTES
 from chiron.core.manifest import DatasetRef, Plan
 from chiron.core.recipe_statement import SignedRecipeStatement
 from chiron.core.roles import Role
-from chiron.host.enclaves import ManagedEnclave
-from chiron.host.local import LocalHost
+
+if TYPE_CHECKING:  # the host's code loads only when this machine runs a job
+    from chiron.host.enclaves import ManagedEnclave
+    from chiron.host.local import LocalHost
 
 ProgressHandler = Callable[[int, int], None]
 
@@ -263,6 +265,8 @@ def local_host(state_dir: Path, *, view_only: bool = False) -> LocalHost:
     checkpoints are kept in `state_dir/jobs/<job id>` until the job ends. `view_only`:
     to look at its jobs even while another process runs them.
     """
+    from chiron.host.enclaves import ManagedEnclave
+    from chiron.host.local import LocalHost
 
     def start_enclave(job_id: str) -> ManagedEnclave:
         session = LocalEnclaveSession(Role.TRAIN, state_dir)
