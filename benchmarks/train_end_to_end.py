@@ -162,11 +162,16 @@ PHASES = (
 )
 
 
-def _process_name(entry: str) -> str:
-    argv = entry.partition(":")[2].strip('"')
-    for name in ("chiron.enclave.main", "sandbox.child", "chiron train"):
-        if name in argv:
-            return {"chiron train": "client (chiron train)"}.get(name, name)
+def _process_name(processes: list[str]) -> str:
+    """The sampled process, named by its role (the sandbox's bootstrap starts its worker)."""
+    argv = processes[-1].partition(":")[2].strip('"')
+    if "sandbox.child" in argv:
+        nested = sum("sandbox.child" in entry for entry in processes)
+        return "sandbox worker (the recipe)" if nested > 1 else "sandbox bootstrap"
+    if "chiron.enclave.main" in argv:
+        return "enclave"
+    if "chiron train" in argv:
+        return "client (chiron train)"
     return argv[:40]
 
 
@@ -193,7 +198,7 @@ def profile(command: list[str], env: dict[str, str], root: Path) -> None:
         if not processes or "_bootstrap" in frames or "Thread._bootstrap" in frames:
             continue
         phase = next((label for name, label in PHASES if name in frames), "other (imports, I/O)")
-        by_process.setdefault(_process_name(processes[-1]), Counter())[phase] += int(count)
+        by_process.setdefault(_process_name(processes), Counter())[phase] += int(count)
     for process, phases in by_process.items():
         total = sum(phases.values())
         print(f"profile of {process} (main thread): {total / rate:.1f} s sampled")
