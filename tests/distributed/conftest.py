@@ -108,10 +108,18 @@ class World:
         workers: int = 2,
         recipe: Path | None = None,
         pin_provider: bool = True,
+        fixed_rate: bool = False,
     ) -> list[object]:
-        """`chiron train` of the provider's signed recipe; `pin_provider`: with --provider."""
+        """`chiron train` of the provider's signed recipe; `pin_provider`: with --provider.
+
+        Without `fixed_rate` the job runs free (`--no-fixed-rate`): these tests are about
+        exchanges, membership and failures, and a group's clock would make each run many
+        times longer; `test_fixed_rate_group.py` runs the default.
+        """
         chd, key = self.dataset(dataset)
         pinned = ["--provider", f"{self.provider}.pub"] if pin_provider else []
+        if not fixed_rate:
+            pinned.append("--no-fixed-rate")
         return [
             "train",
             "--allow-simulation",

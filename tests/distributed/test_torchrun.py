@@ -71,6 +71,7 @@ def test_torchrun_nodes_train_one_model_asynchronously(world):
             "2",
             "--async-staleness",
             "1",
+            "--no-fixed-rate",  # about the rendezvous, not the clock (see conftest.train_args)
             "--exchange-every",
             "5",
             "--allow-simulation",

@@ -100,7 +100,8 @@ def train(
         None,
         "--fixed-rate/--no-fixed-rate",
         help="run on a fixed clock: progress, checkpoints, exchanges and the end happen "
-        "only every period, whatever the data (default: off; on with --period-ms)",
+        "only every period, whatever the data (default: on with several workers or "
+        "--period-ms, off otherwise)",
     ),
     period_ms: int | None = typer.Option(
         None,

@@ -262,6 +262,8 @@ class Connection:
         epochs: int | None = None,
         seed: int = 0,
         workers: int = 1,
+        fixed_rate: bool | None = None,
+        period_ms: int | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> TrainingRun:
         """Train a provider's recipe on an encrypted dataset inside an attested enclave.
@@ -270,7 +272,9 @@ class Connection:
         with `url=` the name of a recipe registered there. `provider` (a .pub file or a
         PublicIdentity) pins who must have signed the recipe. `epochs` overrides the
         recipe's; `workers` > 1 trains locally on several enclaves with a parameter
-        server. `on_progress(step, total)` is called as training advances. Calling
+        server. `fixed_rate` puts everything the host sees on a fixed clock (period
+        `period_ms`, or calibrated); it is on by default with several workers, off with
+        one. `on_progress(step, total)` is called as training advances. Calling
         `train` again with the same arguments after an interruption (a crash, a killed
         kernel) continues the unfinished job from its last sealed checkpoint.
         """
@@ -291,7 +295,13 @@ class Connection:
             data_key_path=Path(data_key),
             owner_key=Path(owner),
             provider=pinned,
-            plan=targets.make_plan(seed=seed, epochs=epochs, workers=workers),
+            plan=targets.make_plan(
+                seed=seed,
+                epochs=epochs,
+                workers=workers,
+                fixed_rate=fixed_rate,
+                period_ms=period_ms,
+            ),
             on_progress=on_progress,
         )
         return TrainingRun._from(trained)
