@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from chiron.core.contract import TrainAuthorization
+from chiron.core.limits import CALL_SILENCE_SECONDS, TRAIN_SILENCE_SECONDS
 from chiron.enclave.boundary import EnclaveProcess
 
 EventHandler = Callable[[dict[str, Any]], None]
 
 # Longest silence tolerated from a training enclave (it reports progress every 1% of
 # steps); the enclave bounds each sandbox step itself.
-TRAIN_SILENCE_SECONDS = 6 * 3600.0
 
 
 class EnclaveSession(Protocol):
@@ -89,7 +89,7 @@ class LocalEnclaveSession:
         self, name: str, args: dict[str, Any], on_event: EventHandler | None = None
     ) -> dict[str, Any]:
         merged = {**self._extra_args.get(name, {}), **args}
-        timeout = TRAIN_SILENCE_SECONDS if name in ("train", "exchange") else 600.0
+        timeout = TRAIN_SILENCE_SECONDS if name in ("train", "exchange") else CALL_SILENCE_SECONDS
         return self._process.call(name, merged, on_event=on_event, timeout=timeout)
 
     def close(self) -> None:

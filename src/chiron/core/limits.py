@@ -34,3 +34,6 @@ MAX_ROOT_DOCUMENT_BYTES = 16 * 1024
 # How long a host, or a relay standing in for one, waits for an enclave's next word on an
 # ordinary call (training calls report progress and have their own, longer bound).
 CALL_SILENCE_SECONDS = 600.0
+# ... and for a training or exchange call, which speaks at every step but may wait long
+# for a slow first epoch or a group's slowest member.
+TRAIN_SILENCE_SECONDS = 6 * 3600.0

@@ -37,6 +37,7 @@ from chiron.core.errors import (
     JobFailed,
     NotFound,
 )
+from chiron.core.limits import TRAIN_SILENCE_SECONDS
 
 # Imported by name: in this module "authorization" is the owner's signed TrainAuthorization.
 from chiron.host.authorization import Action, Kind, find, listing, require
@@ -57,7 +58,6 @@ from chiron.host.store import ArtifactStore
 log = logging.getLogger("chiron.host.jobs")
 
 # Longest silence tolerated from a training enclave; it reports progress every 1% of steps.
-TRAIN_SILENCE_SECONDS = 6 * 3600.0
 HOST_RESTART = "host_restart"
 ABANDONED = "abandoned"
 # Makes a job's training enclave, for hosts that start enclaves their own way.

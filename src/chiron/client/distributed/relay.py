@@ -25,11 +25,11 @@ from chiron.client.distributed.owner import (
     new_job_id,
     run_distributed_training,
 )
-from chiron.client.sessions import TRAIN_SILENCE_SECONDS, EventHandler
+from chiron.client.sessions import EventHandler
 from chiron.core.attestation import Policy
 from chiron.core.errors import ChironError, UsageError
 from chiron.core.keys import DataKey, Identity
-from chiron.core.limits import CALL_SILENCE_SECONDS
+from chiron.core.limits import CALL_SILENCE_SECONDS, TRAIN_SILENCE_SECONDS
 from chiron.core.manifest import DatasetRef, Plan
 from chiron.core.recipe_statement import SignedRecipeStatement
 from chiron.enclave.boundary import (
