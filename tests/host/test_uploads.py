@@ -13,6 +13,7 @@ import pytest
 from chiron.client.remote import ServiceClient
 from chiron.client.remote.service_client import file_digests
 from chiron.core.errors import Conflict, IntegrityError
+from chiron.host import staging
 from chiron.host import uploads as uploads_module
 from chiron.host.accounts import create_account
 from chiron.host.config import ServiceConfig
@@ -105,7 +106,7 @@ def test_after_a_reboot_an_upload_resumes_from_what_was_durable(host, dataset, m
     monkeypatch.setattr(uploads_module.Uploads, "_sync_in_background", lambda self, _: None)
     host.append(upload_id, dataset[CHUNK : 3 * CHUNK], CHUNK)
     monkeypatch.undo()
-    monkeypatch.setattr(uploads_module, "_boot_id", lambda: "the next boot")
+    monkeypatch.setattr(uploads_module, "boot_id", lambda: "the next boot")
     host.restart()
     # Only what was recorded durable counts; the client resends the rest.
     assert offset_of(host, upload_id) == CHUNK
@@ -125,7 +126,7 @@ def test_after_a_reboot_a_lost_damaged_or_boastful_record_never_extends_an_uploa
         (host.staging / f"{upload_id}.synced").unlink()
     else:
         (host.staging / f"{upload_id}.synced").write_text(record)
-    monkeypatch.setattr(uploads_module, "_boot_id", lambda: "the next boot")
+    monkeypatch.setattr(uploads_module, "boot_id", lambda: "the next boot")
     host.restart()
     # Unreadable: start over. A length beyond the file cuts nothing and adds nothing.
     assert offset_of(host, upload_id) == (2 * CHUNK if record and record[0] == "9" else 0)
@@ -229,7 +230,7 @@ def test_the_client_sends_a_chunk_in_pieces_and_resumes_mid_chunk(tmp_path, monk
 def test_a_chunk_received_in_blocks_is_appended_in_order(host, dataset, monkeypatch):
     # The route hands over the blocks the body arrived in; they are written gathered,
     # a few per system call here, and hashed in order for the whole-file digest.
-    monkeypatch.setattr(uploads_module, "_IOV_MAX", 3)
+    monkeypatch.setattr(staging, "_IOV_MAX", 3)
     upload_id = start(host, dataset)
     cuts = [0, 1, 2, 100, 101, 5000, 9000, 9001, len(dataset)]
     blocks = [dataset[a:b] for a, b in itertools.pairwise(cuts)]

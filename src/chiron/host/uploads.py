@@ -28,7 +28,6 @@ Speed without weaker guarantees:
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -45,82 +44,18 @@ from chiron.core.errors import Conflict, InputError, IntegrityError
 from chiron.host import authorization, headers
 from chiron.host.authorization import Action, Kind
 from chiron.host.db import UPLOAD_KINDS, Account, Database, Dataset, Model, Upload, now
+from chiron.host.staging import (
+    Buffer,
+    RunningDigest,
+    append,
+    boot_id,
+    durable_length,
+    recorded_boot,
+    update,
+)
 from chiron.host.store import ArtifactStore, file_sha256
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-# Blocks gathered by one writev call (POSIX guarantees at least 16; Linux takes 1024).
-try:
-    _IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))
-except (ValueError, OSError):
-    _IOV_MAX = 16
-_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
-
-
-def _boot_id() -> str:
-    """This boot of the machine ("unknown" where the kernel does not say)."""
-    try:
-        return _BOOT_ID.read_text().strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
-def _durable_length(record: Path) -> int:
-    """The length an `<id>.synced` record vouches for after a reboot (0 if unreadable)."""
-    try:
-        size, _ = record.read_text().split()
-        return int(size)
-    except (OSError, ValueError):
-        return 0
-
-
-def _recorded_boot(record: Path) -> str | None:
-    try:
-        return record.read_text().split()[1]
-    except (OSError, IndexError):
-        return None
-
-
-Buffer = bytes | bytearray | memoryview
-
-
-def _update(digest: hashlib._Hash, blocks: Sequence[Buffer]) -> None:
-    for block in blocks:
-        digest.update(block)
-
-
-def _append(fd: int, blocks: Sequence[Buffer]) -> None:
-    """Write `blocks` in order at the end of `fd`, gathering them into few system calls."""
-    pending = [memoryview(block).cast("B") for block in blocks if len(block)]
-    while pending:
-        written = os.writev(fd, pending[:_IOV_MAX])
-        if not written:
-            raise OSError(errno.EIO, "no progress appending to a staging file")
-        while written:
-            head = pending[0]
-            if written < len(head):
-                pending[0], written = head[written:], 0
-            else:
-                pending.pop(0)
-                written -= len(head)
-
-
-class _RunningDigest:
-    """The SHA-256 of the bytes appended to one staging file, updated in order off-thread."""
-
-    def __init__(self) -> None:
-        self.covered = 0
-        self._state = hashlib.sha256()
-        self._last: Future[None] | None = None
-
-    def add(self, helper: ThreadPoolExecutor, blocks: Sequence[Buffer], size: int) -> None:
-        # One helper thread runs the updates in submission order; each holds its blocks.
-        self._last = helper.submit(_update, self._state, blocks)
-        self.covered += size
-
-    def hexdigest(self) -> str:
-        if self._last is not None:
-            self._last.result()
-        return self._state.hexdigest()
 
 
 class Uploads:
@@ -137,13 +72,13 @@ class Uploads:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         # Per open upload, the SHA-256 of what this process appended, from byte 0 on.
-        self._digests: dict[str, _RunningDigest] = {}
+        self._digests: dict[str, RunningDigest] = {}
         # Helper threads hash appended chunks and sync staging files while the next
         # chunks arrive: hashlib and fdatasync release the GIL.
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chiron-upload-hash")
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chiron-upload-sync")
         self._syncs: dict[str, Future[None]] = {}
-        self._boot = _boot_id()
+        self._boot = boot_id()
 
     def _staged(self, upload_id: str) -> Path:
         return self._staging / f"{upload_id}.part"
@@ -204,9 +139,9 @@ class Uploads:
             if not staged.exists():
                 continue
             # A missing or unreadable record vouches for nothing: the upload starts over.
-            if _recorded_boot(record) == self._boot != "unknown":
+            if recorded_boot(record) == self._boot != "unknown":
                 continue  # the same boot: the page cache still holds every byte
-            durable = _durable_length(record)
+            durable = durable_length(record)
             if staged.stat().st_size > durable:
                 with open(staged, "r+b") as handle:
                     handle.truncate(durable)
@@ -273,7 +208,7 @@ class Uploads:
         size = sum(len(block) for block in blocks)
         if data_sha256 is None:
             digest = hashlib.sha256()
-            _update(digest, blocks)
+            update(digest, blocks)
             data_sha256 = digest.hexdigest()
         if data_sha256 != sha256:
             raise IntegrityError("the chunk's SHA-256 does not match its bytes; send it again")
@@ -289,10 +224,10 @@ class Uploads:
                 raise InputError(f"the chunk goes past the declared size of {upload.size} bytes")
             # The running digest goes on only from where it left off; anything else (a
             # restart, a failed write) leaves completion to read the file again.
-            running = self._digests.pop(upload_id, None) or _RunningDigest()
+            running = self._digests.pop(upload_id, None) or RunningDigest()
             fd = os.open(self._staged(upload_id), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                _append(fd, blocks)
+                append(fd, blocks)
             finally:
                 os.close(fd)
             if running.covered == held:
