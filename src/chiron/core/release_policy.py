@@ -69,10 +69,10 @@ class ReleaseFacts:
     now: int
 
 
-class ReleaseCheck(Check):
+class ReleaseCheck(Check[ReleaseFacts]):
     """One rule of a release policy; composes with `AllOf` and `AnyOf` like any check."""
 
-    def evaluate(self, claims: Any) -> list[CheckResult]:
+    def evaluate(self, claims: ReleaseFacts) -> list[CheckResult]:
         return self.appraise(claims)
 
     @abstractmethod
@@ -262,9 +262,9 @@ class ReleasePolicy:
             UNSAFE_allow_simulation=self.UNSAFE_allow_simulation,
         )
 
-    def rules(self) -> AllOf:
+    def rules(self) -> AllOf[ReleaseFacts]:
         """The release rules this policy stands for (beyond the attestation policy)."""
-        checks: list[Check] = [
+        checks: list[Check[ReleaseFacts]] = [
             ChallengeFresh(),
             OwnerSigned(),
             RoleIsQuery(),

@@ -14,7 +14,7 @@ import functools
 import hashlib
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -177,12 +177,12 @@ class _Progress:
     """Owner metrics so far; sealed inside every checkpoint so a resume keeps them."""
 
     step: int = 0
-    epoch_accuracy: list[float] | None = None
+    epoch_accuracy: list[float] = field(default_factory=list)
 
     def to_bytes(self, plan: TrainingPlan) -> bytes:
         """Of one size for `plan`, whatever the accuracies (see `_padded_json`)."""
         return _padded_json(
-            {"step": self.step, "epoch_accuracy": self.epoch_accuracy or []},
+            {"step": self.step, "epoch_accuracy": self.epoch_accuracy},
             {"step": plan.total_steps, "epoch_accuracy": [_WIDEST_FLOAT] * plan.epochs},
         )
 

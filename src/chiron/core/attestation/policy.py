@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from chiron.core.attestation.evidence import (
     PLATFORM_SEV_SNP,
@@ -45,34 +45,39 @@ def _short(measurement: str) -> str:
     return measurement[:16] + "…"
 
 
-class Check(ABC):
+# What a check reads: the appraised `Claims`, or a hardware report's `HardwareClaims`. A
+# check of either (`Check[Claims | HardwareClaims]`) composes into a tree of each.
+ClaimsT = TypeVar("ClaimsT", contravariant=True)
+
+
+class Check(ABC, Generic[ClaimsT]):
     """One composable part of a policy."""
 
     @abstractmethod
-    def evaluate(self, claims: Claims) -> list[CheckResult]:
+    def evaluate(self, claims: ClaimsT) -> list[CheckResult]:
         """Every result this check produces for `claims` (leaves produce one)."""
 
 
-class AllOf(Check):
+class AllOf(Check[ClaimsT]):
     """Every check must pass; all of their results are reported."""
 
-    def __init__(self, *checks: Check) -> None:
+    def __init__(self, *checks: Check[ClaimsT]) -> None:
         self.checks = checks
 
-    def evaluate(self, claims: Claims) -> list[CheckResult]:
+    def evaluate(self, claims: ClaimsT) -> list[CheckResult]:
         return [result for check in self.checks for result in check.evaluate(claims)]
 
 
-class AnyOf(Check):
+class AnyOf(Check[ClaimsT]):
     """One alternative must pass; reported as a single result named `name`."""
 
-    def __init__(self, name: str, *checks: Check) -> None:
+    def __init__(self, name: str, *checks: Check[ClaimsT]) -> None:
         if not checks:
             raise ValueError("AnyOf needs at least one alternative")
         self.name = name
         self.checks = checks
 
-    def evaluate(self, claims: Claims) -> list[CheckResult]:
+    def evaluate(self, claims: ClaimsT) -> list[CheckResult]:
         results = [result for check in self.checks for result in check.evaluate(claims)]
         for result in results:
             if result.passed:
@@ -90,7 +95,7 @@ class AnyOf(Check):
 
 
 @dataclass(frozen=True)
-class PlatformIs(Check):
+class PlatformIs(Check[Claims]):
     platform: str
 
     def evaluate(self, claims: Claims) -> list[CheckResult]:
@@ -102,7 +107,7 @@ class PlatformIs(Check):
 
 
 @dataclass(frozen=True)
-class MeasurementIs(Check):
+class MeasurementIs(Check[Claims]):
     measurement: str
 
     def evaluate(self, claims: Claims) -> list[CheckResult]:
@@ -118,7 +123,7 @@ class MeasurementIs(Check):
         ]
 
 
-class NotSimulated(Check):
+class NotSimulated(Check[Claims]):
     """Refuse simulated evidence: its root key is on the host, so it protects nothing."""
 
     def evaluate(self, claims: Claims) -> list[CheckResult]:
@@ -133,7 +138,7 @@ class NotSimulated(Check):
         return [CheckResult("simulation", True, f"hardware platform {claims.platform}")]
 
 
-class UNSAFE_SimulationAllowed(Check):
+class UNSAFE_SimulationAllowed(Check[Claims]):
     """Accept simulated evidence, for development on machines without a TEE."""
 
     def evaluate(self, claims: Claims) -> list[CheckResult]:
@@ -148,7 +153,7 @@ class UNSAFE_SimulationAllowed(Check):
         return [CheckResult("simulation", True, f"hardware platform {claims.platform}")]
 
 
-class VendorSignatureVerified(Check):
+class VendorSignatureVerified(Check[Claims]):
     """Hardware evidence must carry a vendor signature that was checked."""
 
     def evaluate(self, claims: Claims) -> list[CheckResult]:
@@ -170,7 +175,7 @@ def _vendor_verified(claims: Claims) -> str:
     return f"{reason}: {claims.vendor_detail}" if claims.vendor_detail else reason
 
 
-class UNSAFE_UnverifiedVendorSignatureAllowed(Check):
+class UNSAFE_UnverifiedVendorSignatureAllowed(Check[Claims]):
     """Accept hardware reports whose vendor signature was not checked."""
 
     def evaluate(self, claims: Claims) -> list[CheckResult]:
@@ -188,7 +193,7 @@ class UNSAFE_UnverifiedVendorSignatureAllowed(Check):
         ]
 
 
-class DebugDisabled(Check):
+class DebugDisabled(Check[Claims | HardwareClaims]):
     """A debug enclave's memory is readable by the host: refuse it."""
 
     def evaluate(self, claims: Claims | HardwareClaims) -> list[CheckResult]:
@@ -197,7 +202,7 @@ class DebugDisabled(Check):
         return [CheckResult("debug", True, "not a debug enclave")]
 
 
-class UNSAFE_DebugAllowed(Check):
+class UNSAFE_DebugAllowed(Check[Claims | HardwareClaims]):
     """Accept debug enclaves, for diagnosing a platform; never with real data."""
 
     def evaluate(self, claims: Claims | HardwareClaims) -> list[CheckResult]:
@@ -213,7 +218,7 @@ class UNSAFE_DebugAllowed(Check):
 
 
 @dataclass(frozen=True)
-class MinimumTcb(Check):
+class MinimumTcb(Check[Claims]):
     level: int
 
     def evaluate(self, claims: Claims) -> list[CheckResult]:
@@ -231,7 +236,7 @@ class MinimumTcb(Check):
 
 
 @dataclass(frozen=True)
-class MaxAge(Check):
+class MaxAge(Check[Claims]):
     seconds: int
 
     def evaluate(self, claims: Claims) -> list[CheckResult]:
@@ -413,14 +418,14 @@ def _short_hex(value: str) -> str:
     return value[:16] + "…" if len(value) > 16 else value
 
 
-class HardwareCheck(Check):
+class HardwareCheck(Check[HardwareClaims]):
     """One composable rule on the claims of a vendor-verified hardware report.
 
     It composes with `AllOf` and `AnyOf` like any check, but reads `HardwareClaims`.
     """
 
     @abstractmethod
-    def evaluate(self, claims: HardwareClaims) -> list[CheckResult]:  # type: ignore[override]
+    def evaluate(self, claims: HardwareClaims) -> list[CheckResult]:
         """Every result this rule produces for `claims`."""
 
 
@@ -677,8 +682,8 @@ class HardwarePolicy:
         for index, values in enumerate(self.rtmrs):
             for value in values:
                 _check_hex(value, 48, f"rtmr{index}")
-        for name, value in self.min_snp_tcb:
-            if name not in SNP_TCB_COMPONENTS or not 0 <= value <= 255:
+        for name, level in self.min_snp_tcb:
+            if name not in SNP_TCB_COMPONENTS or not 0 <= level <= 255:
                 raise PolicyError(
                     f"min_snp_tcb: {name} must be one of {', '.join(SNP_TCB_COMPONENTS)}, 0 to 255"
                 )

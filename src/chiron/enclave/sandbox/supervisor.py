@@ -295,9 +295,9 @@ class Sandbox:
         self._poll({self._from_child: select.POLLIN}, deadline)  # or fails with timeout
         if os.read(self._from_child, 1):
             self._fail(ReasonClass.BAD_OUTPUT)
-        reason = self._death_reason(clean_exit_ok=True)
-        if reason is not None:
-            self._fail(reason)
+        status = self._exit_status()
+        if status != 0:
+            self._fail(ReasonClass.BAD_OUTPUT if status is None else reason_for_exit(status))
         self.close()
 
     def close(self) -> None:
@@ -416,19 +416,20 @@ class Sandbox:
                 return ReasonClass.RESOURCE_LIMIT
         return ReasonClass.BAD_OUTPUT
 
-    def _death_reason(self, *, clean_exit_ok: bool = False) -> ReasonClass | None:
+    def _exit_status(self) -> int | None:
+        """How the child's process ended, once it closed its pipe (None: it did not end)."""
+        try:
+            return self._process.wait(timeout=_EXIT_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _death_reason(self) -> ReasonClass:
         """Why the child closed its pipe, from how its process ended.
 
-        A child that closed the pipe but does not exit is killed (bad_output). With
-        `clean_exit_ok`, a zero exit status returns None.
+        A child that closed the pipe but does not exit is killed (bad_output).
         """
-        try:
-            status = self._process.wait(timeout=_EXIT_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            return ReasonClass.BAD_OUTPUT
-        if status == 0 and clean_exit_ok:
-            return None
-        return reason_for_exit(status)
+        status = self._exit_status()
+        return ReasonClass.BAD_OUTPUT if status is None else reason_for_exit(status)
 
     def _fail(self, reason: ReasonClass) -> NoReturn:
         self._kill()
