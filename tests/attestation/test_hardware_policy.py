@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from tests.attestation.vendor_vectors import SNP, at
 
+from chiron.core.attestation.hardware_policy import HardwarePolicy
 from chiron.core.attestation.hardware_verifier import HardwareInputs, verify_hardware_evidence
-from chiron.core.attestation.policy import HardwarePolicy, Policy
+from chiron.core.attestation.policy import Policy
 from chiron.core.errors import PolicyError
 
 MEASUREMENT = "a" * 64

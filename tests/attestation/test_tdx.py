@@ -7,8 +7,8 @@ import json
 import pytest
 from tests.attestation.vendor_vectors import TDX, at, flip, read
 
+from chiron.core.attestation.hardware_policy import HardwarePolicy
 from chiron.core.attestation.hardware_verifier import HardwareInputs, verify_hardware_evidence
-from chiron.core.attestation.policy import HardwarePolicy
 from chiron.core.attestation.tdx import HEADER_BYTES, parse_quote
 from chiron.core.errors import InputError, UsageError
 

@@ -22,7 +22,7 @@ import pytest
 
 from chiron.client.attestation import appraise_evidence, load_policy
 from chiron.core.attestation import Evidence, Policy, VerificationReport, verify_evidence
-from chiron.core.attestation.policy import HardwarePolicy
+from chiron.core.attestation.hardware_policy import HardwarePolicy
 from chiron.core.attestation.snp_certificates import (
     ARK_GUID,
     ASK_GUID,

@@ -27,15 +27,9 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+from chiron.core.attestation.checks import AllOf, AnyOf, Check
 from chiron.core.attestation.evidence import PLATFORMS, is_measurement
-from chiron.core.attestation.policy import (
-    DEFAULT_MAX_AGE_SECONDS,
-    DEFAULT_MIN_TCB,
-    AllOf,
-    AnyOf,
-    Check,
-    Policy,
-)
+from chiron.core.attestation.policy import DEFAULT_MAX_AGE_SECONDS, DEFAULT_MIN_TCB, Policy
 from chiron.core.attestation.report import CheckResult, Claims
 from chiron.core.errors import PolicyError
 from chiron.core.roles import Role

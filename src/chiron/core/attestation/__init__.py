@@ -4,6 +4,13 @@ Shared by every party that must decide whether to trust an enclave: the owner's 
 provider's clients, and enclaves attesting each other. See docs/attestation.md.
 """
 
+from chiron.core.attestation.checks import (
+    AllOf,
+    AnyOf,
+    Check,
+    DebugDisabled,
+    UNSAFE_DebugAllowed,
+)
 from chiron.core.attestation.evidence import (
     NONCE_MAX_BYTES,
     NONCE_MIN_BYTES,
@@ -17,17 +24,12 @@ from chiron.core.attestation.evidence import (
     report_data_for,
 )
 from chiron.core.attestation.policy import (
-    AllOf,
-    AnyOf,
-    Check,
-    DebugDisabled,
     MaxAge,
     MeasurementIs,
     MinimumTcb,
     NotSimulated,
     PlatformIs,
     Policy,
-    UNSAFE_DebugAllowed,
     UNSAFE_SimulationAllowed,
     UNSAFE_UnverifiedVendorSignatureAllowed,
     VendorSignatureVerified,

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from chiron.core.attestation.event_log import parse_event_log
 from chiron.core.attestation.evidence import PLATFORM_SEV_SNP, PLATFORM_TDX
-from chiron.core.attestation.policy import HardwarePolicy
+from chiron.core.attestation.hardware_policy import HardwarePolicy
 from chiron.core.attestation.report import CheckResult, HardwareClaims, HardwareVerification
 from chiron.core.attestation.snp import parse_report, verify_report
 from chiron.core.attestation.snp_certificates import parse_certificate_table
