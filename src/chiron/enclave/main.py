@@ -32,6 +32,7 @@ from chiron.enclave.boundary import (
     failure_document,
 )
 from chiron.enclave.context import EnclaveContext
+from chiron.enclave.sandbox import _linux
 
 # Where each call is implemented, and the type its arguments arrive as (parsed and
 # validated by the type's `from_wire` before the handler runs). Handlers are imported
@@ -109,6 +110,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--platform", default="sim")
     options = parser.parse_args(argv)
+    # Not dumpable: /proc/<pid>/fd, mem and environ of this process open only to a
+    # process with CAP_SYS_PTRACE. The shared data file the recipe reads the decrypted
+    # records from is a memfd of this process; same-user processes must not reach it.
+    _linux.prctl(_linux.PR_SET_DUMPABLE, 0)
     # Keep the protocol streams private: nothing else in this process may write to
     # fd 1 by accident (a stray print would corrupt the framing).
     in_fd = os.dup(0)
