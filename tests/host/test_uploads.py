@@ -160,6 +160,28 @@ def test_a_wrong_whole_file_checksum_leaves_no_file(host, dataset):
     assert not host.service.store.exists(sha256(dataset))
 
 
+def test_a_write_back_error_seen_by_a_background_sync_leaves_no_file(host, dataset, monkeypatch):
+    """The kernel reports a failed write-back once, to the first sync that asks: if the
+    background sync was that one, the completion's own fsync passes while the disk does
+    not hold the hashed bytes. The upload is discarded instead of registered."""
+    upload_id = start(host, dataset)
+    real_fdatasync = uploads_module.os.fdatasync
+
+    def failing_fdatasync(fd: int) -> None:
+        monkeypatch.setattr(uploads_module.os, "fdatasync", real_fdatasync)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(uploads_module.os, "fdatasync", failing_fdatasync)
+    host.append(upload_id, dataset[:CHUNK], 0)
+    host.settle(upload_id)
+    host.append(upload_id, dataset[CHUNK:], CHUNK)
+    with pytest.raises(IntegrityError, match="disk failed"):
+        host.service.uploads.complete(host.owner, upload_id)
+    assert list(host.staging.iterdir()) == []
+    assert host.service.uploads.open_uploads(host.owner) == []
+    assert not host.service.store.exists(sha256(dataset))
+
+
 def test_a_chunk_whose_bytes_do_not_match_is_not_appended(host, dataset):
     upload_id = start(host, dataset)
     with pytest.raises(IntegrityError, match="chunk"):

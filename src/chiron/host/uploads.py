@@ -78,6 +78,10 @@ class Uploads:
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chiron-upload-hash")
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chiron-upload-sync")
         self._syncs: dict[str, Future[None]] = {}
+        # Uploads whose background sync the disk refused: the kernel reports a write-back
+        # error once, to the first sync that asks, so a later fsync may pass while the
+        # disk does not hold the bytes that were hashed. Such an upload never registers.
+        self._sync_failed: set[str] = set()
         self._boot = boot_id()
 
     def _staged(self, upload_id: str) -> Path:
@@ -95,6 +99,9 @@ class Uploads:
         try:
             size = os.fstat(fd).st_size
             os.fdatasync(fd)
+        except OSError:
+            self._sync_failed.add(upload_id)
+            raise
         finally:
             os.close(fd)
         # Written after the data is durable, so it never vouches for more than the disk
@@ -246,6 +253,11 @@ class Uploads:
                 raise Conflict(f"upload {upload_id} has {held} of {upload.size} bytes")
             staged = self._staged(upload_id)
             self._wait_for_sync(upload_id)
+            if upload_id in self._sync_failed:
+                self._discard(upload_id)
+                raise IntegrityError(
+                    "the service's disk failed while storing the upload; it was discarded"
+                )
             # One fsync for the whole file, before anything can be registered.
             with open(staged, "rb") as handle:
                 os.fsync(handle.fileno())
@@ -330,6 +342,7 @@ class Uploads:
 
     def _discard(self, upload_id: str) -> None:
         self._wait_for_sync(upload_id)
+        self._sync_failed.discard(upload_id)
         self._digests.pop(upload_id, None)
         with self._db.transaction() as session:
             upload = session.get(Upload, upload_id)
