@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import textwrap
@@ -20,14 +21,21 @@ from typing import Any
 import numpy as np
 import pytest
 
-from chiron.client import targets
+from chiron.client import signed_jobs, targets
 from chiron.client.attestation import load_policy, service_sim_roots
 from chiron.client.jobs import resume_job
 from chiron.client.remote import RemoteJobSession, ServiceClient
 from chiron.client.sessions import EventHandler
 from chiron.client.training import run_training
 from chiron.core.dataset import encrypt_dataset, read_dataset_header_and_digest
-from chiron.core.errors import AccessDenied, Conflict, InputError, NotFound, ServiceError
+from chiron.core.errors import (
+    AccessDenied,
+    Conflict,
+    InputError,
+    IntegrityError,
+    NotFound,
+    ServiceError,
+)
 from chiron.core.keys import DataKey, Identity
 from chiron.core.manifest import DatasetRef, Plan
 from chiron.core.recipe_statement import SignedRecipeStatement, make_statement
@@ -234,11 +242,20 @@ def test_a_job_killed_with_the_service_resumes_to_the_same_weights(tmp_path):
                 provider.resume_job(job)
             assert provider.job(job)["message"] is None
         with ServiceClient(second.url, alice) as client:
-            # A fresh enclave; a manifest with another plan is not this job and is refused.
+            # A fresh enclave; a manifest with another plan is not this job. The owner's
+            # client refuses to sign other terms for a job id it signed (its own record),
+            # and the host refuses them too, from a client with no record of the job.
             assert client.resume_job(job)["state"] == "created"
+            with pytest.raises(IntegrityError, match="another job"):
+                owner.start_only(client, job, Plan(seed=4))
+            records = owner.home / signed_jobs.FOLDER
+            kept = {path.name: path.read_bytes() for path in records.iterdir()}
+            shutil.rmtree(records)
             with pytest.raises(InputError, match="job binding"):
                 owner.start_only(client, job, Plan(seed=4))
             assert client.job(job)["state"] == "created"
+            for name, terms in kept.items():  # the owner's machine again
+                (records / name).write_bytes(terms)
 
         # The owner's command attests the fresh enclave and continues the job.
         summary = owner.resume_command(second.url, alice, job, tmp_path / "resumed.chm")

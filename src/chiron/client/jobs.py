@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from chiron.client import signed_jobs
 from chiron.client.attestation import SimRootSource
 from chiron.client.remote.sessions import RemoteJobSession
 from chiron.client.sessions import JobHost
@@ -120,6 +121,7 @@ def resume_job(
         raise Conflict(f"job {job_id} is {job['status']}; only an interrupted job resumes")
     manifest = owners_manifest(host, job_id, owner)
     signed = manifest.manifest
+    signed_jobs.check_terms(state_dir, signed)
     header, header_sha256 = container.read_dataset_header_and_digest(dataset)
     dataset_ref = DatasetRef(header.dataset_id, header_sha256)
     data_key = load_data_key(data_key_path)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chiron.client import signed_jobs
 from chiron.client.attestation import SimRootSource, verify_enclave
 from chiron.client.sessions import EnclaveSession
 from chiron.core import modelfile, purposes, replies
@@ -123,6 +124,9 @@ def run_training(
         plan=plan,
         enclaves=(attested.identity,),
     )
+    # The host chose the job id: it must not be one this owner signed other terms for.
+    signed_jobs.check_terms(state_dir, manifest.manifest)
+    signed_jobs.remember_terms(state_dir, manifest.manifest)
     authorization = TrainAuthorization(
         manifest,
         seal_data_key(attested.identity, data_key, manifest),
