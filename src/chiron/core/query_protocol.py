@@ -118,7 +118,7 @@ CHANNEL_SECRET_BYTES = KEY_BYTES
 MAX_SEQUENCE = 2**64 - 2
 _CHANNEL_LABEL = b"chiron/query-channel/v1\x00"
 _SEQUENCE = struct.Struct(">Q")
-_BUDGET = struct.Struct(">q")
+_BUDGET = struct.Struct(">?q")  # has a budget, budget left
 _NONCE_PAD = bytes(NONCE_BYTES - _SEQUENCE.size)
 
 
@@ -203,7 +203,16 @@ def _nonce(sequence: int) -> bytes:
 
 
 def _budget(budget_left: int | None) -> bytes:
-    return _BUDGET.pack(_NO_BUDGET if budget_left is None else budget_left)
+    """The budget left as bound into an answer: whether there is one, then its value.
+
+    "No budget" and every number are distinct bindings, so a host cannot turn one into
+    the other; a number no enclave sends (negative, beyond 64 bits) opens nothing.
+    """
+    if budget_left is None:
+        return _BUDGET.pack(False, 0)
+    if isinstance(budget_left, bool) or not 0 <= budget_left < 2**63:
+        raise IntegrityError("the answers' budget left is out of range")
+    return _BUDGET.pack(True, budget_left)
 
 
 def evaluation_report_context(model_id: str, request_id: str) -> dict[str, str]:
