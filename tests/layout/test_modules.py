@@ -33,8 +33,6 @@ LONG_ON_PURPOSE = "long on purpose"
 KNOWN_DUPLICATE_LIMITS: set[tuple[str, tuple[str, str]]] = set()
 KNOWN_ROLE_CONSTANTS: set[tuple[str, str]] = set()
 KNOWN_LONG_MODULES = {
-    # Still to split (issue 16 follow-up):
-    "client/importers.py",  # one reader per format: a package, one module each
     # Being edited by other engineers right now; each holds two jobs to split.
     "core/contract.py",  # every boundary call's documents: split by call family
     "enclave/query.py",  # query server and evaluation

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chiron.client.importers import _idx_stream, _read_idx_header
+from chiron.client.importers.idx import idx_stream, read_idx_header
 from chiron.core.errors import InputError
 from chiron.core.fileio import read_exactly
 from chiron.core.query_protocol import as_batch
@@ -65,8 +65,8 @@ def _npz(path: Path) -> np.ndarray:
 
 
 def _idx_images(path: Path) -> np.ndarray:
-    with _idx_stream(path) as stream:
-        count, height, width = _read_idx_header(stream, path, 3)
+    with idx_stream(path) as stream:
+        count, height, width = read_idx_header(stream, path, 3)
         raw = read_exactly(stream, count * height * width)
     if len(raw) < count * height * width:
         raise InputError(f"truncated IDX file {path}")
