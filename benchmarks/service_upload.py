@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from chiron.client.remote import ServiceClient
-from chiron.client.remote.service_client import DEFAULT_CHUNK_BYTES
+from chiron.client.remote.file_digests import DEFAULT_CHUNK_BYTES
 from chiron.core.crypto import random_key
 from chiron.core.dataset import encrypt_dataset
 from chiron.core.schema import DatasetSchema

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from chiron.client.remote import ServiceClient
-from chiron.client.remote.service_client import file_digests
+from chiron.client.remote.file_digests import file_digests
 from chiron.core.errors import Conflict, IntegrityError
 from chiron.host import staging
 from chiron.host import uploads as uploads_module
@@ -214,7 +214,7 @@ def test_a_replayed_chunk_is_refused_and_the_running_digest_stays_right(host, da
 @pytest.mark.parametrize("chunk_bytes", [7, 4096, 10_000, 1 << 20])
 def test_file_digests_match_hashlib(tmp_path, monkeypatch, size, chunk_bytes):
     # Small read blocks, so chunks span several blocks and blocks end chunks.
-    monkeypatch.setattr("chiron.client.remote.service_client._HASH_BLOCK", 3000)
+    monkeypatch.setattr("chiron.client.remote.file_digests._HASH_BLOCK", 3000)
     data = os.urandom(size)
     path = tmp_path / "f"
     path.write_bytes(data)

@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from chiron.client.remote.service_client import ServiceClient, file_sha256
+from chiron.client.remote.file_digests import file_sha256
+from chiron.client.remote.service_client import ServiceClient
 from chiron.client.remote.sessions import RemoteJobSession, RemoteQuerySession
 
 __all__ = ["RemoteJobSession", "RemoteQuerySession", "ServiceClient", "file_sha256"]
