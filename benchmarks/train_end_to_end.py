@@ -27,45 +27,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import psutil
+from peak_memory import PeakRss
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 RECIPES = REPO / "examples" / "recipes"
-
-
-class PeakRss:
-    """Polls the resident memory of a process and all its descendants."""
-
-    def __init__(self, pid: int) -> None:
-        self._root = psutil.Process(pid)
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                procs = [self._root, *self._root.children(recursive=True)]
-                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def measured(command: list[str], env: dict[str, str]) -> dict[str, float]:
