@@ -27,21 +27,18 @@ from chiron.core.attestation.hardware_checks import (
     VmplIn,
 )
 from chiron.core.attestation.policy_fields import boolean, string_list
-from chiron.core.attestation.tdx_collateral import MAX_COLLATERAL_BYTES, parse_collateral
+from chiron.core.attestation.tdx_collateral import (
+    MAX_COLLATERAL_BYTES,
+    STATUS_ORDER,
+    parse_collateral,
+)
 from chiron.core.attestation.vendor_crypto import MAX_CERTIFICATE_FILE_BYTES, load_certificates
 from chiron.core.errors import InputError, PolicyError
 from chiron.core.fileio import read_input_file
 
 # Intel's TCB statuses. "Revoked" is never acceptable; the rest describe a platform
 # whose TCB Intel knows, from current to one with published, unmitigated weaknesses.
-TCB_STATUSES = (
-    "UpToDate",
-    "SWHardeningNeeded",
-    "ConfigurationNeeded",
-    "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate",
-    "OutOfDateConfigurationNeeded",
-)
+TCB_STATUSES = tuple(status for status in STATUS_ORDER if status != "Revoked")
 DEFAULT_TCB_STATUSES = ("UpToDate",)
 SNP_TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")
 RTMR_COUNT = 4
