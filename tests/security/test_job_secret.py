@@ -12,7 +12,7 @@ from chiron.core.errors import IntegrityError
 from chiron.core.keys import Identity
 from chiron.core.manifest import DatasetRef, JobManifest, Plan
 from chiron.enclave.context import EnclaveContext
-from chiron.enclave.sealing import SealingKey
+from chiron.enclave.sealing import SealingKey, sealed_size
 from chiron.enclave.trainer import AcceptedJob, _checkpoint_key
 
 MEASUREMENT = hashlib.sha256(b"runtime").hexdigest()
@@ -123,3 +123,17 @@ def test_a_checkpoint_file_is_sealed_whole_private_and_bound(tmp_path):
     # Sealing the same state again gives another ciphertext (a fresh nonce each time).
     key.seal_to_file(path, state, {"job": 1})
     assert path.read_bytes() != blob
+
+
+def test_a_reused_buffer_seals_each_state_afresh(tmp_path):
+    key = SealingKey.for_job(b"k" * 32, measurement=MEASUREMENT, purpose="p")
+    buffer = bytearray(sealed_size(5))
+    path = tmp_path / "checkpoint.sealed"
+    key.seal_to_file(path, b"first", {"job": 1}, buffer=buffer)
+    first = path.read_bytes()
+    key.seal_to_file(path, b"again", {"job": 1}, buffer=buffer)
+    assert key.unseal(first, {"job": 1}) == b"first"
+    assert key.unseal(path.read_bytes(), {"job": 1}) == b"again"
+    with pytest.raises(ValueError):
+        key.seal_to_file(path, b"longer state", {"job": 1}, buffer=buffer)
+    assert key.unseal(path.read_bytes(), {"job": 1}) == b"again"  # left as it was

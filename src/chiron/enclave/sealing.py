@@ -35,6 +35,11 @@ from chiron.core.fileio import atomic_output, atomic_write
 _SEALED_MAGIC = b"CHIRON-SEALED-1\n"
 
 
+def sealed_size(plaintext_size: int) -> int:
+    """How many bytes `plaintext_size` bytes take sealed."""
+    return len(_SEALED_MAGIC) + NONCE_BYTES + plaintext_size + TAG_BYTES
+
+
 def _platform_secret(state_dir: Path, platform_name: str) -> bytes:
     if platform_name != "sim":
         raise EnclaveError(
@@ -88,24 +93,38 @@ class SealingKey:
         return bytes(self._sealed(plaintext, binding))
 
     def seal_to_file(
-        self, path: Path, plaintext: bytes | bytearray, binding: dict[str, object]
+        self,
+        path: Path,
+        plaintext: bytes | bytearray,
+        binding: dict[str, object],
+        *,
+        buffer: bytearray | None = None,
     ) -> None:
         """Seal `plaintext` into `path`, atomically: one buffer, one write, one fsync.
 
         The ciphertext is produced straight into the buffer that is written, so a large
-        state (a training checkpoint) is copied by the cipher and the kernel only.
+        state (a training checkpoint) is copied by the cipher and the kernel only. A
+        caller sealing states of one size again and again passes the same `buffer` (of
+        `sealed_size` bytes) each time.
         """
-        sealed = self._sealed(plaintext, binding)
+        sealed = self._sealed(plaintext, binding, buffer)
         with atomic_output(path, mode=0o600) as handle:
             handle.write(sealed)
 
-    def _sealed(self, plaintext: bytes | bytearray, binding: dict[str, object]) -> bytearray:
+    def _sealed(
+        self,
+        plaintext: bytes | bytearray,
+        binding: dict[str, object],
+        buffer: bytearray | None = None,
+    ) -> bytearray:
         # A fresh random nonce per seal: a key seals many states (a checkpoint each time),
         # and 96 random bits make a repeat negligible for any count a job reaches.
         nonce = os.urandom(NONCE_BYTES)
         aad = _SEALED_MAGIC + canonical_json(binding)
         head = len(_SEALED_MAGIC) + NONCE_BYTES
-        sealed = bytearray(head + len(plaintext) + TAG_BYTES)
+        sealed = bytearray(sealed_size(len(plaintext))) if buffer is None else buffer
+        if len(sealed) != sealed_size(len(plaintext)):
+            raise ValueError("the buffer is not of the sealed size")
         sealed[:head] = _SEALED_MAGIC + nonce
         aead_encrypt_into(self._key, nonce, plaintext, aad, memoryview(sealed)[head:])
         return sealed

@@ -47,7 +47,7 @@ from chiron.enclave.recipe_session import (
     spawn_recipe,
 )
 from chiron.enclave.sandbox import Sandbox
-from chiron.enclave.sealing import SealingKey
+from chiron.enclave.sealing import SealingKey, sealed_size
 
 # A free-running job checkpoints every this many steps and at every epoch end: with a
 # checkpoint costing a few tens of milliseconds (docs/benchmarks.md, "Checkpoints"), about
@@ -212,6 +212,11 @@ class _Checkpoints:
         self._binding = binding
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
+        # A job's checkpoints all have one size (the declared state and the metadata,
+        # padded), so the writer fills the same two buffers each time: no fresh 2 x 5 MB
+        # to fault in per write, on cores the training needs.
+        self._plain = bytearray()
+        self._sealed = bytearray()
 
     def load(self) -> tuple[_Progress, bytes] | None:
         if self._directory is None:
@@ -236,17 +241,24 @@ class _Checkpoints:
         """
         if self._directory is None or self._key is None:
             return
-        self.wait()
+        self.wait()  # the buffers are the last writer's until then
         meta = progress.to_bytes(plan)
-        plain = len(meta).to_bytes(4, "big") + meta + child_state
-        self._writer = threading.Thread(target=self._write, args=(plain,), daemon=True)
+        self._writer = threading.Thread(target=self._write, args=(meta, child_state), daemon=True)
         self._writer.start()
 
-    def _write(self, plain: bytes) -> None:
+    def _write(self, meta: bytes, child_state: bytes) -> None:
         try:
             assert self._directory is not None and self._key is not None
+            size = 4 + len(meta) + len(child_state)
+            if len(self._plain) != size:
+                self._plain, self._sealed = bytearray(size), bytearray(sealed_size(size))
+            self._plain[:4] = len(meta).to_bytes(4, "big")
+            self._plain[4 : 4 + len(meta)] = meta
+            self._plain[4 + len(meta) :] = child_state
             self._directory.mkdir(parents=True, exist_ok=True)
-            self._key.seal_to_file(self._directory / self.FILE, plain, self._binding)
+            self._key.seal_to_file(
+                self._directory / self.FILE, self._plain, self._binding, buffer=self._sealed
+            )
         except BaseException as exc:  # re-raised by wait(), in the training loop
             self._error = exc
 
