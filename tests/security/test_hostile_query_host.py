@@ -257,6 +257,23 @@ def test_a_lie_about_the_budget_left_is_refused(scene, host):
         query(unlocked, inputs())
 
 
+def test_no_budget_and_every_budget_left_are_distinct_bindings():
+    """A host cannot turn "no budget" into a number, nor one number into another."""
+    keys = query_protocol.ChannelKeys.derive(random_key(), os.urandom(16).hex(), "0" * 32)
+    unbudgeted = keys.seal_answers(0, None, b"answers!")
+    assert keys.open_answers(0, None, unbudgeted) == b"answers!"
+    for lie in (-1, 0, 7, 2**63 - 1, 2**64, True):
+        with pytest.raises(IntegrityError):
+            keys.open_answers(0, lie, unbudgeted)
+    budgeted = keys.seal_answers(0, 7, b"answers!")
+    for lie in (None, -1, 6, 8):
+        with pytest.raises(IntegrityError):
+            keys.open_answers(0, lie, budgeted)
+    # Nor move an answer to another sequence number.
+    with pytest.raises(IntegrityError):
+        keys.open_answers(1, 7, budgeted)
+
+
 # -- replays -----------------------------------------------------------------------------
 
 
