@@ -115,11 +115,14 @@ def test_weights_are_bit_identical_to_a_plain_pytorch_run(world, run_chiron):
     assert plain == enclave_weights
 
 
+# 30 ms a step: after the first checkpoint (the end of epoch 1) the job still has about
+# 6 s to run, so a test can look at it and kill it before it ends, even on a crowded
+# machine where each `chiron` command takes seconds to start.
 SLOW_STEPS = (
     "\nimport time\n_sleep = time.sleep\n"
     "def train_step(model, optimizer, x, y, hp):\n"
     "    import torch.nn.functional as F\n"
-    "    _sleep(0.01)\n"
+    "    _sleep(0.03)\n"
     "    optimizer.zero_grad()\n"
     "    loss = F.cross_entropy(model(x), y)\n"
     "    loss.backward()\n"
