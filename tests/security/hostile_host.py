@@ -131,7 +131,9 @@ def encrypt_records(
     if dataset_id is not None:
         dataset_format.new_dataset_id = lambda: dataset_id  # type: ignore[assignment]
     try:
-        header = dataset_format.encrypt_dataset([(x, y)], path, key, schema=SCHEMA, record_count=len(y))
+        header = dataset_format.encrypt_dataset(
+            [(x, y)], path, key, schema=SCHEMA, record_count=len(y)
+        )
     finally:
         dataset_format.new_dataset_id = original  # type: ignore[assignment]
     _, digest = dataset_format.read_dataset_header_and_digest(path)

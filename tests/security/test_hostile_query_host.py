@@ -28,7 +28,7 @@ from chiron.client.attestation import load_policy
 from chiron.client.querying import UnlockedModel, evaluate, query, unlock_model
 from chiron.client.sessions import LocalEnclaveSession
 from chiron.core import dataset as container
-from chiron.core import modelfile, purposes, query_protocol
+from chiron.core import modelfile, purposes, query_channel, query_protocol
 from chiron.core.attestation import Policy
 from chiron.core.crypto import (
     open_sealed,
@@ -146,7 +146,7 @@ def evaluation_set(scene: Scene) -> tuple[Path, DataKey]:
 def opened(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Every sealed reply the client's query code opened (and so believed), in order."""
     seen: list[bytes] = []
-    open_answers = query_protocol.ChannelKeys.open_answers
+    open_answers = query_channel.ChannelKeys.open_answers
 
     def spy(private_key: Any, ciphertext: bytes, **kwargs: Any) -> bytes:
         plaintext = open_sealed(private_key, ciphertext, **kwargs)
@@ -159,11 +159,11 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
         return plaintext
 
     monkeypatch.setattr(querying, "open_sealed", spy)
-    monkeypatch.setattr(query_protocol.ChannelKeys, "open_answers", spy_answers)
+    monkeypatch.setattr(query_channel.ChannelKeys, "open_answers", spy_answers)
     return seen
 
 
-def sealed_query(keys: query_protocol.ChannelKeys, sequence: int, batch: np.ndarray) -> dict:
+def sealed_query(keys: query_channel.ChannelKeys, sequence: int, batch: np.ndarray) -> dict:
     """A query on an open channel, made with its keys (as only the owner's client can)."""
     plaintext = query_protocol.encode_query_inputs(batch, SCHEMA)
     return {
@@ -174,7 +174,7 @@ def sealed_query(keys: query_protocol.ChannelKeys, sequence: int, batch: np.ndar
     }
 
 
-def channel_keys(unlocked: UnlockedModel) -> query_protocol.ChannelKeys:
+def channel_keys(unlocked: UnlockedModel) -> query_channel.ChannelKeys:
     assert unlocked._channel is not None
     return unlocked._channel.keys
 
@@ -200,7 +200,7 @@ def test_a_forged_answer_is_refused_before_it_is_opened(scene, host, opened):
             np.full(count, 2, "<i4").tobytes()
             + np.tile(np.array([0, 0, 1], "<f4"), count).tobytes()
         )
-        own_keys = query_protocol.ChannelKeys.derive(
+        own_keys = query_channel.ChannelKeys.derive(
             random_key(), scene.model_id, args["channel_id"]
         )
         genuine = bytearray(result["sealed_answers"])
@@ -259,7 +259,7 @@ def test_a_lie_about_the_budget_left_is_refused(scene, host):
 
 def test_no_budget_and_every_budget_left_are_distinct_bindings():
     """A host cannot turn "no budget" into a number, nor one number into another."""
-    keys = query_protocol.ChannelKeys.derive(random_key(), os.urandom(16).hex(), "0" * 32)
+    keys = query_channel.ChannelKeys.derive(random_key(), os.urandom(16).hex(), "0" * 32)
     unbudgeted = keys.seal_answers(0, None, b"answers!")
     assert keys.open_answers(0, None, unbudgeted) == b"answers!"
     for lie in (-1, 0, 7, 2**63 - 1, 2**64, True):
@@ -332,7 +332,7 @@ def test_the_host_cannot_query_a_model_the_owner_unlocked(scene, host):
     query(unlocked, inputs())
     (opening,) = [args for name, args in host.calls if name == "query"]
     # On the owner's channel, under a key of its own: refused, unopened.
-    guessed = query_protocol.ChannelKeys.derive(random_key(), scene.model_id, opening["channel_id"])
+    guessed = query_channel.ChannelKeys.derive(random_key(), scene.model_id, opening["channel_id"])
     with pytest.raises(IntegrityError, match="not the owner's"):
         host.enclave.call("query", sealed_query(guessed, 5, inputs()))
     # On a channel of its own: the opening must be signed by the model's owner.
@@ -341,13 +341,13 @@ def test_the_host_cannot_query_a_model_the_owner_unlocked(scene, host):
         unlocked.enclave.hpke_key,
         secret,
         purpose=purposes.QUERY_CHANNEL_SECRET,
-        context=query_protocol.channel_secret_context(scene.model_id, channel_id),
+        context=query_channel.channel_secret_context(scene.model_id, channel_id),
     )
-    own = query_protocol.ChannelKeys.derive(secret, scene.model_id, channel_id)
+    own = query_channel.ChannelKeys.derive(secret, scene.model_id, channel_id)
     for signer in (Identity.generate(), scene.provider):
         signature = sign(
             signer.signing_key,
-            query_protocol.channel_opening_message(scene.model_id, channel_id, sealed_secret),
+            query_channel.channel_opening_message(scene.model_id, channel_id, sealed_secret),
             purpose=purposes.QUERY_CHANNEL_OPENING,
         )
         request = {

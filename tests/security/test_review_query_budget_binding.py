@@ -2,7 +2,7 @@
 
 docs/query.md promises that the client opens an answer only "for the sequence number it
 sent and the budget it is told", so a host that rewrites the budget left gets an
-`IntegrityError` and nothing is shown. `core.query_protocol._budget` binds "no budget"
+`IntegrityError` and nothing is shown. `core.query_channel._budget` binds "no budget"
 (None) as the signed number -1, and `QueryResult.from_wire` accepts -1 from the wire:
 so for a model whose policy has no budget, the host can turn the enclave's `None` into
 `-1` and the answers still open, and the client reports a budget of -1 left.
@@ -24,7 +24,7 @@ from chiron.client.sessions import LocalEnclaveSession
 from chiron.core.crypto import random_key
 from chiron.core.errors import IntegrityError
 from chiron.core.keys import Identity
-from chiron.core.query_protocol import ChannelKeys
+from chiron.core.query_channel import ChannelKeys
 
 NO_BUDGET = {"output": "probabilities", "rounding": 3}
 

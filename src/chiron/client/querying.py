@@ -50,10 +50,12 @@ from chiron.core.errors import InputError, IntegrityError
 from chiron.core.identifiers import check_model_id
 from chiron.core.key_release import open_escrowed_share, seal_share_to_enclave
 from chiron.core.keys import DataKey, Identity, PublicIdentity
-from chiron.core.query_protocol import (
+from chiron.core.query_channel import (
     ChannelKeys,
     channel_opening_message,
     channel_secret_context,
+)
+from chiron.core.query_protocol import (
     decode_answers,
     decode_evaluation_report,
     encode_query_inputs,

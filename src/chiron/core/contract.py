@@ -51,7 +51,7 @@ from chiron.core.limits import (
     MAX_WORKERS,
 )
 from chiron.core.manifest import SignedManifest
-from chiron.core.query_protocol import MAX_SEQUENCE
+from chiron.core.query_channel import MAX_SEQUENCE
 from chiron.core.recipe_statement import SignedRecipeStatement
 from chiron.core.roles import Role
 
@@ -330,9 +330,7 @@ class TrainMaterials:
         return cls(
             recipe_name=_text(args, "recipe_name", what, 255),
             recipe_source=_bytes(args, "recipe_source", what, MAX_RECIPE_BYTES),
-            recipe_statement=SignedRecipeStatement.from_bytes(
-                _get(args, "recipe_statement", what)
-            ),
+            recipe_statement=SignedRecipeStatement.from_bytes(_get(args, "recipe_statement", what)),
             dataset_path=_text(args, "dataset_path", what),
             checkpoint_dir=_optional_text(args, "checkpoint_dir", what),
             rendezvous=(
@@ -398,9 +396,7 @@ class TrainResult:
         values = {}
         for name in ("model", "receipt", "owner_report", "owner_report_signature"):
             values[name] = (
-                None
-                if args.get(name) is None
-                else _bytes(args, name, what, MAX_MODEL_FILE_BYTES)
+                None if args.get(name) is None else _bytes(args, name, what, MAX_MODEL_FILE_BYTES)
             )
         trace = args.get("wire_trace", [])
         timings = args.get("timings", {})

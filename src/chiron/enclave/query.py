@@ -59,11 +59,13 @@ from chiron.core.contract import (
 from chiron.core.crypto import open_sealed, reply_public_key, seal, verify_signature
 from chiron.core.errors import InputError, IntegrityError
 from chiron.core.identifiers import check_dataset_id, check_model_id
-from chiron.core.query_protocol import (
+from chiron.core.query_channel import (
     ChannelKeys,
-    QueryPolicy,
     channel_opening_message,
     channel_secret_context,
+)
+from chiron.core.query_protocol import (
+    QueryPolicy,
     confusion_matrix,
     decode_query_inputs,
     encode_answers,
