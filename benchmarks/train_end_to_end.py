@@ -142,7 +142,7 @@ def _process_name(processes: list[str]) -> str:
         return "sandbox worker (the recipe)" if nested > 1 else "sandbox bootstrap"
     if "chiron.enclave.main" in argv:
         return "enclave"
-    if "chiron train" in argv:
+    if "chiron train" in argv or len(processes) == 1:
         return "client (chiron train)"
     return argv[:40]
 
