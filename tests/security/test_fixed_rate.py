@@ -228,6 +228,8 @@ def assert_on_boundaries(trace: Trace) -> None:
     assert np.median(trace.off_boundary()) < 0.125, trace.events
 
 
+# Alone, after the rest: it compares times to within a quarter of a 200 ms slot.
+@pytest.mark.alone
 def test_with_a_fixed_rate_the_host_sees_the_same_timing_whatever_the_data(owner, monkeypatch):
     bright, dark = owner.dataset("bright", bright=True), owner.dataset("dark", bright=False)
     slow_bright = owner.recipe("slow_bright", SLOW_WHEN_BRIGHT)
@@ -252,6 +254,13 @@ def test_with_a_fixed_rate_the_host_sees_the_same_timing_whatever_the_data(owner
     slow, quick = (
         owner.train(slow_bright, bright, free, monkeypatch),
         owner.train(slow_bright, dark, free, monkeypatch),
+    )
+    # Free-running, a checkpoint write (seen when its file appears, written in the
+    # background) may land before or after the next progress event: compare the
+    # progress events and the end, which follow the steps.
+    slow, quick = (
+        Trace([event for event in trace.events if event[1] != "checkpoint"])
+        for trace in (slow, quick)
     )
     assert slow.shape() == quick.shape()
     assert np.max(np.abs(slow.times() - quick.times())) > 2 * JITTER
