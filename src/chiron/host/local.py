@@ -34,7 +34,8 @@ from typing import Any
 from sqlalchemy import select
 
 from chiron.core.contract import TrainAuthorization
-from chiron.core.errors import Conflict, JobFailed, ServiceError
+from chiron.core.errors import Conflict, ServiceError
+from chiron.core.job_outcome import job_outcome
 from chiron.core.recipe_statement import SignedRecipeStatement
 from chiron.host import headers
 from chiron.host.accounts import add_account, load_pepper, new_token
@@ -221,16 +222,9 @@ class LocalHost:
                 on_update(_progress_update(job_id, *last))
         try:
             while True:
-                job = self.job(job_id)
-                if job["state"] == "done":
-                    return job
-                if job["state"] == "failed":
-                    raise JobFailed(job["reason"] or "unknown", job.get("message") or None)
-                if job["state"] == "interrupted":
-                    raise Conflict(
-                        f"job {job_id} was interrupted ({job['reason']}); continue it with "
-                        f"`chiron service jobs resume {job_id} --local`"
-                    )
+                done = job_outcome(self.job(job_id), f"chiron service jobs resume {job_id} --local")
+                if done is not None:
+                    return done
                 # A local read costs little: look often, whatever a remote client would.
                 time.sleep(min(poll_seconds, POLL_SECONDS))
         finally:

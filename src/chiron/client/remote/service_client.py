@@ -28,10 +28,10 @@ from chiron.core.encoding import b64decode, b64encode
 from chiron.core.errors import (
     Conflict,
     IntegrityError,
-    JobFailed,
     ServiceError,
     UsageError,
 )
+from chiron.core.job_outcome import job_outcome
 from chiron.enclave.boundary import decode_message, encode_message
 
 # A chunk's body goes to the HTTP stack in pieces of this size: after each partial
@@ -290,15 +290,9 @@ class ServiceClient(HttpTransport):
             if seen != last and on_update is not None:
                 on_update(job)
             last = seen
-            if job["state"] == "done":
-                return job
-            if job["state"] == "failed":
-                raise JobFailed(job["reason"] or "unknown", job.get("message") or None)
-            if job["state"] == "interrupted":
-                raise Conflict(
-                    f"job {job_id} was interrupted ({job['reason']}); continue it with "
-                    f"`chiron service jobs resume {job_id}`"
-                )
+            done = job_outcome(job, f"chiron service jobs resume {job_id}")
+            if done is not None:
+                return done
             time.sleep(poll_seconds)
 
     def job_result(self, job_id: str, name: str, out: Path | None = None) -> bytes | None:
