@@ -4,6 +4,8 @@
 `prepare` checks the owner's signed manifest against the recipe and dataset the host
 holds for the job before its `train` call is queued (a courtesy: the enclave checks it
 all again); `store_result` keeps what the enclave returned and marks the job done.
+`model_record` is the one way a model's row is made, for a job's model here and for an
+owner's uploaded one (`uploads`).
 """
 
 from __future__ import annotations
@@ -140,16 +142,12 @@ def store_result(db: Database, store: ArtifactStore, job_id: str, wire: dict[str
     digests = {name: store.put_bytes(blob) for name, blob in blobs.items()}
     with db.transaction() as session:
         job = session.get_one(Job, job_id)
-        model = Model(
-            id=uuid.uuid4().hex,
+        model = model_record(
+            info,
             account_id=job.account_id,
-            model_id=info.model_id,
             job_id=job_id,
-            schema=json.dumps(info.schema),
-            query_policy=json.dumps(info.query_policy),
             size=len(blobs["model"]),
             sha256=digests["model"],
-            created=now(),
         )
         session.add(model)
         job.state, job.updated = "done", now()
@@ -158,6 +156,26 @@ def store_result(db: Database, store: ArtifactStore, job_id: str, wire: dict[str
         job.receipt_sha256 = digests["receipt"]
         job.owner_report_sha256 = digests["owner_report"]
         job.owner_report_signature_sha256 = digests["owner_report_signature"]
+
+
+def model_record(
+    info: headers.ModelInfo, *, account_id: str, job_id: str | None, size: int, sha256: str
+) -> Model:
+    """A new row for an escrowed model file: its public header, size and digest.
+
+    `job_id` names the job that made it; None for a model its owner uploaded.
+    """
+    return Model(
+        id=uuid.uuid4().hex,
+        account_id=account_id,
+        model_id=info.model_id,
+        job_id=job_id,
+        schema=json.dumps(info.schema),
+        query_policy=json.dumps(info.query_policy),
+        size=size,
+        sha256=sha256,
+        created=now(),
+    )
 
 
 def result_digest(db: Database, job: Job, name: str) -> str:

@@ -44,6 +44,7 @@ from chiron.core.errors import Conflict, InputError, IntegrityError
 from chiron.host import authorization, headers
 from chiron.host.authorization import Action, Kind
 from chiron.host.db import UPLOAD_KINDS, Account, Database, Dataset, Model, Upload, now
+from chiron.host.job_records import model_record
 from chiron.host.staging import (
     Buffer,
     RunningDigest,
@@ -318,16 +319,8 @@ class Uploads:
             if existing_model is not None:
                 session.get_one(Upload, upload.id).result_id = existing_model.id
                 return existing_model.id
-            record = Model(
-                id=uuid.uuid4().hex,
-                account_id=account.id,
-                model_id=model.model_id,
-                job_id=None,
-                schema=json.dumps(model.schema),
-                query_policy=json.dumps(model.query_policy),
-                size=upload.size,
-                sha256=upload.sha256,
-                created=now(),
+            record = model_record(
+                model, account_id=account.id, job_id=None, size=upload.size, sha256=upload.sha256
             )
             session.add(record)
             session.get_one(Upload, upload.id).result_id = record.id
