@@ -46,7 +46,7 @@ HANDLERS: dict[Call, tuple[str, Any]] = {
         contract.ProvisionShareRequest,
     ),
     Call.QUERY: ("chiron.enclave.query:handle_query", contract.QueryRequest),
-    Call.EVALUATE: ("chiron.enclave.query:handle_evaluate", contract.EvaluateRequest),
+    Call.EVALUATE: ("chiron.enclave.evaluation:handle_evaluate", contract.EvaluateRequest),
     Call.EXCHANGE: (
         "chiron.enclave.distributed.paramserver:handle_exchange",
         contract.ExchangeRequest,
