@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,6 +98,35 @@ def test_a_restart_on_the_same_boot_keeps_every_appended_byte(host, dataset):
     kind, _ = host.service.uploads.complete(host.owner, upload_id)
     assert kind == "dataset"
     assert list(host.staging.iterdir()) == []
+
+
+def upload_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("chiron-upload-")}
+
+
+def test_a_closed_service_stops_its_upload_threads_after_the_sync_in_flight(
+    tmp_path, dataset, monkeypatch
+):
+    # Threads of services that other tests in this process left open are not this one's.
+    others = upload_threads()
+    syncing = threading.Event()
+    sync = uploads_module.Uploads._sync_in_background
+
+    def slow_sync(self: uploads_module.Uploads, upload_id: str) -> None:
+        syncing.set()
+        time.sleep(0.2)
+        sync(self, upload_id)
+
+    monkeypatch.setattr(uploads_module.Uploads, "_sync_in_background", slow_sync)
+    running = Host(tmp_path / "service")
+    upload_id = start(running, dataset)
+    running.append(upload_id, dataset[:CHUNK], 0)
+    assert syncing.wait(10)
+    assert upload_threads() - others, "the chunk started no helper thread"
+    running.service.close()
+    assert upload_threads() - others == set()
+    # The sync that was running finished, and its record says what it made durable.
+    assert staging.durable_length(running.staging / f"{upload_id}.synced") == CHUNK
 
 
 def test_after_a_reboot_an_upload_resumes_from_what_was_durable(host, dataset, monkeypatch):

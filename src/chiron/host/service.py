@@ -153,6 +153,7 @@ class Service:
 
     def close(self) -> None:
         self._stop.set()
+        self.uploads.close()
         self.queries.close_all()
         self.attestation.close()
         self.jobs.close()

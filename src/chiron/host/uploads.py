@@ -115,6 +115,18 @@ class Uploads:
         temporary.write_text(f"{size} {self._boot}\n")
         temporary.replace(record)
 
+    def close(self) -> None:
+        """Stop the helper threads, once a background sync already running has finished.
+
+        That sync ends by recording what it made durable, so its record tells the truth;
+        a sync still queued is dropped, which only leaves a record vouching for less (a
+        reboot cuts the upload back further, and its client resends the rest). Queued
+        hashing is dropped too: a running digest dies with this object, and completion
+        after a restart reads the file again.
+        """
+        self._syncer.shutdown(wait=True, cancel_futures=True)
+        self._hasher.shutdown(wait=True, cancel_futures=True)
+
     def _wait_for_sync(self, upload_id: str) -> None:
         pending = self._syncs.pop(upload_id, None)
         if pending is not None:
