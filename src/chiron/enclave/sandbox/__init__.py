@@ -4,6 +4,7 @@ Enclave-side API: `Sandbox`, `SandboxLimits`, `SandboxFailure`. The child side i
 bootstrap `python -m chiron.enclave.sandbox.child`; docs/sandbox.md explains each layer.
 """
 
-from chiron.enclave.sandbox.supervisor import Sandbox, SandboxFailure, SandboxLimits
+from chiron.enclave.sandbox.startup import SandboxLimits
+from chiron.enclave.sandbox.supervisor import Sandbox, SandboxFailure
 
 __all__ = ["Sandbox", "SandboxFailure", "SandboxLimits"]

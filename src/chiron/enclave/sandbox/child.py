@@ -49,7 +49,7 @@ import traceback
 from typing import NoReturn
 
 from chiron.enclave.sandbox import _linux, namespaces, pids
-from chiron.enclave.sandbox.supervisor import READY
+from chiron.enclave.sandbox.startup import READY
 
 SETUP_FAILED_EXIT = 70
 

@@ -43,7 +43,8 @@ from chiron.enclave.recipe_session import (
     receive_declaration,
     share_training_data,
 )
-from chiron.enclave.sandbox.supervisor import Sandbox, SandboxLimits
+from chiron.enclave.sandbox.startup import SandboxLimits
+from chiron.enclave.sandbox.supervisor import Sandbox
 
 DEFAULT_RECORDS = 256
 

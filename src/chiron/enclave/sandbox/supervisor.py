@@ -1,8 +1,7 @@
-"""Enclave side of the sandbox: start a confined child, speak the recipe protocol, judge it.
+"""Enclave side of the sandbox: speak the recipe protocol to a confined child, judge it.
 
-The enclave process is torch-free and single-purpose, so it may start the child with
-subprocess; the child confines itself (`chiron.enclave.sandbox.child`) before any
-provider code runs and only then reports on a separate "ready" pipe.
+The child is started and confined by `startup`; `Sandbox.spawn` returns it once it
+reported itself confined.
 
 Every frame from the child is checked against what the enclave expects next: its kind,
 its exact size (or a maximum), and a deadline. Anything else kills the child. Failures
@@ -13,38 +12,28 @@ child wrote, no exit status, no signal number crosses into it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import fcntl
-import importlib.util
-import json
 import os
 import select
 import signal
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-import chiron
 from chiron.core.errors import EnclaveError, JobFailed
 from chiron.core.framing import HEADER_BYTES
 from chiron.core.recipe_protocol import FromChild, ReasonClass, ToChild
 from chiron.enclave.sandbox import pids
 from chiron.enclave.sandbox.shared_file import SharedFile
+from chiron.enclave.sandbox.startup import SandboxLimits, await_confinement, start_child
 
 _HEADER = struct.Struct(">BI")
-_PIPE_BYTES = 1 << 20  # F_SETPIPE_SZ: fewer wake-ups when data or models cross
-_F_SETPIPE_SZ = 1031
 _CHUNK = 1 << 20
 # How long a child that closed its pipe or was told to shut down may take to exit.
 _EXIT_GRACE_SECONDS = 3.0
-# What the child writes on its ready pipe once confined (anything else: why it failed).
-READY = b"confined"
 
 _MESSAGES = {
     ReasonClass.RECIPE_ERROR: "the recipe raised an error or stopped",
@@ -63,41 +52,6 @@ class SandboxFailure(JobFailed):
         super().__init__(
             self.reason.value, f"job failed: {self.reason.value} ({_MESSAGES[self.reason]})"
         )
-
-
-@dataclass(frozen=True)
-class SandboxLimits:
-    """Resources of one sandboxed child.
-
-    `memory_bytes` bounds the address space (torch reserves far more than it touches,
-    hence the generous default); `cpu_seconds` is CPU time across all threads after
-    the warm-up; `tasks` caps the sandbox's processes and threads together (torch's
-    pools need a few; a recipe's own threads count too); `threads` is the size of
-    torch's thread pool; `wall_timeout_seconds` bounds each send() and expect(), and
-    `job_timeout_seconds` the whole life of the sandbox from spawn().
-    """
-
-    memory_bytes: int = 8 * 2**30
-    cpu_seconds: int = 24 * 3600
-    open_files: int = 64
-    tasks: int = 256
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    wall_timeout_seconds: float = 600.0
-    job_timeout_seconds: float = 7 * 24 * 3600.0
-    startup_timeout_seconds: float = 120.0
-
-    def __post_init__(self) -> None:
-        for name in ("memory_bytes", "cpu_seconds", "open_files", "tasks", "threads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"sandbox limit {name} must be a positive integer")
-        timeouts = (
-            self.wall_timeout_seconds,
-            self.job_timeout_seconds,
-            self.startup_timeout_seconds,
-        )
-        if min(timeouts) <= 0:
-            raise ValueError("sandbox timeouts must be positive")
 
 
 class Sandbox:
@@ -146,71 +100,26 @@ class Sandbox:
         process's stderr) for a provider debugging on synthetic data; otherwise they
         are /dev/null. Raises EnclaveError if confinement could not be set up.
         """
-        started = time.monotonic()
-        to_child_r, to_child_w = os.pipe2(os.O_CLOEXEC)
-        from_child_r, from_child_w = os.pipe2(os.O_CLOEXEC)
-        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-        shared = SharedFile("chiron-data")
-        log_r = log_w = None
-        if dry_run:
-            log_r, log_w = os.pipe2(os.O_CLOEXEC)
-        for fd in (to_child_w, from_child_w):
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
-        command = [
-            sys.executable, "-s", "-P", "-B", "-m", "chiron.enclave.sandbox.child",
-            "--in-fd", str(to_child_r), "--out-fd", str(from_child_w),
-            "--ready-fd", str(ready_w), "--data-fd", str(shared.reader_fd),
-            "--limits", json.dumps(dataclasses.asdict(limits)),
-            "--entry", entry,
-        ]  # fmt: skip
-        if dry_run:
-            command.append("--dry-run")
-        pids_group = pids.create(limits.tasks)
-        if pids_group is not None:
-            command += ["--pids-cgroup", str(pids_group)]
-        child_side = (to_child_r, from_child_w, ready_w, *((log_w,) if log_w is not None else ()))
+        child = start_child(limits=limits, entry=entry, dry_run=dry_run, output=output)
+        sandbox = cls(
+            child.process,
+            child.to_child,
+            child.from_child,
+            limits,
+            child.output_relay,
+            child.pids_group,
+            child.started,
+            child.shared,
+        )
         try:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log_w if dry_run else subprocess.DEVNULL,
-                stderr=log_w if dry_run else subprocess.DEVNULL,
-                pass_fds=(to_child_r, from_child_w, ready_w, shared.reader_fd),
-                env=_child_environment(entry, limits, dry_run=dry_run),
-                cwd="/",
-                # Its own process group: close() can kill the bootstrap and the worker
-                # together, and terminal signals (sent to the foreground group) miss
-                # it. Not a session of its own: that would also be a scheduling
-                # autogroup of its own, measurably slower for torch's thread pool.
-                process_group=0,
-            )
-        except OSError as exc:
-            for fd in (to_child_w, from_child_r, ready_r, *((log_r,) if log_r is not None else ())):
-                os.close(fd)
-            if pids_group is not None:
-                pids.remove(pids_group)
-            shared.close()
-            raise EnclaveError(f"could not start the sandbox: {exc.strerror}") from None
-        finally:
-            for fd in child_side:
-                os.close(fd)
-            shared.release_reader()
-        relay = None
-        if log_r is not None:
-            relay = threading.Thread(
-                target=_relay_output, args=(log_r, output or _write_stderr), daemon=True
-            )
-            relay.start()
-        sandbox = cls(process, to_child_w, from_child_r, limits, relay, pids_group, started, shared)
-        try:
-            sandbox._await_confinement(ready_r, started + limits.startup_timeout_seconds)
+            await_confinement(child.ready, child.started + limits.startup_timeout_seconds)
+            os.set_blocking(sandbox._to_child, False)
         except BaseException:
             sandbox.close()
             raise
         finally:
-            os.close(ready_r)
-        sandbox.startup_seconds = time.monotonic() - started
+            os.close(child.ready)
+        sandbox.startup_seconds = time.monotonic() - child.started
         return sandbox
 
     @property
@@ -343,26 +252,6 @@ class Sandbox:
 
     # -- internals ---------------------------------------------------------------
 
-    def _await_confinement(self, ready_fd: int, deadline: float) -> None:
-        report = b""
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise EnclaveError("the sandbox did not start in time")
-            readable, _, _ = select.select([ready_fd], [], [], remaining)
-            if not readable:
-                continue
-            chunk = os.read(ready_fd, 256)
-            if not chunk:
-                break
-            report += chunk
-        if report != READY:
-            # Written by the bootstrap before any provider code ran: our own text.
-            detail = report.decode("ascii", "replace").strip() or "no report"
-            detail = "".join(c if c.isprintable() else "?" for c in detail)[:200]
-            raise EnclaveError(f"the sandbox could not be set up ({detail})")
-        os.set_blocking(self._to_child, False)
-
     def _deadline(self, seconds: float) -> float:
         """`seconds` from now, but no later than the end of the job's time."""
         deadline = min(time.monotonic() + seconds, self._job_deadline)
@@ -465,51 +354,3 @@ def reason_for_exit(returncode: int) -> ReasonClass:
     if number in (signal.SIGKILL, signal.SIGXCPU):
         return ReasonClass.RESOURCE_LIMIT  # the CPU limit, or the out-of-memory killer
     return ReasonClass.RECIPE_ERROR  # crashed: segfault, abort...
-
-
-def _child_environment(entry: str, limits: SandboxLimits, *, dry_run: bool) -> dict[str, str]:
-    """Nothing of the enclave's environment: just where to find Chiron and the runtime."""
-    roots = [str(Path(chiron.__file__).resolve().parent.parent)]
-    entry_root = _module_root(entry)
-    if entry_root not in roots:
-        roots.append(entry_root)
-    return {
-        "PATH": "/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-        "PYTHONPATH": os.pathsep.join(roots),
-        "OMP_NUM_THREADS": str(limits.threads),
-        # torch._dynamo (imported by every optimizer) creates a cache directory at
-        # import unless this names one that exists: the empty, read-only /tmp.
-        "TORCHINDUCTOR_CACHE_DIR": "/tmp",  # noqa: S108  (hidden by an empty tmpfs)
-        # A dry run's output must reach the provider even when the child is killed
-        # right after a failure: no buffering.
-        **({"PYTHONUNBUFFERED": "1"} if dry_run else {}),
-    }
-
-
-def _module_root(name: str) -> str:
-    """The sys.path entry from which `name` is imported (found without running it)."""
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or spec.origin is None:
-        raise EnclaveError(f"the sandbox entry module {name} is not installed")
-    origin = Path(spec.origin).resolve()
-    depth = name.count(".") + (2 if origin.name == "__init__.py" else 1)
-    return str(origin.parents[depth - 1])
-
-
-def _relay_output(fd: int, sink: Callable[[bytes], None]) -> None:
-    try:
-        while chunk := os.read(fd, 65536):
-            sink(chunk)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_stderr(chunk: bytes) -> None:
-    with contextlib.suppress(OSError):
-        os.write(2, chunk)
