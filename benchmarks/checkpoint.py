@@ -45,13 +45,14 @@ from chiron.core.crypto import random_key
 from chiron.core.fileio import atomic_write
 from chiron.core.recipe_protocol import LABEL_DTYPE, FromChild, ToChild, TrainingPlan, encode_json
 from chiron.core.schema import DatasetSchema
+from chiron.enclave.checkpoints import Checkpoints, Progress
 from chiron.enclave.recipe_session import (
     receive_declaration,
     share_training_data,
     spawn_recipe,
 )
 from chiron.enclave.sealing import SealingKey
-from chiron.enclave.trainer import CHECKPOINT_EVERY_STEPS, _Checkpoints, _Progress
+from chiron.enclave.trainer import CHECKPOINT_EVERY_STEPS
 from chiron.recipes.hooks import load_recipe
 from chiron.recipes.loop import _rng_state, declare
 
@@ -146,8 +147,8 @@ def sandboxed(source: bytes, args: argparse.Namespace, directory: Path) -> Sandb
             "plan": plan.to_dict(),
             "checkpoint_nbytes": declaration.checkpoint_nbytes,
         }
-        checkpoints = _Checkpoints(directory, key, binding)
-        progress = _Progress(0, [])
+        checkpoints = Checkpoints(directory, key, binding)
+        progress = Progress(0, [])
         sandbox.send(ToChild.PLAN, encode_json(plan.to_dict()))
         share_training_data(sandbox, x, y, SCHEMA)
         sandbox.expect(FromChild.READY, size=0)

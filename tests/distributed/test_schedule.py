@@ -19,6 +19,18 @@ def test_rounds_start_at_step_zero_and_end_at_the_last_step():
     assert exact.rounds == 4 and exact.round_at(36) == exact.final_round == 3
 
 
+def test_a_group_checkpoints_at_the_first_exchange_point_after_each_interval():
+    """The same steps for every worker: exchange points, never step 0 or the last step."""
+    schedule = ExchangeSchedule(every=10, total_steps=1014)
+    due = [s for s in range(1015) if schedule.checkpoint_at(s, 200)]
+    assert due == [200, 400, 600, 800, 1000]
+    uneven = ExchangeSchedule(every=30, total_steps=170)
+    assert [s for s in range(171) if uneven.checkpoint_at(s, 85)] == [90]
+    # An interval shorter than the exchange interval: every exchange point but the last.
+    assert [s for s in range(37) if schedule.checkpoint_at(s, 3)] == [10, 20, 30]
+    assert not ExchangeSchedule(every=10, total_steps=36).checkpoint_at(36, 12)
+
+
 def test_shards_are_disjoint_equal_and_the_same_every_time():
     train_index = np.arange(5, 108)
     shards = [shard_indices(train_index, worker=w, workers=3, seed=4) for w in (1, 2, 3)]

@@ -11,9 +11,10 @@ import pytest
 from chiron.core.errors import IntegrityError
 from chiron.core.keys import Identity
 from chiron.core.manifest import DatasetRef, JobManifest, Plan
+from chiron.enclave.accepted_job import AcceptedJob
+from chiron.enclave.checkpoints import checkpoint_key
 from chiron.enclave.context import EnclaveContext
 from chiron.enclave.sealing import SealingKey, sealed_size
-from chiron.enclave.trainer import AcceptedJob, _checkpoint_key
 
 MEASUREMENT = hashlib.sha256(b"runtime").hexdigest()
 
@@ -93,7 +94,7 @@ def test_a_job_on_hardware_checkpoints_with_the_owners_secret_and_no_platform_se
     context = EnclaveContext.create(
         role="train", state_dir=str(tmp_path / "state"), platform_name="tsm"
     )
-    key = _checkpoint_key(context, _accepted(tmp_path / "ckpt", b"k" * 32))
+    key = checkpoint_key(context, _accepted(tmp_path / "ckpt", b"k" * 32))
     assert key is not None
     assert key.unseal(key.seal(b"state", {}), {}) == b"state"
     # Nothing of a simulated platform secret was created or used.
@@ -104,8 +105,8 @@ def test_without_the_owners_secret_a_hardware_job_has_no_checkpoints(tmp_path):
     context = EnclaveContext.create(
         role="train", state_dir=str(tmp_path / "state"), platform_name="tsm"
     )
-    assert _checkpoint_key(context, _accepted(tmp_path / "ckpt", None)) is None
-    assert _checkpoint_key(context, _accepted(None, b"k" * 32)) is None
+    assert checkpoint_key(context, _accepted(tmp_path / "ckpt", None)) is None
+    assert checkpoint_key(context, _accepted(None, b"k" * 32)) is None
 
 
 def test_a_checkpoint_file_is_sealed_whole_private_and_bound(tmp_path):

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from chiron.core.contract import TrainRequest, TrainResult
+from chiron.enclave.accepted_job import accept_job
 from chiron.enclave.context import EnclaveContext
-from chiron.enclave.trainer import accept_job, train
+from chiron.enclave.trainer import train
 
 
 def handle_train(

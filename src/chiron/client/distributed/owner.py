@@ -26,6 +26,7 @@ from chiron.client.training import (
     authorize,
     check_training_result,
     seal_data_key,
+    seal_job_secret,
 )
 from chiron.core.attestation import Policy
 from chiron.core.contract import (
@@ -171,9 +172,13 @@ def run_distributed_training(
         for rank in range(1, len(members)):
             authorization = TrainAuthorization(
                 manifest,
-                # Each training enclave gets the data key sealed to the key it attested.
+                # Each training enclave gets the data key sealed to the key it attested,
+                # and the job's secret, which its checkpoints are sealed under: derived
+                # from the owner's key and the job, so a resumed group's new enclaves
+                # open them (each its own rank's: they are bound to it).
                 seal_data_key(identities[rank], data_key, manifest),
                 timeouts.group(rank, identities),
+                sealed_job_secret=seal_job_secret(identities[rank], owner, manifest),
             )
             args = authorization.to_wire()
             if worker_rendezvous is not None:

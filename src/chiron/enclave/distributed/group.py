@@ -26,7 +26,7 @@ from chiron.enclave.distributed.messages import (
     header_sender,
     member_name,
 )
-from chiron.enclave.distributed.settings import Rendezvous
+from chiron.enclave.distributed.settings import GroupSettings, Rendezvous
 
 _LISTEN_BACKLOG = 128
 
@@ -70,10 +70,17 @@ def store_port(store: dist.Store) -> int:
 
 
 class Board:
-    """One job's namespace in the store: members post and fetch public or sealed values."""
+    """One run's namespace in the store: members post and fetch public or sealed values.
 
-    def __init__(self, store: dist.Store, *, job_id: str, trace: WireTrace) -> None:
-        self._store = dist.PrefixStore(f"chiron/job/{job_id}/", store)
+    Named by the job and the manifest of this run: a job resumed with new enclaves signs
+    a new manifest, so a store that outlived the last run (a node agent's) holds nothing
+    this run could take for its own.
+    """
+
+    def __init__(self, store: dist.Store, settings: GroupSettings, *, trace: WireTrace) -> None:
+        self._store = dist.PrefixStore(
+            f"chiron/job/{settings.job_id}/{settings.manifest_digest}/", store
+        )
         self._trace = trace
 
     def post(self, key: str, value: bytes, *, to: int, kind: str) -> None:

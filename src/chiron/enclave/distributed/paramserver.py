@@ -5,7 +5,9 @@ checks that all of them agree on the job and the plan (HELLO), starts them (STAR
 then serves the exchange rounds of the fixed schedule over gloo:
 
   sync   (default) each round, the PARAMS of every worker, in rank order; then the
-         average of all of them to every worker (AVERAGE);
+         average of all of them to every worker (AVERAGE). A sync group started again
+         resumes from the latest step whose checkpoint every worker holds (each lists
+         its own in HELLO): START names it and the rounds start with that step's;
   async  each worker's PARAMS as it comes; the server adds the worker's progress since
          its last answer (its parameters minus that answer, over the number of workers)
          to the global parameters and answers with them, but holds the answer while any
@@ -70,7 +72,7 @@ def handle_exchange(
             emit(
                 {"event": "rendezvous", "host": settings.rendezvous.host, "port": store_port(store)}
             )
-        board = Board(store, job_id=job_id, trace=trace)
+        board = Board(store, settings, trace=trace)
         key = admit_workers(context, board, settings)
         server = _Server(settings, board, SecureChannel(key, job_id=job_id, rank=0), trace, emit)
         try:
@@ -109,9 +111,11 @@ class _Server:
 
     def run(self) -> int:
         await_verdicts(self._board, self._settings)
-        schedule, model_nbytes, rate = self._agree()
+        schedule, model_nbytes, rate, resume_step = self._agree()
         self._slot = parameter_slot_bytes(model_nbytes)
-        start = canonical_json({"rate": rate.to_dict() if rate is not None else None})
+        start = canonical_json(
+            {"rate": rate.to_dict() if rate is not None else None, "resume_step": resume_step}
+        )
         for worker in self._workers:
             self._post_start(worker, MessageKind.START, start)
         self._transport = Transport(
@@ -123,20 +127,22 @@ class _Server:
             trace=self._trace,
         )
         if self._settings.mode == SYNC:
-            self._synchronous(schedule)
+            self._synchronous(schedule, schedule.round_at(resume_step) or 0)
         else:
             self._asynchronous(schedule)
         return schedule.rounds
 
-    def _agree(self) -> tuple[ExchangeSchedule, int, Rate | None]:
+    def _agree(self) -> tuple[ExchangeSchedule, int, Rate | None, int]:
         """Every worker's HELLO: the same job, members and plan, the same parameter size.
 
         In a fixed-rate job each worker also says the rate it needs; the group's is the
         widest of them (every period and slot count the largest), sent to all in START.
+        A sync group resumes from the latest step every worker holds a checkpoint of.
         """
         expected = self._settings.agreement()
         first: dict[str, Any] | None = None
         rates: list[Rate] = []
+        held: list[set[int]] = []
         for worker in self._workers:
             kind, payload = self._channel.open(
                 self._board.fetch(
@@ -169,6 +175,12 @@ class _Server:
                 raise IntegrityError(f"worker {worker} sent a malformed HELLO") from None
             if (rate is not None) != self._settings.fixed_rate:
                 raise IntegrityError(f"worker {worker} disagrees on the fixed rate")
+            checkpoints = hello.get("checkpoints")
+            if not isinstance(checkpoints, list) or not all(
+                type(step) is int for step in checkpoints
+            ):
+                raise IntegrityError(f"worker {worker} sent a malformed HELLO")
+            held.append(set(checkpoints))
             plan = {"plan": hello.get("plan"), "model_nbytes": hello.get("model_nbytes")}
             if first is None:
                 first = plan
@@ -179,16 +191,22 @@ class _Server:
         try:
             total_steps = int(first["plan"]["steps_per_epoch"]) * int(first["plan"]["epochs"])  # type: ignore[index]
             model_nbytes = int(first["model_nbytes"])  # type: ignore[index]
+            every = int(first["plan"]["checkpoint_every"])  # type: ignore[index]
         except (KeyError, TypeError, ValueError):
             raise IntegrityError("worker 1 sent a malformed HELLO") from None
-        if model_nbytes <= 0:
+        if model_nbytes <= 0 or every <= 0:
             raise IntegrityError("worker 1 sent a malformed HELLO")
         rate = Rate.widest(rates) if rates else None
-        return ExchangeSchedule(self._settings.exchange_every, total_steps), model_nbytes, rate
+        schedule = ExchangeSchedule(self._settings.exchange_every, total_steps)
+        common = set.intersection(*held) if self._settings.mode == SYNC else set()
+        # Each worker lists only its schedule's checkpoint steps; the server keeps to the
+        # same rule, so a START never names a step that is not an exchange point.
+        resumable = [step for step in common if schedule.checkpoint_at(step, every)]
+        return schedule, model_nbytes, rate, max(resumable, default=0)
 
-    def _synchronous(self, schedule: ExchangeSchedule) -> None:
+    def _synchronous(self, schedule: ExchangeSchedule, first_round: int) -> None:
         layout: ParameterLayout | None = None
-        for round_number in range(schedule.rounds):
+        for round_number in range(first_round, schedule.rounds):
             vectors = []
             for worker in self._workers:
                 vector = self._receive_params(worker, round_number)

@@ -56,6 +56,17 @@ class ExchangeSchedule:
         """The first exchange point after `step`."""
         return min((step // self.every + 1) * self.every, self.total_steps)
 
+    def checkpoint_at(self, step: int, checkpoint_every: int) -> bool:
+        """Whether the workers checkpoint at `step`: the first exchange point at or after
+        each multiple of `checkpoint_every`, the last step aside (nothing follows it).
+
+        A group resumes by holding again the exchange of a step every worker checkpointed
+        just before it, so its checkpoints come at exchange points only, the same for all.
+        """
+        if self.round_at(step) is None or not 0 < step < self.total_steps:
+            return False
+        return step // checkpoint_every > (step - self.every) // checkpoint_every
+
 
 def shard_indices(train_index: np.ndarray, *, worker: int, workers: int, seed: int) -> np.ndarray:
     """Worker `worker`'s (1-based) share of the training indices, sorted.

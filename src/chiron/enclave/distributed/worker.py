@@ -7,6 +7,13 @@ for the parameters, sends them sealed to the server, and loads the answer into t
 
 If anything fails here, the other members learn it at once: an ABORT goes out in place
 of the next message this worker owes the server, padded to the same size.
+
+A synchronous group checkpoints: each worker seals its state just before the exchanges
+that `ExchangeSchedule.checkpoint_at` names, into its own folder, keeping its last two.
+A group started again says in HELLO which steps each worker holds; the server picks the
+latest that all of them hold and names it in START, and every worker resumes there by
+holding that step's exchange again. An asynchronous group does not checkpoint: its
+answers depend on the order in which the workers' messages arrived.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from chiron.core.encoding import canonical_json
 from chiron.core.errors import InputError, IntegrityError
 from chiron.core.recipe_protocol import FromChild, ToChild, TrainingPlan
 from chiron.enclave import escrow
+from chiron.enclave.accepted_job import AcceptedJob
 from chiron.enclave.context import EnclaveContext
 from chiron.enclave.distributed.group import Board, Transport, rendezvous_store
 from chiron.enclave.distributed.membership import join_server
@@ -38,12 +46,13 @@ from chiron.enclave.distributed.messages import (
     parameter_slot_bytes,
     wire_bytes,
 )
-from chiron.enclave.distributed.schedule import ExchangeSchedule, shard_indices
+from chiron.enclave.distributed.schedule import SYNC, ExchangeSchedule, shard_indices
 from chiron.enclave.distributed.settings import GroupSettings
 from chiron.enclave.fixed_rate import Rate
+from chiron.enclave.parameter_exchange import GroupStart
 from chiron.enclave.recipe_session import Declaration
 from chiron.enclave.sandbox import Sandbox
-from chiron.enclave.trainer import AcceptedJob, train
+from chiron.enclave.trainer import train
 
 
 def train_worker(
@@ -62,13 +71,14 @@ def train_worker(
     with rendezvous_store(
         settings.rendezvous, rank=settings.rank, timeout=settings.handshake_timeout
     ) as store:
-        board = Board(store, job_id=settings.job_id, trace=trace)
+        board = Board(store, settings, trace=trace)
         key = join_server(context, board, settings)
         channel = SecureChannel(key, job_id=settings.job_id, rank=settings.rank)
         exchange = WorkerExchange(settings, board, channel, trace)
+        if settings.mode != SYNC:
+            job = dataclasses.replace(job, checkpoint_dir=None)
         try:
-            # Checkpoints are a single enclave's: a group that loses a member fails.
-            return train(context, dataclasses.replace(job, checkpoint_dir=None), emit, exchange)
+            return train(context, job, emit, exchange)
         except BaseException as exc:
             exchange.abort(exc)
             raise
@@ -92,6 +102,8 @@ class WorkerExchange:
         # Where an ABORT would go: "hello" (the store), "params" (gloo), or nowhere.
         self._stage = "hello"
         self._next_round = 0
+        self._first_round = 0
+        self._checkpoint_every = 0
         # The training loop's time (from the end of round 0 to the end of the last
         # round) and the part of it spent exchanging, for the owner and benchmarks.
         self._loop_started = 0.0
@@ -106,24 +118,40 @@ class WorkerExchange:
     def lead(self) -> bool:
         return self._settings.rank == 1
 
+    @property
+    def rank(self) -> int:
+        return self._settings.rank
+
     def shard(self, train_index: np.ndarray, seed: int) -> np.ndarray:
         return shard_indices(
             train_index, worker=self._settings.rank, workers=self._settings.workers, seed=seed
         )
 
-    def begin(self, plan: TrainingPlan, declaration: Declaration, rate: Rate | None) -> Rate | None:
+    def begin(
+        self,
+        plan: TrainingPlan,
+        declaration: Declaration,
+        rate: Rate | None,
+        checkpointed: tuple[int, ...],
+    ) -> GroupStart:
         """HELLO with what this worker will exchange; START once every member agrees.
 
         In a fixed-rate job HELLO carries the rate this worker needs and START the
         group's (the widest of them), the same for every member: the clock starts as
-        START arrives, at about the same instant for all of them.
+        START arrives, at about the same instant for all of them. HELLO also lists the
+        steps this worker holds checkpoints of; START names the step the group resumes
+        from (0: from the start), one this worker holds.
         """
         settings = self._settings
+        schedule = ExchangeSchedule(settings.exchange_every, plan.total_steps)
+        self._checkpoint_every = plan.checkpoint_every
+        held = sorted(step for step in set(checkpointed) if self.checkpoint_due(step, schedule))
         hello = {
             "agreement": settings.agreement(),
             "plan": plan.to_dict(),
             "model_nbytes": declaration.model_nbytes,
             "rate": rate.to_dict() if rate is not None else None,
+            "checkpoints": held,
         }
         self._board.post(
             f"hello/{settings.rank}",
@@ -155,11 +183,17 @@ class WorkerExchange:
         try:
             start = json.loads(payload.decode("utf-8"))
             agreed = None if start["rate"] is None else Rate.from_dict(start["rate"])
+            resume_step = start["resume_step"]
         except (UnicodeDecodeError, ValueError, KeyError, TypeError):
             raise IntegrityError("the parameter server sent a malformed START") from None
         if (agreed is None) != (rate is None):
             raise IntegrityError("the parameter server's START disagrees on the fixed rate")
-        self._schedule = ExchangeSchedule(settings.exchange_every, plan.total_steps)
+        if type(resume_step) is not int or not (resume_step == 0 or resume_step in held):
+            raise IntegrityError(
+                "the parameter server's START resumes from a step this worker has no checkpoint of"
+            )
+        self._schedule = schedule
+        self._first_round = self._next_round = schedule.round_at(resume_step) or 0
         self._slot = parameter_slot_bytes(declaration.model_nbytes)
         self._transport = Transport(
             self._board,
@@ -170,7 +204,13 @@ class WorkerExchange:
             trace=self._trace,
         )
         self._stage = "params"
-        return agreed
+        return GroupStart(rate=agreed, resume_step=resume_step)
+
+    def checkpoint_due(self, step: int, schedule: ExchangeSchedule | None = None) -> bool:
+        """Whether this worker checkpoints just before the exchange at `step`."""
+        if self._settings.mode != SYNC or self._checkpoint_every <= 0:
+            return False
+        return (schedule or self._fixed()).checkpoint_at(step, self._checkpoint_every)
 
     def next_exchange(self, step: int) -> int:
         return self._fixed().next_step(step)
@@ -207,7 +247,7 @@ class WorkerExchange:
         self._next_round += 1
         waiting = time.monotonic()
         answer = self._transport.receive(0, wire_bytes(self._slot))
-        if round_number > 0:
+        if round_number > self._first_round:
             self._waiting_seconds += time.monotonic() - waiting
         kind, payload = self._channel.open(
             answer,
@@ -224,7 +264,7 @@ class WorkerExchange:
         sandbox.send(ToChild.SET_PARAMS, payload)
         sandbox.expect(FromChild.READY, size=0)
         finished = time.monotonic()
-        if round_number == 0:
+        if round_number == self._first_round:
             self._loop_started = finished
         else:
             self._exchange_seconds += finished - started
