@@ -70,7 +70,7 @@ def _encrypted_member(rank, world, ports, key, vector, rounds, results) -> None:
             for _ in range(world - 1):
                 ports.put(store_port(store))
         trace = WireTrace()
-        board = Board(store, job_id="bench", trace=trace)
+        board = Board(store, job_id="bench", manifest="bench", trace=trace)
         transport = Transport(
             board, rank=rank, world_size=world, address="127.0.0.1", timeout=120, trace=trace
         )

@@ -26,7 +26,7 @@ from chiron.enclave.distributed.messages import (
     header_sender,
     member_name,
 )
-from chiron.enclave.distributed.settings import GroupSettings, Rendezvous
+from chiron.enclave.distributed.settings import Rendezvous
 
 _LISTEN_BACKLOG = 128
 
@@ -77,10 +77,8 @@ class Board:
     this run could take for its own.
     """
 
-    def __init__(self, store: dist.Store, settings: GroupSettings, *, trace: WireTrace) -> None:
-        self._store = dist.PrefixStore(
-            f"chiron/job/{settings.job_id}/{settings.manifest_digest}/", store
-        )
+    def __init__(self, store: dist.Store, *, job_id: str, manifest: str, trace: WireTrace) -> None:
+        self._store = dist.PrefixStore(f"chiron/job/{job_id}/{manifest}/", store)
         self._trace = trace
 
     def post(self, key: str, value: bytes, *, to: int, kind: str) -> None:

@@ -72,7 +72,7 @@ def handle_exchange(
             emit(
                 {"event": "rendezvous", "host": settings.rendezvous.host, "port": store_port(store)}
             )
-        board = Board(store, settings, trace=trace)
+        board = Board(store, job_id=settings.job_id, manifest=settings.manifest_digest, trace=trace)
         key = admit_workers(context, board, settings)
         server = _Server(settings, board, SecureChannel(key, job_id=job_id, rank=0), trace, emit)
         try:

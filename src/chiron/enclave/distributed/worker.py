@@ -71,7 +71,7 @@ def train_worker(
     with rendezvous_store(
         settings.rendezvous, rank=settings.rank, timeout=settings.handshake_timeout
     ) as store:
-        board = Board(store, settings, trace=trace)
+        board = Board(store, job_id=settings.job_id, manifest=settings.manifest_digest, trace=trace)
         key = join_server(context, board, settings)
         channel = SecureChannel(key, job_id=settings.job_id, rank=settings.rank)
         exchange = WorkerExchange(settings, board, channel, trace)
