@@ -39,8 +39,6 @@ from chiron.core.contract.distributed import (
 from chiron.core.contract.fields import MAX_MODEL_FILE_BYTES, MAX_PATH_CHARS, MAX_TIMEOUT_SECONDS
 from chiron.core.contract.query import (
     MAX_SEALED_INPUT_BYTES,
-    PARTIES,
-    REPLY_KEY_BYTES,
     ChannelOpening,
     EvaluateRequest,
     EvaluateResult,
@@ -67,8 +65,6 @@ __all__ = [
     "MAX_PATH_CHARS",
     "MAX_SEALED_INPUT_BYTES",
     "MAX_TIMEOUT_SECONDS",
-    "PARTIES",
-    "REPLY_KEY_BYTES",
     "AttestRequest",
     "AttestResult",
     "Call",

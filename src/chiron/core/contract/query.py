@@ -19,14 +19,14 @@ from chiron.core.contract.fields import (
     read_int,
     read_text,
 )
+from chiron.core.crypto import REPLY_KEY_BYTES
 from chiron.core.errors import InputError
 from chiron.core.identifiers import check_model_id, check_request_id
 from chiron.core.limits import MAX_SEALED_KEY_BYTES, MAX_SIGNATURE_BYTES
+from chiron.core.modelfile import PARTIES
 from chiron.core.query_channel import MAX_SEQUENCE
 
 MAX_SEALED_INPUT_BYTES = 256 * 1024 * 1024
-REPLY_KEY_BYTES = 32
-PARTIES = ("owner", "provider")
 
 
 @dataclass(frozen=True)
