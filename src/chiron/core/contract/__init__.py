@@ -54,7 +54,6 @@ from chiron.core.contract.train import (
     TrainMaterials,
     TrainRequest,
     TrainResult,
-    job_id_of,
 )
 
 __all__ = [
@@ -85,5 +84,4 @@ __all__ = [
     "TrainMaterials",
     "TrainRequest",
     "TrainResult",
-    "job_id_of",
 ]

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from chiron.core.contract.distributed import ExchangeRequest, GroupMembership, Rendezvous
+from chiron.core.contract.distributed import GroupMembership, Rendezvous
 from chiron.core.contract.fields import (
     MAX_MODEL_FILE_BYTES,
     read_bytes,
@@ -32,7 +32,6 @@ from chiron.core.contract.fields import (
     read_text,
 )
 from chiron.core.errors import InputError
-from chiron.core.identifiers import check_job_id
 from chiron.core.limits import MAX_RECIPE_BYTES, MAX_SEALED_KEY_BYTES
 from chiron.core.manifest import SignedManifest
 from chiron.core.recipe_statement import SignedRecipeStatement
@@ -186,8 +185,3 @@ class TrainResult:
         except (TypeError, ValueError):
             raise InputError("malformed train result: timings are not numbers") from None
         return cls(**values, wire_trace=trace, timings=seconds)
-
-
-def job_id_of(request: TrainRequest | ExchangeRequest) -> str:
-    """The job a request is for: the manifest's, never a separate host-supplied id."""
-    return check_job_id(request.manifest.manifest.job_id)
