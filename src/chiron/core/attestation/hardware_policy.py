@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from chiron.core.attestation.checks import AllOf, AnyOf, Check, DebugDisabled, UNSAFE_DebugAllowed
+from chiron.core.attestation.event_log import RTMR_COUNT
 from chiron.core.attestation.hardware_checks import (
     ChipIdIs,
     FmspcIs,
@@ -41,7 +42,6 @@ from chiron.core.fileio import read_input_file
 TCB_STATUSES = tuple(status for status in STATUS_ORDER if status != "Revoked")
 DEFAULT_TCB_STATUSES = ("UpToDate",)
 SNP_TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")
-RTMR_COUNT = 4
 
 
 _HARDWARE_KEYS = {
