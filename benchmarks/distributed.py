@@ -15,7 +15,7 @@ Three measurements, each against a baseline taken in the same run:
             workers (same epochs, seed); test accuracy of each escrowed model on the test
             split, measured by a query enclave (`chiron evaluate`).
 
-    .venv/bin/python benchmarks/distributed.py [--workers 1 2 3 4] [--rounds 40]
+    .venv/bin/python benchmarks/distributed.py [--workers 1 2 3 4] [--rounds 40] [--pairs 5]
     .venv/bin/python benchmarks/distributed.py --training [--records 12000] [--every 10]
     .venv/bin/python benchmarks/distributed.py --accuracy [--epochs 3]
 """
@@ -26,6 +26,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -179,7 +180,10 @@ def _run_members(target, world: int, *args) -> float:
     return seconds
 
 
-def exchange(worker_counts: list[int], rounds: int) -> None:
+def exchange(worker_counts: list[int], rounds: int, pairs: int) -> None:
+    """Alternate encrypted and plain runs `pairs` times per worker count: a shared
+    machine's load changes from minute to minute, and each pair's ratio is taken
+    within the same minute; the median of the pairs is the figure."""
     from chiron.enclave.distributed.averaging import ParameterLayout
 
     vector = cnn_parameters()
@@ -187,20 +191,29 @@ def exchange(worker_counts: list[int], rounds: int) -> None:
     key = os.urandom(32)
     print(
         f"CNN recipe parameters: {elements} floats, {len(vector) / 2**20:.2f} MiB per message; "
-        f"{rounds} rounds after {WARM_UP_ROUNDS} warm-up rounds; {os.cpu_count()} CPU threads"
+        f"{rounds} rounds after {WARM_UP_ROUNDS} warm-up rounds; {os.cpu_count()} CPU threads; "
+        f"median of {pairs} alternating pairs"
     )
     print("workers  encrypted exchange  plain gloo all-reduce  ratio   per worker (both ways)")
     for workers in worker_counts:
-        encrypted = _run_members(_encrypted_member, workers + 1, key, vector, rounds)
+        encrypted_runs, plain_runs, ratios = [], [], []
+        for _ in range(pairs if workers > 1 else 1):
+            encrypted_runs.append(_run_members(_encrypted_member, workers + 1, key, vector, rounds))
+            if workers > 1:
+                plain_runs.append(_run_members(_plain_member, workers, elements, rounds))
+                ratios.append(encrypted_runs[-1] / plain_runs[-1])
+        encrypted = statistics.median(encrypted_runs)
         if workers > 1:
-            plain = _run_members(_plain_member, workers, elements, rounds)
-            plain_text, ratio = f"{plain * 1e3:10.2f} ms", f"{encrypted / plain:6.2f}"
+            plain = statistics.median(plain_runs)
+            plain_text = f"{plain * 1e3:10.2f} ms"
+            ratio = f"{statistics.median(ratios):6.2f}"
+            spread = f"  (pairs {min(ratios):.2f}-{max(ratios):.2f})" if pairs > 1 else ""
         else:
-            plain_text, ratio = "   (nothing to reduce)", "     -"
+            plain_text, ratio, spread = "   (nothing to reduce)", "     -", ""
         throughput = 2 * len(vector) / encrypted / 2**20
         print(
             f"{workers:7d}  {encrypted * 1e3:14.2f} ms  {plain_text:>21}  {ratio}  "
-            f"{throughput:8.1f} MiB/s"
+            f"{throughput:8.1f} MiB/s{spread}"
         )
 
 
@@ -419,6 +432,7 @@ def main() -> None:
     parser.add_argument("--accuracy", action="store_true")
     parser.add_argument("--workers", type=int, nargs="+", default=None)
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--pairs", type=int, default=5, help="alternating runs per count")
     parser.add_argument("--records", type=int, default=12000)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--every", type=int, default=10)
@@ -431,7 +445,7 @@ def main() -> None:
     elif args.training:
         training(args.workers or [2, 3], args.records, args.epochs or 1, args.every)
     else:
-        exchange(args.workers or [1, 2, 3, 4], args.rounds)
+        exchange(args.workers or [1, 2, 3, 4], args.rounds, args.pairs)
 
 
 if __name__ == "__main__":

@@ -382,13 +382,13 @@ def test_no_key_and_nonce_pair_is_used_twice_across_a_killed_and_restarted_job(
     group, tmp_path, monkeypatch, restart
 ):
     used: list[tuple[bytes, bytes]] = []
-    encrypt = messages.aead_encrypt
+    encrypt = messages.aead_encrypt_into
 
-    def recording(key: bytes, nonce: bytes, plaintext: bytes, associated: bytes) -> bytes:
+    def recording(key: bytes, nonce: bytes, plaintext, associated: bytes, out) -> None:
         used.append((key, nonce))
-        return encrypt(key, nonce, plaintext, associated)
+        encrypt(key, nonce, plaintext, associated, out)
 
-    monkeypatch.setattr(messages, "aead_encrypt", recording)
+    monkeypatch.setattr(messages, "aead_encrypt_into", recording)
 
     # The first run: the handshake, a few rounds, then the job is killed.
     first = handshake(group)

@@ -81,8 +81,8 @@ class Board:
         self._store = dist.PrefixStore(f"chiron/job/{job_id}/{manifest}/", store)
         self._trace = trace
 
-    def post(self, key: str, value: bytes, *, to: int, kind: str) -> None:
-        self._store.set(key, value)  # type: ignore[arg-type]  # bytes work; stubs say str
+    def post(self, key: str, value: bytes | bytearray, *, to: int, kind: str) -> None:
+        self._store.set(key, bytes(value))  # type: ignore[arg-type]  # bytes work; stubs say str
         self._trace.record("send", to, kind, len(value))
 
     def fetch(self, key: str, *, sender: int, kind: str, timeout: float) -> bytes:
@@ -132,23 +132,25 @@ class Transport:
         self._timeout = datetime.timedelta(seconds=timeout)
         self._trace = trace
 
-    def send(self, peer: int, message: bytes) -> None:
-        buffer = torch.frombuffer(bytearray(message), dtype=torch.uint8)
+    def send(self, peer: int, message: bytearray) -> None:
+        # gloo sends from the message's own buffer (no copy; it is ours until the wait).
+        buffer = torch.frombuffer(message, dtype=torch.uint8)
         self._wait(self._open().send([buffer], peer, 0), peer, "send to")  # type: ignore[attr-defined]
         self._trace.record("send", peer, header_kind(message), len(message))
 
-    def receive(self, peer: int, nbytes: int) -> bytes:
-        buffer = torch.empty(nbytes, dtype=torch.uint8)
+    def receive(self, peer: int, nbytes: int) -> bytearray:
+        # gloo writes into the returned buffer itself: no copy on the way in either.
+        message = bytearray(nbytes)
+        buffer = torch.frombuffer(message, dtype=torch.uint8)
         self._wait(self._open().recv([buffer], peer, 0), peer, "receive from")  # type: ignore[attr-defined]
-        message = buffer.numpy().tobytes()
         self._trace.record("receive", peer, header_kind(message), nbytes)
         return message
 
-    def receive_any(self, nbytes: int) -> bytes:
+    def receive_any(self, nbytes: int) -> bytearray:
         """The next message from any member; its authenticated header names the sender."""
-        buffer = torch.empty(nbytes, dtype=torch.uint8)
+        message = bytearray(nbytes)
+        buffer = torch.frombuffer(message, dtype=torch.uint8)
         self._wait(self._open().recv_anysource([buffer], 0), None, "receive from")  # type: ignore[attr-defined]
-        message = buffer.numpy().tobytes()
         self._trace.record("receive", header_sender(message), header_kind(message), nbytes)
         return message
 

@@ -25,7 +25,7 @@ import struct
 import time
 from typing import Any
 
-from chiron.core.crypto import KEY_BYTES, TAG_BYTES, aead_decrypt, aead_encrypt
+from chiron.core.crypto import KEY_BYTES, TAG_BYTES, aead_decrypt_into, aead_encrypt_into
 from chiron.core.encoding import canonical_json
 from chiron.core.errors import ChironError, IntegrityError, PeerFailure
 
@@ -68,12 +68,12 @@ def kind_name(kind: int) -> str:
         return f"unknown kind {kind}"
 
 
-def header_kind(message: bytes) -> str:
+def header_kind(message: bytes | bytearray) -> str:
     """The kind named in a message's cleartext header: what an observer of the wire sees."""
     return kind_name(message[1]) if len(message) >= HEADER_BYTES else "malformed"
 
 
-def header_sender(message: bytes) -> int:
+def header_sender(message: bytes | bytearray) -> int:
     """The sender a header claims; `SecureChannel.open` authenticates it."""
     if len(message) < HEADER_BYTES:
         raise IntegrityError("a message from the group is truncated")
@@ -100,7 +100,7 @@ class SecureChannel:
         round_number: int,
         payload: bytes,
         slot_bytes: int,
-    ) -> bytes:
+    ) -> bytearray:
         if len(payload) > slot_bytes - _LENGTH.size:
             raise ValueError("payload larger than its slot")
         sequence = self._next_sent.get(receiver, 0)
@@ -110,17 +110,24 @@ class SecureChannel:
         plaintext[: _LENGTH.size] = _LENGTH.pack(len(payload))
         plaintext[_LENGTH.size : _LENGTH.size + len(payload)] = payload
         nonce = _nonce(self.rank, receiver, sequence)
-        return header + aead_encrypt(self._key, nonce, bytes(plaintext), self._aad(header))
+        # The ciphertext goes straight behind the header in the buffer that is sent: a
+        # parameter vector is copied once into its slot and once by the cipher.
+        message = bytearray(wire_bytes(slot_bytes))
+        message[:HEADER_BYTES] = header
+        aead_encrypt_into(
+            self._key, nonce, plaintext, self._aad(header), memoryview(message)[HEADER_BYTES:]
+        )
+        return message
 
     def open(
         self,
-        message: bytes,
+        message: bytes | bytearray,
         *,
         sender: int,
         kinds: tuple[MessageKind, ...],
         round_number: int,
         slot_bytes: int,
-    ) -> tuple[MessageKind, bytes]:
+    ) -> tuple[MessageKind, bytearray]:
         """Authenticate the next message from `sender` and return (kind, payload).
 
         Raises IntegrityError naming what was wrong: forged or altered, replayed,
@@ -138,11 +145,13 @@ class SecureChannel:
             raise IntegrityError(
                 f"a message from {who} has a forged header: it names another sender or receiver"
             )
-        plaintext = aead_decrypt(
+        plaintext = bytearray(slot_bytes)
+        aead_decrypt_into(
             self._key,
             _nonce(sender, receiver, sequence),
-            message[HEADER_BYTES:],
-            self._aad(header),
+            memoryview(message)[HEADER_BYTES:],
+            self._aad(bytes(header)),
+            plaintext,
             what=f"a message from {who}",
         )
         expected = self._next_received.get(sender, 0)
@@ -164,7 +173,10 @@ class SecureChannel:
         (length,) = _LENGTH.unpack_from(plaintext)
         if length > slot_bytes - _LENGTH.size:
             raise IntegrityError(f"a message from {who} is malformed")
-        return MessageKind(kind), plaintext[_LENGTH.size : _LENGTH.size + length]
+        # The payload in place: dropping a bytearray's head or tail copies nothing.
+        del plaintext[_LENGTH.size + length :]
+        del plaintext[: _LENGTH.size]
+        return MessageKind(kind), plaintext
 
     def _aad(self, header: bytes) -> bytes:
         return _DOMAIN + _LENGTH.pack(len(self._job)) + self._job + header
@@ -184,7 +196,7 @@ def abort_payload(error: BaseException) -> bytes:
     return canonical_json({"message": message[:_MAX_ABORT_TEXT]})
 
 
-def abort_error(payload: bytes, sender: int) -> PeerFailure:
+def abort_error(payload: bytes | bytearray, sender: int) -> PeerFailure:
     """The error a member raises when `sender` aborted the job."""
     try:
         message = str(json.loads(payload.decode("utf-8"))["message"])[:_MAX_ABORT_TEXT]

@@ -249,14 +249,14 @@ class _Server:
             done = min(gate.next_round(w) for w in self._workers)
             self._emit({"event": "progress", "step": done, "total": schedule.rounds})
 
-    def _receive_params(self, worker: int, round_number: int) -> bytes:
+    def _receive_params(self, worker: int, round_number: int) -> bytearray:
         assert self._transport is not None
         message = self._transport.receive(worker, wire_bytes(self._slot))
         vector = self._open_params(worker, round_number, message)
         self._owed_answer[worker] = round_number
         return vector
 
-    def _open_params(self, worker: int, round_number: int, message: bytes) -> bytes:
+    def _open_params(self, worker: int, round_number: int, message: bytearray) -> bytearray:
         kind, payload = self._channel.open(
             message,
             sender=worker,

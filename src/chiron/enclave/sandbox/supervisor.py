@@ -134,7 +134,7 @@ class Sandbox:
             raise EnclaveError("this sandbox has no shared data file")
         return self._shared.write_once(parts)
 
-    def send(self, kind: ToChild, payload: bytes | memoryview = b"") -> None:
+    def send(self, kind: ToChild, payload: bytes | bytearray | memoryview = b"") -> None:
         """Send one frame; the child must read it within the wall timeout.
 
         The child may not speak while the enclave sends: if it does, or dies, the
