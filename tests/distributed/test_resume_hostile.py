@@ -21,7 +21,7 @@ import pytest
 
 from chiron.client.distributed import group_jobs
 from chiron.core.encoding import canonical_json
-from chiron.core.errors import IntegrityError, PeerFailure, ServiceError
+from chiron.core.errors import IntegrityError, JobFailed, PeerFailure, ServiceError
 from chiron.core.keys import Identity
 from chiron.core.recipe_protocol import TrainingPlan
 from chiron.enclave.checkpoints import Checkpoints, Progress
@@ -35,7 +35,6 @@ from chiron.enclave.distributed.paramserver import _Server
 from chiron.enclave.distributed.schedule import ExchangeSchedule
 from chiron.enclave.distributed.worker import WorkerExchange
 from chiron.enclave.sealing import SealingKey
-from chiron.host.service import LOCK_FILE
 
 from .test_membership import DIGEST, MemoryBoard, settings_for
 
@@ -251,14 +250,6 @@ def test_both_workers_hold_a_common_step_while_a_first_run_checkpoints(tmp_path)
     assert agree({rank: {"checkpoints": steps} for rank, steps in held.items()}) == 20
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Checkpoints._write rotates FILE into PREVIOUS unconditionally: a worker that "
-    "resumed from its PREVIOUS (the group's step, one behind its own latest) drops that "
-    "step when it seals the next one and keeps two copies of one step, so a stop before "
-    "every peer has written that step leaves no common step and the group starts over "
-    "from 0 (docs/distributed.md: no worker is more than one behind)",
-)
 def test_a_resumed_worker_keeps_the_step_the_group_resumed_from(tmp_path):
     # First run, stopped with worker 1 one checkpoint ahead (as in the test above).
     one, two = worker_checkpoints(tmp_path, 1), worker_checkpoints(tmp_path, 2)
@@ -277,8 +268,8 @@ def test_a_resumed_worker_keeps_the_step_the_group_resumed_from(tmp_path):
     seal(one, 1, 30)
 
     held = {rank: held_steps(worker_checkpoints(tmp_path, rank)) for rank in (1, 2)}
-    # Worker 1 should still hold step 20 (the step it resumed from) beside 30; it holds
-    # [30, 30], and the group would start over from step 0 instead of 20.
+    # Worker 1 still holds step 20 (the step it resumed from) beside 30, not [30, 30]
+    # (then the group would start over from step 0 instead of 20).
     assert held[1] == [30, 20], held
     assert agree({rank: {"checkpoints": steps} for rank, steps in held.items()}) == 20
 
@@ -286,17 +277,48 @@ def test_a_resumed_worker_keeps_the_step_the_group_resumed_from(tmp_path):
 # --- the client's group-jobs folder ---------------------------------------------------------
 
 
-def test_a_lost_group_keeps_its_job_and_a_refused_one_ends_it(tmp_path):
+def sealed_checkpoint(job: group_jobs.GroupJob) -> None:
+    job.checkpoint_dir(1).mkdir()
+    (job.checkpoint_dir(1) / "checkpoint.sealed").write_bytes(b"sealed")
+
+
+def test_a_lost_group_keeps_its_job_and_a_failed_recipe_ends_it(tmp_path):
     with pytest.raises(PeerFailure, match="the same command continues the job"):
+        with group_jobs.group_job(tmp_path, "terms") as job:
+            sealed_checkpoint(job)
+            raise PeerFailure("worker 2 went silent")
+    assert job.directory.is_dir()
+    # A tampered message or a refused enclave is the host's doing, not the job's: kept.
+    with pytest.raises(IntegrityError, match="the same command continues the job"):
+        with group_jobs.group_job(tmp_path, "terms") as again:
+            assert (again.job_id, again.resumed) == (job.job_id, True)
+            raise IntegrityError("a message from worker 1 failed authentication")
+    with pytest.raises(JobFailed):
+        with group_jobs.group_job(tmp_path, "terms") as again:
+            raise JobFailed("timeout")  # an overrun slot: kept too
+    assert job.directory.is_dir()
+    with pytest.raises(JobFailed):
+        with group_jobs.group_job(tmp_path, "terms") as again:
+            assert again.job_id == job.job_id
+            raise JobFailed("recipe_error")
+    assert not job.directory.exists()
+    assert list((tmp_path / group_jobs.FOLDER).iterdir()) == []
+
+
+def test_a_job_stopped_before_any_checkpoint_ends(tmp_path):
+    with pytest.raises(PeerFailure):
         with group_jobs.group_job(tmp_path, "terms") as job:
             job.checkpoint_dir(1).mkdir()
             raise PeerFailure("worker 2 went silent")
-    assert job.directory.is_dir()
-    with pytest.raises(IntegrityError):
-        with group_jobs.group_job(tmp_path, "terms") as again:
-            assert (again.job_id, again.resumed) == (job.job_id, True)
-            raise IntegrityError("refused")
-    assert not job.directory.exists()
+    assert list((tmp_path / group_jobs.FOLDER).iterdir()) == []
+
+
+def test_a_folder_never_given_its_terms_is_cleared_by_the_next_command(tmp_path):
+    orphan = tmp_path / group_jobs.FOLDER / ("0" * 32)
+    (orphan / "worker-1").mkdir(parents=True)
+    with group_jobs.group_job(tmp_path, "terms") as job:
+        assert job.job_id != orphan.name and not job.resumed
+        assert not orphan.exists()
 
 
 def test_a_second_command_for_a_running_job_is_refused_and_other_terms_are_another_job(
@@ -312,20 +334,12 @@ def test_a_second_command_for_a_running_job_is_refused_and_other_terms_are_anoth
     assert list((tmp_path / group_jobs.FOLDER).iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="group_job removes the job's folder, its lock file included, while it holds the "
-    "lock: a command that read the terms meanwhile locks a new lock file and takes the job "
-    "that is being removed (group_jobs.py: the lock lives inside the folder rmtree removes)",
-)
 def test_a_job_being_removed_is_not_taken_by_a_concurrent_command(tmp_path, monkeypatch):
     real_rmtree = shutil.rmtree
     taken: list[group_jobs.GroupJob] = []
 
     def rmtree_meeting_another_command(path, ignore_errors=False):
-        # rmtree removes entries in directory order; here the lock file goes first, and
-        # another `chiron train` with the same terms looks at that moment.
-        (Path(path) / LOCK_FILE).unlink()
+        # Another `chiron train` with the same terms looks while the folder goes.
         with contextlib.suppress(ServiceError):
             job, lock = group_jobs._open(tmp_path / group_jobs.FOLDER, "terms")
             taken.append(job)

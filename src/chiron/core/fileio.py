@@ -8,6 +8,7 @@ KeyboardInterrupt), so a crash or Ctrl-C never leaves a half-written artifact.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
@@ -45,6 +46,33 @@ def atomic_output(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def try_lock_file(path: str | os.PathLike[str]) -> int | None:
+    """An exclusive lock on `path` (made if missing) as an open descriptor, or None if
+    another process holds it. The lock ends when the descriptor is closed or the
+    process ends, however it ends."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def sync_directory(path: str | os.PathLike[str]) -> None:
+    """Make the renames and new names in a directory durable (fsync of the directory).
+
+    A file's own fsync makes its bytes durable, not its name: after a power cut the
+    directory may still show the old file. Callers whose ordering of renames matters
+    (a checkpoint kept as the previous one before the next is written) sync here.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def preallocate(handle: BinaryIO, size: int) -> None:

@@ -7,13 +7,13 @@ runtime (the sealing key is the job's secret, the binding names the job and the 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from chiron.core.errors import IntegrityError
+from chiron.core.fileio import sync_directory
 from chiron.core.recipe_protocol import TrainingPlan, decode_json
 from chiron.enclave.accepted_job import AcceptedJob
 from chiron.enclave.context import EnclaveContext
@@ -79,23 +79,30 @@ class Checkpoints:
 
     def load(self) -> list[tuple[Progress, bytes]]:
         """The checkpoints that open under this job's key and binding, latest first."""
-        if self._directory is None:
-            return []
-        found = []
         names = (self.FILE, self.PREVIOUS) if self._keep_previous else (self.FILE,)
-        for name in names:
-            try:
-                blob = (self._directory / name).read_bytes()
-            except OSError:
-                continue
-            try:
-                assert self._key is not None
-                plain = self._key.unseal(blob, self._binding)
-            except IntegrityError:
-                continue  # another job's, another runtime's, or tampered: not this one
-            split = int.from_bytes(plain[:4], "big")
-            found.append((Progress.from_bytes(plain[4 : 4 + split]), plain[4 + split :]))
+        found = [checkpoint for name in names if (checkpoint := self._open(name)) is not None]
         return sorted(found, key=lambda checkpoint: -checkpoint[0].step)
+
+    def _open(self, name: str) -> tuple[Progress, bytes] | None:
+        """The checkpoint in file `name`, or None: missing, or it does not open (another
+        job's, another rank's or runtime's, or tampered: not this one)."""
+        if self._directory is None or self._key is None:
+            return None
+        try:
+            plain = self._key.unseal((self._directory / name).read_bytes(), self._binding)
+        except (OSError, IntegrityError):
+            return None
+        split = int.from_bytes(plain[:4], "big")
+        return Progress.from_bytes(plain[4 : 4 + split]), plain[4 + split :]
+
+    def _latest_step(self) -> int | None:
+        """The step of the latest checkpoint on disk; None if there is none that opens.
+
+        One that does not open is overwritten rather than kept as the previous, which
+        may still be good.
+        """
+        latest = self._open(self.FILE)
+        return None if latest is None else latest[0].step
 
     def save(self, progress: Progress, child_state: bytes, plan: TrainingPlan) -> None:
         """Seal and write in the background: the loop goes on while the host's disk syncs.
@@ -107,10 +114,12 @@ class Checkpoints:
             return
         self.wait()  # the buffers are the last writer's until then
         meta = progress.to_bytes(plan)
-        self._writer = threading.Thread(target=self._write, args=(meta, child_state), daemon=True)
+        self._writer = threading.Thread(
+            target=self._write, args=(progress.step, meta, child_state), daemon=True
+        )
         self._writer.start()
 
-    def _write(self, meta: bytes, child_state: bytes) -> None:
+    def _write(self, step: int, meta: bytes, child_state: bytes) -> None:
         try:
             assert self._directory is not None and self._key is not None
             size = 4 + len(meta) + len(child_state)
@@ -120,12 +129,19 @@ class Checkpoints:
             self._plain[4 : 4 + len(meta)] = meta
             self._plain[4 + len(meta) :] = child_state
             self._directory.mkdir(parents=True, exist_ok=True)
-            if self._keep_previous:
-                with contextlib.suppress(FileNotFoundError):
-                    os.replace(self._directory / self.FILE, self._directory / self.PREVIOUS)
+            latest = self._latest_step() if self._keep_previous else None
+            if latest is not None and latest < step:
+                # The latest becomes the previous. Not when the latest is this step or a
+                # later one (a worker that resumed from its previous, one behind its own
+                # latest, and writes that latest's step again): the step it resumed from,
+                # which every worker holds, must stay.
+                os.replace(self._directory / self.FILE, self._directory / self.PREVIOUS)
             self._key.seal_to_file(
                 self._directory / self.FILE, self._plain, self._binding, buffer=self._sealed
             )
+            if self._keep_previous:
+                # Both names durable before the next exchange's parameters leave.
+                sync_directory(self._directory)
         except BaseException as exc:  # re-raised by wait(), in the training loop
             self._error = exc
 

@@ -10,7 +10,6 @@ and stores in the owner's own process, for `--local`.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import re
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from chiron.core.attestation import SimRoot, load_sim_root
 from chiron.core.errors import NotFound, ServiceError
-from chiron.core.fileio import atomic_write, read_input_file
+from chiron.core.fileio import atomic_write, read_input_file, try_lock_file
 from chiron.host import authorization
 from chiron.host.accounts import authenticate, ensure_operator, load_pepper
 from chiron.host.authorization import Action, Kind
@@ -178,10 +177,7 @@ def lock_state_dir(state_dir: Path, *, holder: str = "chiron serve") -> int:
     The lock dies with its process, however it ends: whoever takes it next knows that
     no job of the directory's instance is still running anywhere.
     """
-    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise ServiceError(f"another {holder} is using the state directory {state_dir}") from None
+    fd = try_lock_file(state_dir / LOCK_FILE)
+    if fd is None:
+        raise ServiceError(f"another {holder} is using the state directory {state_dir}")
     return fd

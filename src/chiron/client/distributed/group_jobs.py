@@ -9,11 +9,13 @@ group, signs a new manifest with the same job binding and seals the job's secret
 each worker, whose enclave then opens its own rank's checkpoints (they are bound to the
 job and the rank, so a host cannot hand one worker's state to another, or to another job).
 
-A job ends, and its folder goes, when it succeeds or is refused (a recipe error, an
-integrity or attestation failure: running it again would end the same way). A job whose
-group lost a member (a process killed, a peer gone silent) or whose client was stopped
-is kept. One process runs a group job at a time: a lock on its folder that ends with
-the process, however it ends.
+A job ends, and its folder goes, when it succeeds, when its recipe failed (running it
+again would fail the same way), or when it stopped before any worker sealed a
+checkpoint (there is nothing to continue from). Otherwise (a member lost, a peer gone
+silent, a message tampered with, an enclave refused, a fixed-rate slot overrun, the
+command killed or stopped) it is kept. One process runs a group job at a time: a lock
+beside its folder (`<id>.lock`, so that removing the folder never removes the lock a
+concurrent command would wait on) that ends with the process, however it ends.
 """
 
 from __future__ import annotations
@@ -27,17 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chiron.core.encoding import canonical_json, sha256_hex
-from chiron.core.errors import EnclaveError, InputError, PeerFailure, ServiceError
-from chiron.core.fileio import atomic_write
+from chiron.core.errors import ChironError, InputError, JobFailed, ServiceError
+from chiron.core.fileio import atomic_write, try_lock_file
 from chiron.core.identifiers import check_job_id
 from chiron.core.keys import PublicIdentity
 from chiron.core.manifest import DatasetRef, Plan
 from chiron.core.recipe_statement import SignedRecipeStatement
-from chiron.host.service import lock_state_dir
 
 FOLDER = "group-jobs"
 TERMS_FILE = "terms"
-HOLDER = "chiron train running this group job"
+LOCK_SUFFIX = ".lock"
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,7 @@ def job_terms(
 def group_job(state_dir: Path, terms: str) -> Iterator[GroupJob]:
     """The unfinished group job with these terms, or a new one, held by this process.
 
-    Ends the job (its folder removed) when the block succeeds or fails with a refusal;
-    keeps it when a member was lost or the client was stopped (see the module docstring).
+    Ends the job (its folder removed) or keeps it as the module docstring says.
     """
     root = state_dir / FOLDER
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -83,42 +83,60 @@ def group_job(state_dir: Path, terms: str) -> Iterator[GroupJob]:
     try:
         yield job
     except BaseException as exc:
-        ended = not _lost(exc)
-        if isinstance(exc, EnclaveError) and not ended:
+        ended = not _kept(job, exc)
+        if not ended and isinstance(exc, ChironError) and not isinstance(exc, JobFailed):
             raise type(exc)(f"{exc} (the same command continues the job)") from None
         raise
     finally:
         if ended:
             shutil.rmtree(job.directory, ignore_errors=True)
+            _lock_path(root, job.job_id).unlink(missing_ok=True)
         os.close(lock)
 
 
-def _lost(error: BaseException) -> bool:
-    """Whether the group lost a member (its process died, or it went silent) or its
-    client was stopped, rather than refused the job: then the job is kept."""
-    return type(error) in (EnclaveError, PeerFailure, KeyboardInterrupt, SystemExit)
+def _kept(job: GroupJob, error: BaseException) -> bool:
+    """Whether a job that stopped with `error` is kept for the next run to continue."""
+    if isinstance(error, JobFailed) and error.reason_class != "timeout":
+        return False  # the recipe failed: it would fail the same way again
+    return any(job.directory.glob("worker-*/checkpoint*.sealed"))
+
+
+def _lock_path(root: Path, job_id: str) -> Path:
+    return root / f"{job_id}{LOCK_SUFFIX}"
 
 
 def _open(root: Path, terms: str) -> tuple[GroupJob, int]:
     for directory in sorted(root.iterdir()):
         try:
-            check_job_id(directory.name)
-            if (directory / TERMS_FILE).read_text().strip() != terms:
+            if not directory.is_dir():
                 continue
-            lock = lock_state_dir(directory, holder=HOLDER)
-        except ServiceError:
-            raise ServiceError(
-                f"another chiron command is running group job {directory.name}"
-            ) from None
-        except (OSError, InputError):
-            continue  # not a job's folder, or ended by its runner meanwhile
-        if not (directory / TERMS_FILE).exists():  # ended between the look and the lock
+            check_job_id(directory.name)
+        except InputError:
+            continue
+        lock = try_lock_file(_lock_path(root, directory.name))
+        try:
+            found = (directory / TERMS_FILE).read_text().strip()
+        except OSError:
+            found = None
+        if lock is None:
+            if found == terms:
+                raise ServiceError(f"another chiron command is running group job {directory.name}")
+            continue  # another job's, or one being made or removed by its command
+        if found is None:
+            # Made and never given its terms (its command died), or removed halfway:
+            # nothing to continue from.
+            shutil.rmtree(directory, ignore_errors=True)
+            _lock_path(root, directory.name).unlink(missing_ok=True)
+            os.close(lock)
+            continue
+        if found != terms:
             os.close(lock)
             continue
         return GroupJob(directory.name, directory, resumed=True), lock
     job_id = uuid.uuid4().hex
+    lock = try_lock_file(_lock_path(root, job_id))
+    assert lock is not None  # a fresh random id: nobody else holds its lock
     directory = root / job_id
     directory.mkdir(mode=0o700)
-    lock = lock_state_dir(directory, holder=HOLDER)
     atomic_write(directory / TERMS_FILE, (terms + "\n").encode(), mode=0o600)
     return GroupJob(job_id, directory, resumed=False), lock
