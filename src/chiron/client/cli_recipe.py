@@ -25,7 +25,7 @@ from chiron.core.keys import load_identity
 from chiron.core.limits import MAX_RECIPE_BYTES
 from chiron.core.recipe_statement import make_statement, recipe_name_for_file
 from chiron.core.schema import SUPPORTED_DTYPES, DatasetSchema
-from chiron.enclave.boundary import EVENT, FAILURE, MAX_MESSAGE_BYTES, RESULT, decode_message
+from chiron.enclave.boundary import EVENT, FAILURE, MAX_MESSAGE_BYTES, RESULT, unpack_message
 
 _stderr = Console(stderr=True)
 
@@ -137,7 +137,7 @@ def _follow(process: subprocess.Popen[bytes], name: str) -> dict[str, Any]:
                 frame = None
             if frame is None:
                 raise EnclaveError("the dry-run process stopped unexpectedly")
-            message = decode_message(frame.payload)
+            message = unpack_message(frame.payload)
             if frame.kind == EVENT and message.get("event") == "log":
                 pending += message["data"]
                 *lines, pending = pending.split(b"\n")

@@ -7,6 +7,8 @@ so a hostile peer cannot make the reader allocate or wait for more than it allow
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import struct
 from dataclasses import dataclass
@@ -16,6 +18,15 @@ from chiron.core.errors import ChironError
 _HEADER = struct.Struct(">BI")
 HEADER_BYTES = _HEADER.size
 MAX_FRAME_PAYLOAD = 2**32 - 1
+PIPE_BYTES = 1 << 20  # a pipe's buffer: fewer wake-ups when records or models cross
+_F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), not in Python 3.11's fcntl
+
+
+def widen_pipe(fd: int) -> None:
+    """Give the pipe `fd` belongs to a `PIPE_BYTES` buffer (64 KiB is Linux's default);
+    best effort: a system whose limit is lower keeps its own size."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_BYTES)
 
 
 class FramingError(ChironError):

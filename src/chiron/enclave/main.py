@@ -27,9 +27,9 @@ from chiron.enclave.boundary import (
     MAX_MESSAGE_BYTES,
     REQUEST,
     RESULT,
-    decode_message,
-    encode_message,
     failure_document,
+    pack_message,
+    unpack_message,
 )
 from chiron.enclave.context import EnclaveContext
 from chiron.enclave.sandbox import _linux
@@ -64,7 +64,7 @@ def _resolve(target: str) -> Handler:
 
 def serve(context: EnclaveContext, in_fd: int, out_fd: int) -> None:
     def emit(event: dict[str, Any]) -> None:
-        write_frame(out_fd, EVENT, encode_message(event))
+        write_frame(out_fd, EVENT, pack_message(event))
 
     while True:
         try:
@@ -74,19 +74,19 @@ def serve(context: EnclaveContext, in_fd: int, out_fd: int) -> None:
         if frame is None or frame.kind != REQUEST:
             return
         try:
-            request = decode_message(frame.payload)
+            request = unpack_message(frame.payload)
             name = request.get("call")
             if name not in CALLS[context.role]:
                 raise ChironError(f"the {context.role} enclave has no call {name!r}")
             if name == "shutdown":
-                write_frame(out_fd, RESULT, encode_message({}))
+                write_frame(out_fd, RESULT, pack_message({}))
                 return
             target, request_type = HANDLERS[Call(name)]
             arguments = request_type.from_wire(request.get("args") or {})
             result = _resolve(target)(context, arguments, emit)
-            write_frame(out_fd, RESULT, encode_message(result.to_wire()))
+            write_frame(out_fd, RESULT, pack_message(result.to_wire()))
         except ChironError as exc:
-            write_frame(out_fd, FAILURE, encode_message(failure_document(exc)))
+            write_frame(out_fd, FAILURE, pack_message(failure_document(exc)))
         except Exception:
             # Internal faults: the details go to the enclave's own log only; the
             # message crossing the boundary is fixed text.
@@ -94,7 +94,7 @@ def serve(context: EnclaveContext, in_fd: int, out_fd: int) -> None:
             write_frame(
                 out_fd,
                 FAILURE,
-                encode_message(
+                pack_message(
                     {
                         "error": "EnclaveError",
                         "message": "internal enclave error",

@@ -36,7 +36,7 @@ from chiron.core.recipe_protocol import (
     holdout_split,
 )
 from chiron.core.schema import DatasetSchema
-from chiron.enclave.boundary import EVENT, FAILURE, RESULT, encode_message
+from chiron.enclave.boundary import EVENT, FAILURE, RESULT, pack_message
 from chiron.enclave.escrow import check_weights
 from chiron.enclave.recipe_session import (
     predict_logits,
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def emit(kind: int, message: dict[str, object]) -> None:
         with lock:
-            write_frame(out_fd, kind, encode_message(message))
+            write_frame(out_fd, kind, pack_message(message))
 
     try:
         schema = DatasetSchema(

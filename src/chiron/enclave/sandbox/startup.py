@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import importlib.util
 import json
 import os
@@ -25,11 +24,10 @@ from pathlib import Path
 
 import chiron
 from chiron.core.errors import EnclaveError
+from chiron.core.framing import widen_pipe
 from chiron.enclave.sandbox import pids
 from chiron.enclave.sandbox.shared_file import SharedFile
 
-_PIPE_BYTES = 1 << 20  # F_SETPIPE_SZ: fewer wake-ups when data or models cross
-_F_SETPIPE_SZ = 1031
 # What the child writes on its ready pipe once confined (anything else: why it failed).
 READY = b"confined"
 
@@ -105,8 +103,7 @@ def start_child(
     if dry_run:
         log_r, log_w = os.pipe2(os.O_CLOEXEC)
     for fd in (to_child_w, from_child_w):
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
+        widen_pipe(fd)
     command = [
         sys.executable, "-s", "-P", "-B", "-m", "chiron.enclave.sandbox.child",
         "--in-fd", str(to_child_r), "--out-fd", str(from_child_w),
