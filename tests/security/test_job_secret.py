@@ -78,7 +78,7 @@ def test_a_checkpoint_sealed_under_one_job_secret_does_not_open_under_another():
 
 def _accepted(checkpoints: Path | None, secret: bytes | None) -> AcceptedJob:
     return AcceptedJob(
-        signed=None,  # type: ignore[arg-type]  (not read by _checkpoint_key)
+        signed=None,  # type: ignore[arg-type]  (not read by checkpoint_key)
         statement=None,  # type: ignore[arg-type]
         recipe_name="r.py",
         recipe_source=b"",

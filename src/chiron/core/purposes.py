@@ -14,7 +14,7 @@ MODEL_SHARE_ESCROW = "model-share-escrow"
 MODEL_SHARE_PROVISION = "model-share"
 # HPKE: the secret of one query channel, sealed by the owner's client to an attested
 # query enclave; queries and answers then travel under keys derived from it
-# (core.query_protocol.ChannelKeys).
+# (core.query_channel.ChannelKeys).
 QUERY_CHANNEL_SECRET = "query-channel-secret"  # noqa: S105 (a label, not a secret)
 # Signature: the owner opening one query channel / authorising one evaluation.
 QUERY_CHANNEL_OPENING = "query-channel-opening"

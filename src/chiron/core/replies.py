@@ -9,7 +9,7 @@ attested before it opens anything: a host that forges or swaps a reply is caught
 one reply cannot pass for the answer to another request.
 
 Query answers need no signature: they travel under a query channel's answer key
-(`core.query_protocol.ChannelKeys`), which only the owner's client and the attested
+(`core.query_channel.ChannelKeys`), which only the owner's client and the attested
 enclave it sealed the channel's secret to hold, so the key itself authenticates them.
 """
 
