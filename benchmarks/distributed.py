@@ -83,11 +83,11 @@ def _encrypted_member(rank, world, ports, key, vector, rounds, results) -> None:
         for round_number in range(WARM_UP_ROUNDS + rounds):
             if round_number == WARM_UP_ROUNDS:
                 started = time.perf_counter()
-            if rank == 0:
+            if rank == 0:  # as the parameter server's synchronous round does it
                 received = []
-                for worker in workers:
+                for worker, message in transport.receive_each(workers, wire_bytes(slot)):
                     _, params = channel.open(
-                        transport.receive(worker, wire_bytes(slot)),
+                        message,
                         sender=worker,
                         kinds=(MessageKind.PARAMS,),
                         round_number=round_number,
@@ -96,8 +96,8 @@ def _encrypted_member(rank, world, ports, key, vector, rounds, results) -> None:
                     layout.check(params, who=f"worker {worker}")
                     received.append(params)
                 average = layout.average(received)
-                for worker in workers:
-                    transport.send(
+                answers = [
+                    (
                         worker,
                         channel.seal(
                             MessageKind.AVERAGE,
@@ -107,6 +107,10 @@ def _encrypted_member(rank, world, ports, key, vector, rounds, results) -> None:
                             slot_bytes=slot,
                         ),
                     )
+                    for worker in workers
+                ]
+                for _ in transport.send_each(answers):
+                    pass
             else:
                 transport.send(
                     0,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -145,6 +145,30 @@ class Transport:
         self._wait(self._open().recv([buffer], peer, 0), peer, "receive from")  # type: ignore[attr-defined]
         self._trace.record("receive", peer, header_kind(message), nbytes)
         return message
+
+    def receive_each(self, peers: Sequence[int], nbytes: int) -> Iterator[tuple[int, bytearray]]:
+        """A message from each of `peers`, in that order; every receive is posted first,
+        so later messages arrive while the caller handles the earlier ones."""
+        posted = []
+        for peer in peers:
+            message = bytearray(nbytes)
+            buffer = torch.frombuffer(message, dtype=torch.uint8)
+            posted.append((peer, message, self._open().recv([buffer], peer, 0)))  # type: ignore[attr-defined]
+        for peer, message, work in posted:
+            self._wait(work, peer, "receive from")
+            self._trace.record("receive", peer, header_kind(message), nbytes)
+            yield peer, message
+
+    def send_each(self, messages: Sequence[tuple[int, bytearray]]) -> Iterator[int]:
+        """Send every message at once; yield each peer as its message has gone, in order."""
+        posted = []
+        for peer, message in messages:
+            buffer = torch.frombuffer(message, dtype=torch.uint8)
+            posted.append((peer, message, self._open().send([buffer], peer, 0)))  # type: ignore[attr-defined]
+        for peer, message, work in posted:
+            self._wait(work, peer, "send to")
+            self._trace.record("send", peer, header_kind(message), len(message))
+            yield peer
 
     def receive_any(self, nbytes: int) -> bytearray:
         """The next message from any member; its authenticated header names the sender."""

@@ -207,17 +207,27 @@ class _Server:
     def _synchronous(self, schedule: ExchangeSchedule, first_round: int) -> None:
         layout: ParameterLayout | None = None
         for round_number in range(first_round, schedule.rounds):
+            assert self._transport is not None
             vectors = []
-            for worker in self._workers:
-                vector = self._receive_params(worker, round_number)
+            # Every worker's receive is posted at once: one message arrives while the
+            # one before it is opened. Still opened in rank order, each checked.
+            for worker, message in self._transport.receive_each(
+                self._workers, wire_bytes(self._slot)
+            ):
+                vector = self._open_params(worker, round_number, message)
+                self._owed_answer[worker] = round_number
                 if layout is None:
                     layout = ParameterLayout(vector)
                 layout.check(vector, who=f"worker {worker}")
                 vectors.append(vector)
             assert layout is not None
             average = layout.average(vectors)
-            for worker in self._workers:
-                self._answer(worker, round_number, average)
+            answers = [
+                (worker, self._seal_answer(worker, round_number, average))
+                for worker in self._workers
+            ]
+            for worker in self._transport.send_each(answers):
+                del self._owed_answer[worker]
             self._emit({"event": "progress", "step": round_number + 1, "total": schedule.rounds})
 
     def _asynchronous(self, schedule: ExchangeSchedule) -> None:
@@ -249,13 +259,6 @@ class _Server:
             done = min(gate.next_round(w) for w in self._workers)
             self._emit({"event": "progress", "step": done, "total": schedule.rounds})
 
-    def _receive_params(self, worker: int, round_number: int) -> bytearray:
-        assert self._transport is not None
-        message = self._transport.receive(worker, wire_bytes(self._slot))
-        vector = self._open_params(worker, round_number, message)
-        self._owed_answer[worker] = round_number
-        return vector
-
     def _open_params(self, worker: int, round_number: int, message: bytearray) -> bytearray:
         kind, payload = self._channel.open(
             message,
@@ -270,15 +273,17 @@ class _Server:
 
     def _answer(self, worker: int, round_number: int, payload: bytes) -> None:
         assert self._transport is not None
-        message = self._channel.seal(
+        self._transport.send(worker, self._seal_answer(worker, round_number, payload))
+        del self._owed_answer[worker]
+
+    def _seal_answer(self, worker: int, round_number: int, payload: bytes) -> bytearray:
+        return self._channel.seal(
             MessageKind.AVERAGE,
             receiver=worker,
             round_number=round_number,
             payload=payload,
             slot_bytes=self._slot,
         )
-        self._transport.send(worker, message)
-        del self._owed_answer[worker]
 
     def _post_start(self, worker: int, kind: MessageKind, payload: bytes) -> None:
         message = self._channel.seal(
