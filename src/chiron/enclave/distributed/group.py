@@ -133,22 +133,18 @@ class Transport:
         self._trace = trace
 
     def send(self, peer: int, message: bytearray) -> None:
-        # gloo sends from the message's own buffer (no copy; it is ours until the wait).
-        buffer = torch.frombuffer(message, dtype=torch.uint8)
-        self._wait(self._open().send([buffer], peer, 0), peer, "send to")  # type: ignore[attr-defined]
-        self._trace.record("send", peer, header_kind(message), len(message))
+        for _ in self.send_each([(peer, message)]):
+            pass
 
     def receive(self, peer: int, nbytes: int) -> bytearray:
-        # gloo writes into the returned buffer itself: no copy on the way in either.
-        message = bytearray(nbytes)
-        buffer = torch.frombuffer(message, dtype=torch.uint8)
-        self._wait(self._open().recv([buffer], peer, 0), peer, "receive from")  # type: ignore[attr-defined]
-        self._trace.record("receive", peer, header_kind(message), nbytes)
-        return message
+        for _, message in self.receive_each([peer], nbytes):
+            return message
+        raise AssertionError("receive_each yields one message per peer")
 
     def receive_each(self, peers: Sequence[int], nbytes: int) -> Iterator[tuple[int, bytearray]]:
         """A message from each of `peers`, in that order; every receive is posted first,
-        so later messages arrive while the caller handles the earlier ones."""
+        so later messages arrive while the caller handles the earlier ones. gloo writes
+        into the returned buffers itself: no copy on the way in."""
         posted = []
         for peer in peers:
             message = bytearray(nbytes)
@@ -160,7 +156,8 @@ class Transport:
             yield peer, message
 
     def send_each(self, messages: Sequence[tuple[int, bytearray]]) -> Iterator[int]:
-        """Send every message at once; yield each peer as its message has gone, in order."""
+        """Send every message at once; yield each peer as its message has gone, in order.
+        gloo sends from each message's own buffer (no copy; it is ours until the wait)."""
         posted = []
         for peer, message in messages:
             buffer = torch.frombuffer(message, dtype=torch.uint8)

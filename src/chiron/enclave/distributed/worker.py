@@ -143,9 +143,9 @@ class WorkerExchange:
         from (0: from the start), one this worker holds.
         """
         settings = self._settings
-        schedule = ExchangeSchedule(settings.exchange_every, plan.total_steps)
+        self._schedule = schedule = ExchangeSchedule(settings.exchange_every, plan.total_steps)
         self._checkpoint_every = plan.checkpoint_every
-        held = sorted(step for step in set(checkpointed) if self.checkpoint_due(step, schedule))
+        held = sorted(step for step in set(checkpointed) if self.checkpoint_due(step))
         hello = {
             "agreement": settings.agreement(),
             "plan": plan.to_dict(),
@@ -192,7 +192,6 @@ class WorkerExchange:
             raise IntegrityError(
                 "the parameter server's START resumes from a step this worker has no checkpoint of"
             )
-        self._schedule = schedule
         self._first_round = self._next_round = schedule.round_at(resume_step) or 0
         self._slot = parameter_slot_bytes(declaration.model_nbytes)
         self._transport = Transport(
@@ -206,11 +205,11 @@ class WorkerExchange:
         self._stage = "params"
         return GroupStart(rate=agreed, resume_step=resume_step)
 
-    def checkpoint_due(self, step: int, schedule: ExchangeSchedule | None = None) -> bool:
+    def checkpoint_due(self, step: int) -> bool:
         """Whether this worker checkpoints just before the exchange at `step`."""
         if self._settings.mode != SYNC or self._checkpoint_every <= 0:
             return False
-        return (schedule or self._fixed()).checkpoint_at(step, self._checkpoint_every)
+        return self._fixed().checkpoint_at(step, self._checkpoint_every)
 
     def next_exchange(self, step: int) -> int:
         return self._fixed().next_step(step)
