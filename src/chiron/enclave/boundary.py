@@ -80,17 +80,11 @@ def pack_message(value: Any) -> bytes:
     """`value` in the pipe form: JSON, then its byte strings raw (module docstring)."""
     parts: list[bytes | bytearray | memoryview] = []
 
-    def detach(item: Any) -> Any:
-        if isinstance(item, bytes | bytearray | memoryview):
-            parts.append(item)
-            return {"$raw": memoryview(item).nbytes}
-        if isinstance(item, dict):
-            return {str(k): detach(v) for k, v in item.items()}
-        if isinstance(item, list | tuple):
-            return [detach(v) for v in item]
-        return item
+    def detach(data: bytes | bytearray | memoryview) -> dict[str, int]:
+        parts.append(data)
+        return {"$raw": memoryview(data).nbytes}
 
-    document = json.dumps(detach(value), separators=(",", ":")).encode("utf-8")
+    document = json.dumps(_bytes_replaced(value, detach), separators=(",", ":")).encode("utf-8")
     return b"".join([_JSON_LENGTH.pack(len(document)), document, *parts])
 
 
@@ -104,58 +98,60 @@ def unpack_message(payload: bytes) -> Any:
             raise ValueError("the JSON runs past the frame")
         document = json.loads(bytes(view[_JSON_LENGTH.size : end]).decode("utf-8"))
     except (struct.error, UnicodeDecodeError, ValueError):
-        raise EnclaveError("malformed message across the enclave boundary") from None
+        raise _malformed() from None
     position = end
 
-    def attach(item: Any) -> Any:
+    def attach(size: Any) -> bytes:
         nonlocal position
-        if isinstance(item, dict):
-            if set(item) == {"$raw"}:
-                size = item["$raw"]
-                if type(size) is not int or size < 0 or position + size > len(view):
-                    raise EnclaveError("malformed message across the enclave boundary")
-                position += size
-                return bytes(view[position - size : position])
-            return {k: attach(v) for k, v in item.items()}
-        if isinstance(item, list):
-            return [attach(v) for v in item]
-        return item
+        if type(size) is not int or size < 0 or position + size > len(view):
+            raise _malformed()
+        position += size
+        return bytes(view[position - size : position])
 
-    value = attach(document)
+    value = _bytes_restored(document, "$raw", attach)
     if position != len(view):
-        raise EnclaveError("malformed message across the enclave boundary")
+        raise _malformed()
     return value
 
 
 def encode_message(value: Any) -> bytes:
-    return json.dumps(_to_json(value), separators=(",", ":")).encode("utf-8")
+    """`value` as JSON alone, byte strings as {"$bytes": base64} (REST, relays)."""
+    document = _bytes_replaced(value, lambda data: {"$bytes": b64encode(bytes(data))})
+    return json.dumps(document, separators=(",", ":")).encode("utf-8")
 
 
 def decode_message(payload: bytes) -> Any:
     try:
-        return _from_json(json.loads(payload.decode("utf-8")))
+        return _bytes_restored(json.loads(payload.decode("utf-8")), "$bytes", b64decode)
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError):
-        raise EnclaveError("malformed message across the enclave boundary") from None
+        raise _malformed() from None
 
 
-def _to_json(value: Any) -> Any:
+def _bytes_replaced(value: Any, replace: Callable[[bytes | bytearray | memoryview], Any]) -> Any:
+    """`value` with every byte string in it replaced by `replace(byte string)`, in
+    document order (dictionaries' keys as text)."""
     if isinstance(value, bytes | bytearray | memoryview):
-        return {"$bytes": b64encode(bytes(value))}
+        return replace(value)
     if isinstance(value, dict):
-        return {str(k): _to_json(v) for k, v in value.items()}
+        return {str(k): _bytes_replaced(v, replace) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_to_json(v) for v in value]
+        return [_bytes_replaced(v, replace) for v in value]
     return value
 
 
-def _from_json(value: Any) -> Any:
+def _bytes_restored(value: Any, marker: str, restore: Callable[[Any], bytes]) -> Any:
+    """`value` with every {marker: x} in it replaced by `restore(x)`, in document order."""
     if isinstance(value, dict):
-        if set(value) == {"$bytes"}:
-            return b64decode(value["$bytes"])
-        return {k: _from_json(v) for k, v in value.items()}
+        if set(value) == {marker}:
+            return restore(value[marker])
+        return {k: _bytes_restored(v, marker, restore) for k, v in value.items()}
     if isinstance(value, list):
-        return [_from_json(v) for v in value]
+        return [_bytes_restored(v, marker, restore) for v in value]
     return value
+
+
+def _malformed() -> EnclaveError:
+    return EnclaveError("malformed message across the enclave boundary")
 
 
 class EnclaveProcess:
