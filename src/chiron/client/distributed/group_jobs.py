@@ -89,8 +89,7 @@ def group_job(state_dir: Path, terms: str) -> Iterator[GroupJob]:
         raise
     finally:
         if ended:
-            shutil.rmtree(job.directory, ignore_errors=True)
-            _lock_path(root, job.job_id).unlink(missing_ok=True)
+            _remove(root, job.job_id)
         os.close(lock)
 
 
@@ -105,6 +104,19 @@ def _lock_path(root: Path, job_id: str) -> Path:
     return root / f"{job_id}{LOCK_SUFFIX}"
 
 
+def _read_terms(directory: Path) -> str | None:
+    try:
+        return (directory / TERMS_FILE).read_text().strip()
+    except OSError:
+        return None
+
+
+def _remove(root: Path, job_id: str) -> None:
+    """The job's folder, then its lock file (taken by whoever removes)."""
+    shutil.rmtree(root / job_id, ignore_errors=True)
+    _lock_path(root, job_id).unlink(missing_ok=True)
+
+
 def _open(root: Path, terms: str) -> tuple[GroupJob, int]:
     for directory in sorted(root.iterdir()):
         try:
@@ -113,26 +125,23 @@ def _open(root: Path, terms: str) -> tuple[GroupJob, int]:
             check_job_id(directory.name)
         except InputError:
             continue
+        # Another job's folder is only looked at: locking it, even briefly, would tell
+        # a command running that job that another one is.
+        if _read_terms(directory) not in (terms, None):
+            continue
         lock = try_lock_file(_lock_path(root, directory.name))
-        try:
-            found = (directory / TERMS_FILE).read_text().strip()
-        except OSError:
-            found = None
         if lock is None:
-            if found == terms:
+            if _read_terms(directory) == terms:
                 raise ServiceError(f"another chiron command is running group job {directory.name}")
-            continue  # another job's, or one being made or removed by its command
+            continue  # one being made or removed by its command
+        found = _read_terms(directory)  # again, under the lock: it may have changed since
+        if found == terms:
+            return GroupJob(directory.name, directory, resumed=True), lock
         if found is None:
             # Made and never given its terms (its command died), or removed halfway:
             # nothing to continue from.
-            shutil.rmtree(directory, ignore_errors=True)
-            _lock_path(root, directory.name).unlink(missing_ok=True)
-            os.close(lock)
-            continue
-        if found != terms:
-            os.close(lock)
-            continue
-        return GroupJob(directory.name, directory, resumed=True), lock
+            _remove(root, directory.name)
+        os.close(lock)
     job_id = uuid.uuid4().hex
     lock = try_lock_file(_lock_path(root, job_id))
     assert lock is not None  # a fresh random id: nobody else holds its lock
