@@ -350,3 +350,25 @@ def test_a_job_being_removed_is_not_taken_by_a_concurrent_command(tmp_path, monk
     with group_jobs.group_job(tmp_path, "terms") as job:
         pass  # the job succeeds: its folder goes
     assert [t.job_id for t in taken if t.job_id == job.job_id] == []
+
+
+# --- the rendezvous store ---------------------------------------------------------------
+
+
+def test_a_store_that_outlived_a_run_offers_the_next_run_nothing_of_it():
+    """A node agent's store keeps what the last run posted; a resumed run of the same
+    job signs a new manifest, and its board sees none of the old run's keys."""
+    import torch.distributed as dist
+
+    from chiron.enclave.distributed.group import Board
+    from chiron.enclave.distributed.messages import WireTrace
+
+    store = dist.HashStore()
+    last = Board(store, job_id="job", manifest="a" * 64, trace=WireTrace())
+    this = Board(store, job_id="job", manifest="b" * 64, trace=WireTrace())
+    last.post("hello/1", b"the last run's sealed HELLO", to=0, kind="HELLO")
+    with pytest.raises(PeerFailure, match="did not answer"):
+        this.fetch("hello/1", sender=1, kind="HELLO", timeout=0.2)
+    assert (
+        last.fetch("hello/1", sender=1, kind="HELLO", timeout=1) == b"the last run's sealed HELLO"
+    )
