@@ -37,7 +37,7 @@ from chiron.core.recipe_protocol import TrainingPlan, holdout_split
 from chiron.core.schema import DatasetSchema
 from chiron.enclave.sandbox import SandboxLimits
 from chiron.enclave.sandbox.dryrun import run_synthetic, synthetic_records
-from chiron.recipes.loop import TrainingRun, declare
+from chiron.recipes.loop import RecordsInMemory, TrainingRun, declare
 from chiron.recipes.sdk import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def plain_job(recipe_path: Path, records: int, epochs: int) -> None:
     declaration, _ = declare(recipe, SCHEMA)
     hyperparameters = declaration.hyperparameters
     plan = _plan(len(train_index), hyperparameters["batch_size"], hyperparameters["epochs"])
-    run = TrainingRun(recipe, SCHEMA, plan, x[train_index], y[train_index])
+    run = TrainingRun(recipe, SCHEMA, plan, RecordsInMemory(x[train_index], y[train_index]))
     for epoch in range(1, plan.epochs + 1):
         run.run_until(epoch * plan.steps_per_epoch)
         run.checkpoint()
@@ -112,7 +112,7 @@ def per_epoch(options: argparse.Namespace, source: bytes) -> tuple[list[float], 
     train_index, _ = holdout_split(options.records, SEED)
     recipe = load_recipe(source, filename=options.recipe.name, overrides={"epochs": options.epochs})
     plan = _plan(len(train_index), recipe.hyperparameters["batch_size"], options.epochs)
-    plain_run = TrainingRun(recipe, SCHEMA, plan, x[train_index], y[train_index])
+    plain_run = TrainingRun(recipe, SCHEMA, plan, RecordsInMemory(x[train_index], y[train_index]))
     plain: list[float] = []
     sandboxed: list[float] = []
 

@@ -190,7 +190,7 @@ def test_each_chunk_is_plain_aes_gcm_of_its_slice(pieces):
     for index, offset in enumerate(offsets):
         sealed = blob[offset : offset + CHUNK + TAG_BYTES]
         final = index == len(offsets) - 1
-        associated = container._associated_data(header.digest, index, final)
-        plaintext = aead_decrypt(chunk_key, container._nonce(index), sealed, associated)
+        associated = container.chunk_associated_data(header.digest, index, final)
+        plaintext = aead_decrypt(chunk_key, container.chunk_nonce(index), sealed, associated)
         assert plaintext == data[index * CHUNK : (index + 1) * CHUNK]
     assert decrypt(blob) == data

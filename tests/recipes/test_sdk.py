@@ -13,7 +13,7 @@ import torch
 from chiron.core.errors import RecipeError
 from chiron.core.schema import DatasetSchema
 from chiron.recipes.hooks import lr_factor, records_to_tensor
-from chiron.recipes.loop import TrainingRun, declare, epoch_order
+from chiron.recipes.loop import RecordsInMemory, TrainingRun, declare, epoch_order
 from chiron.recipes.sdk import DEFAULT_HYPERPARAMETERS, load_recipe, train_plain
 
 from .conftest import RANDOM_RECIPE, SCHEMA, TINY_RECIPE, make_data, make_plan
@@ -39,7 +39,7 @@ def test_defaults_fill_in_what_the_recipe_leaves_out():
     recipe = load_recipe(BUILD_ONLY)
     assert recipe.hyperparameters == dict(DEFAULT_HYPERPARAMETERS)
     assert recipe.query_policy == {}
-    run = TrainingRun(recipe, SCHEMA, make_plan(40, 64, 1), *make_data(40))
+    run = TrainingRun(recipe, SCHEMA, make_plan(40, 64, 1), RecordsInMemory(*make_data(40)))
     assert type(run.optimizer) is torch.optim.Adam
     assert run.optimizer.param_groups[0]["lr"] == 1e-3
     x = torch.rand(3, 1, 8, 8)
@@ -104,7 +104,7 @@ def test_custom_hooks_replace_the_defaults():
     recipe = load_recipe(source)
     x, y = make_data(10)
     x[:] = 255
-    run = TrainingRun(recipe, SCHEMA, make_plan(10, 4, 2), x, y)
+    run = TrainingRun(recipe, SCHEMA, make_plan(10, 4, 2), RecordsInMemory(x, y))
     calls = recipe.module.calls
     calls.clear()  # those of the probe
     assert type(run.optimizer) is not torch.optim.Adam
@@ -137,7 +137,9 @@ def test_every_epoch_visits_every_record_once_in_a_seeded_order():
     recipe = load_recipe(source)
     x = np.zeros((10, 1, 8, 8), dtype=np.uint8)
     x[:, 0, 0, 0] = np.arange(10)
-    run = TrainingRun(recipe, SCHEMA, make_plan(10, 4, 3, seed=8), x, np.zeros(10, np.int64))
+    run = TrainingRun(
+        recipe, SCHEMA, make_plan(10, 4, 3, seed=8), RecordsInMemory(x, np.zeros(10, np.int64))
+    )
     recipe.module.seen.clear()
     run.run_until(run.plan.total_steps)
     seen = recipe.module.seen
@@ -149,7 +151,7 @@ def test_every_epoch_visits_every_record_once_in_a_seeded_order():
 
 def test_a_cosine_schedule_sets_the_learning_rate_of_every_step():
     recipe = load_recipe(BUILD_ONLY, overrides={"lr_schedule": "cosine", "lr": 0.2})
-    run = TrainingRun(recipe, SCHEMA, make_plan(40, 8, 2), *make_data(40))
+    run = TrainingRun(recipe, SCHEMA, make_plan(40, 8, 2), RecordsInMemory(*make_data(40)))
     run.run_until(7)
     assert run.optimizer.param_groups[0]["lr"] == pytest.approx(0.2 * lr_factor("cosine", 6, 10))
     assert lr_factor("cosine", 0, 10) == 1.0

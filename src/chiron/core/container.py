@@ -113,11 +113,11 @@ def _file_keys(key: bytes, salt: bytes) -> tuple[bytes, bytes]:
     )
 
 
-def _nonce(index: int) -> bytes:
+def chunk_nonce(index: int) -> bytes:
     return index.to_bytes(NONCE_BYTES, "big")
 
 
-def _associated_data(header_digest: bytes, index: int, final: bool) -> bytes:
+def chunk_associated_data(header_digest: bytes, index: int, final: bool) -> bytes:
     return header_digest + _POSITION.pack(index, 1 if final else 0)
 
 
@@ -221,9 +221,9 @@ class EncryptedStreamWriter:
         sealed = memoryview(self._chunk)[: len(plaintext) + TAG_BYTES]
         aead_encrypt_into(
             self._chunk_key,
-            _nonce(self._index),
+            chunk_nonce(self._index),
             plaintext,
-            _associated_data(self._digest, self._index, final),
+            chunk_associated_data(self._digest, self._index, final),
             sealed,
         )
         self._out.write(sealed)
@@ -316,17 +316,22 @@ def authenticated_views(
     Each yielded view points into a buffer that the next chunk overwrites. The key
     check runs when this is called, not when iteration starts.
     """
-    chunk_key, commitment = _file_keys(key, header.salt)
+    return _chunk_plaintexts(source, chunk_key(key, header, what), header, what)
+
+
+def chunk_key(key: bytes, header: StreamHeader, what: str) -> bytes:
+    """The chunk key of the stream `header` begins, once `key` matches its commitment."""
+    derived, commitment = _file_keys(key, header.salt)
     if not hmac.compare_digest(commitment, header.key_commitment):
         raise IntegrityError(
             f"wrong key for {what} (or its header was tampered with): "
             "it was encrypted with another key"
         )
-    return _chunk_plaintexts(source, chunk_key, header, what)
+    return derived
 
 
 def _chunk_plaintexts(
-    source: BinaryIO, chunk_key: bytes, header: StreamHeader, what: str
+    source: BinaryIO, key: bytes, header: StreamHeader, what: str
 ) -> Iterator[memoryview]:
     sealed_size = header.chunk_size + TAG_BYTES
     # Each chunk is decrypted in place, so only two buffers exist: the chunk being
@@ -350,10 +355,10 @@ def _chunk_plaintexts(
         out = memoryview(current)[: filled - TAG_BYTES]
         try:
             aead_decrypt_into(
-                chunk_key,
-                _nonce(index),
+                key,
+                chunk_nonce(index),
                 memoryview(current)[:filled],
-                _associated_data(digest, index, final),
+                chunk_associated_data(digest, index, final),
                 out,
             )
         except IntegrityError:

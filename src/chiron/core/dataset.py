@@ -156,11 +156,11 @@ def _records_of_batch(
         raise InputError(f"records are {x.dtype}, the schema says {schema.dtype}")
     if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
         raise InputError("labels must be one integer per record")
-    _check_labels(y, schema.num_classes, first_record)
+    check_labels(y, schema.num_classes, first_record)
     return np.ascontiguousarray(x, dtype=element), np.ascontiguousarray(y, dtype=LABEL_DTYPE)
 
 
-def _check_labels(y: np.ndarray, num_classes: int, first_record: int) -> None:
+def check_labels(y: np.ndarray, num_classes: int, first_record: int) -> None:
     if not len(y):
         return
     # Stored labels take one reduction: read as unsigned, a negative label is huge.
@@ -281,6 +281,27 @@ def read_dataset_header_and_digest(path: str | os.PathLike[str]) -> tuple[Datase
     return header, stream_header.digest.hex()
 
 
+def open_checked(
+    path: str | os.PathLike[str], what: str
+) -> tuple[BinaryIO, StreamHeader, DatasetHeader]:
+    """Open a dataset and check its size against its header, before anything is read."""
+    source = open_input(path, what="dataset")
+    try:
+        stream_header, header = _open_dataset(source, what)
+        # A forged record count must not make the reader allocate or read for long.
+        actual_size = os.fstat(source.fileno()).st_size
+        expected_size = header.encrypted_size(stream_header.size)
+        if actual_size != expected_size:
+            raise IntegrityError(
+                f"{what} is {actual_size} bytes but its header describes "
+                f"{expected_size}: it was truncated, extended or tampered with"
+            )
+    except BaseException:
+        source.close()
+        raise
+    return source, stream_header, header
+
+
 class _DatasetReader:
     """One authenticated pass over a dataset file, chunk by chunk.
 
@@ -290,17 +311,8 @@ class _DatasetReader:
 
     def __init__(self, path: str | os.PathLike[str], key: bytes) -> None:
         self._what = f"dataset {path}"
-        self._source = open_input(path, what="dataset")
+        self._source, stream_header, self.header = open_checked(path, self._what)
         try:
-            stream_header, self.header = _open_dataset(self._source, self._what)
-            # A forged record count must not make the reader allocate or read for long.
-            actual_size = os.fstat(self._source.fileno()).st_size
-            expected_size = self.header.encrypted_size(stream_header.size)
-            if actual_size != expected_size:
-                raise IntegrityError(
-                    f"{self._what} is {actual_size} bytes but its header describes "
-                    f"{expected_size}: it was truncated, extended or tampered with"
-                )
             self._chunks = authenticated_views(self._source, key, stream_header, self._what)
         except BaseException:
             self._source.close()
@@ -340,7 +352,7 @@ class _DatasetReader:
                 plaintext, dtype=LABEL_DTYPE, count=count, offset=count * schema.record_bytes
             )
             try:
-                _check_labels(y, schema.num_classes, first)
+                check_labels(y, schema.num_classes, first)
             except InputError as exc:
                 raise InputError(f"{what}: {exc}") from None
             yield first, plaintext, y

@@ -17,7 +17,8 @@ Conversation (E = enclave runtime, C = sandboxed child), all frames from core.fr
                      recipe's QUERY_POLICY or {} — the enclave validates both)
   train / dryrun:
     E→C PLAN         JSON TrainingPlan.to_dict()
-    E→C DATA         empty: the training data is now in the shared data file (below)
+    E→C DATA         empty: the training data is now in the shared data file (below),
+                     or, for a plan with a "stream", the file is the ring of windows
     C→E READY        empty
     E→C STATE        (only when resuming, before the first RUN) a checkpoint the child
                      sent earlier; the child cannot know whether one comes, so it
@@ -35,6 +36,10 @@ Conversation (E = enclave runtime, C = sandboxed child), all frames from core.fr
       C→E READY      empty
     E→C FINISH       empty
     C→E MODEL        exactly model_nbytes: the weights as safetensors
+    (a plan with a "stream" only, at any point after DATA, even in the middle of a RUN:)
+    E→C WINDOW       JSON {"window": int}: that window is now in its slot of the ring, in
+                     increasing order; the child reads these only when a step needs a
+                     window it was not yet told of, so they wait in its pipe until then
   query:
     E→C WEIGHTS      safetensors bytes from an escrowed model
     C→E READY        empty
@@ -55,16 +60,34 @@ sent. Its layout, exactly `num_train * (8 + record_bytes)` bytes:
 
 (labels first, so that both arrays start 8-byte aligned). The child maps it private and
 read-only; one copy of the data serves both ends.
+
+A streamed plan (`core.data_windows`) makes the file a ring of two slots instead, each
+`slot_records = plan.stream.slot_records()` records, exactly
+`2 * slot_records * (8 + record_bytes)` bytes; slot k starts at k times half of that:
+
+    slot_records labels, int64 little-endian, then
+    slot_records records, C-order, schema dtype, little-endian
+
+Window g lives in slot g % 2, its chunks one after another in the window's order, each
+chunk's records in file order; the rest of the slot is unused. The enclave writes window
+g + 2 into a slot once the child has sent the TICK of the last step that draws from
+window g, and announces it with WINDOW.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from chiron.core.errors import InputError
+
+if TYPE_CHECKING:
+    # Imported where used: this module is imported by the sandbox's bootstrap before it
+    # confines itself, and numpy must not start its threads there (unshare refuses a
+    # process with more than one thread).
+    from chiron.core.data_windows import StreamLayout
 
 
 class ToChild(enum.IntEnum):
@@ -80,6 +103,7 @@ class ToChild(enum.IntEnum):
     SHUTDOWN = 11
     GET_PARAMS = 12
     SET_PARAMS = 13
+    WINDOW = 14
 
 
 class FromChild(enum.IntEnum):
@@ -123,6 +147,9 @@ class TrainingPlan:
     seed: int
     steps_per_epoch: int
     checkpoint_every: int
+    # A data set larger than memory: how its chunks are held out and cut into windows
+    # (`core.data_windows`); None when the training set is in the shared file whole.
+    stream: StreamLayout | None = None
 
     @property
     def total_steps(self) -> int:
@@ -130,21 +157,40 @@ class TrainingPlan:
 
     @classmethod
     def fixed(
-        cls, *, num_train: int, batch_size: int, epochs: int, seed: int, checkpoint_every: int
+        cls,
+        *,
+        num_train: int,
+        batch_size: int,
+        epochs: int,
+        seed: int,
+        checkpoint_every: int,
+        stream: StreamLayout | None = None,
     ) -> TrainingPlan:
         if num_train <= 0:
             raise InputError("training set is empty")
         if batch_size <= 0 or epochs <= 0:
             raise InputError("batch size and epochs must be positive")
         steps = -(-num_train // batch_size)
-        return cls(num_train, batch_size, epochs, seed, steps, max(1, checkpoint_every))
+        return cls(num_train, batch_size, epochs, seed, steps, max(1, checkpoint_every), stream)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Without a stream the dictionary is the one plans always had: checkpoints are
+        # bound to it.
+        plan = {name: getattr(self, name) for name in _COUNTS}
+        return plan if self.stream is None else plan | {"stream": self.stream.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingPlan:
-        return cls(**{k: int(data[k]) for k in cls.__dataclass_fields__})
+        from chiron.core.data_windows import StreamLayout
+
+        stream = data.get("stream")
+        return cls(
+            **{k: int(data[k]) for k in _COUNTS},
+            stream=None if stream is None else StreamLayout.from_dict(stream),
+        )
+
+
+_COUNTS = ("num_train", "batch_size", "epochs", "seed", "steps_per_epoch", "checkpoint_every")
 
 
 def encode_json(value: Any) -> bytes:
@@ -163,8 +209,8 @@ def holdout_split(num_records: int, seed: int) -> tuple[Any, Any]:
     """
     import numpy as np
 
-    if num_records < 2:
-        raise InputError("a data set needs at least two records")
-    holdout = min(num_records // 10, 5000) if num_records >= 20 else 1
+    from chiron.core.data_windows import holdout_records
+
+    holdout = holdout_records(num_records)
     order = np.random.Generator(np.random.PCG64([seed, 0x484F4C44])).permutation(num_records)
     return np.sort(order[holdout:]), np.sort(order[:holdout])

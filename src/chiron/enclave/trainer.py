@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from chiron.core import dataset, purposes, replies
+from chiron.core import purposes, replies
 from chiron.core.contract import TrainResult
 from chiron.core.crypto import seal
 from chiron.core.errors import IntegrityError
 from chiron.core.query_protocol import confusion_matrix, query_policy_sha256
-from chiron.core.recipe_protocol import FromChild, ToChild, TrainingPlan, encode_json, holdout_split
+from chiron.core.recipe_protocol import FromChild, ToChild, TrainingPlan, encode_json
 from chiron.enclave import escrow
 from chiron.enclave.accepted_job import AcceptedJob
 from chiron.enclave.checkpoints import Checkpoints, Progress, checkpoint_key
@@ -35,10 +35,10 @@ from chiron.enclave.recipe_session import (
     Declaration,
     predict_logits,
     receive_declaration,
-    share_training_data,
     spawn_recipe,
 )
 from chiron.enclave.sandbox import Sandbox
+from chiron.enclave.training_data import open_training_data
 
 # A free-running job checkpoints every this many steps and at every epoch end: with a
 # checkpoint costing a few tens of milliseconds (docs/benchmarks.md, "Checkpoints"), about
@@ -75,17 +75,14 @@ def _train(
     pacer: Pacer,
 ) -> TrainResult:
     manifest = job.manifest
-    header, x, y = dataset.load_dataset(job.dataset_path, job.data_key)
-    schema = header.schema
     seed = manifest.plan.seed
-    train_index, holdout_index = holdout_split(len(y), seed)
-    if exchange is not None:
-        train_index = exchange.shard(train_index, seed)
-    x_holdout, y_holdout = x[holdout_index], y[holdout_index]
-    num_train = len(train_index)
-
     emit({"event": "state", "state": "running"})
-    with spawn_recipe() as sandbox:
+    # The data closes before the sandbox: a streamed data set's loader writes into the
+    # child's shared file until then.
+    with spawn_recipe() as sandbox, open_training_data(job, exchange) as data:
+        header = data.header
+        schema = header.schema
+        x_holdout, y_holdout = data.holdout()
         declaration = receive_declaration(
             sandbox,
             mode="train",
@@ -95,12 +92,14 @@ def _train(
             overrides=manifest.plan.overrides(),
         )
         _check_declaration(job, declaration)
+        num_train = data.num_train(declaration.batch_size)
         plan = TrainingPlan.fixed(
             num_train=num_train,
             batch_size=declaration.batch_size,
             epochs=declaration.epochs,
             seed=seed,
             checkpoint_every=min(CHECKPOINT_EVERY_STEPS, -(-num_train // declaration.batch_size)),
+            stream=data.stream_layout(declaration.batch_size),
         )
         checkpoints = Checkpoints(
             job.checkpoint_dir,
@@ -161,8 +160,7 @@ def _train(
 
         with pacer.slot(units.load, sandbox):
             sandbox.send(ToChild.PLAN, encode_json(plan.to_dict()))
-            share_training_data(sandbox, x, y, schema, train_index)
-            del x, y  # the child's shared file holds the training set; one copy is enough
+            data.share(sandbox, plan, progress.step)
             sandbox.expect(FromChild.READY, size=0)
             if resumed:
                 sandbox.send(ToChild.STATE, resumed[1])
@@ -188,7 +186,9 @@ def _train(
             # One slot per step, each ending on its own boundary.
             for step in range(progress.step + 1, target + 1):
                 with pacer.slot(1, sandbox):
+                    data.before_step(step - 1)
                     sandbox.expect(FromChild.TICK, size=0)
+                    data.steps_done(step)
                 if step % report_every == 0 or step == target:
                     emit({"event": "progress", "step": step, "total": total})
             progress.step = target

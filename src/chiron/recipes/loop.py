@@ -13,7 +13,7 @@ import contextlib
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import safetensors.torch
@@ -54,6 +54,36 @@ class Declaration:
 def epoch_order(seed: int, epoch: int, num_train: int) -> np.ndarray:
     """The order in which epoch `epoch` visits the training records."""
     return np.random.Generator(np.random.PCG64([seed, epoch])).permutation(num_train)
+
+
+class BatchSource(Protocol):
+    """Where a run's batches come from: the records of step `step`, and their labels."""
+
+    num_records: int
+    input_shape: tuple[int, ...]
+
+    def batch(self, step: int, plan: TrainingPlan) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class RecordsInMemory:
+    """A training set held whole: each epoch visits a permutation of it drawn from the seed."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        if len(x) != len(y):
+            raise InputError("training data does not match the plan and schema")
+        self._x, self._y = x, y
+        self.num_records = len(y)
+        self.input_shape = tuple(x.shape[1:])
+        self._order_epoch = -1
+        self._order = np.empty(0, dtype=np.int64)
+
+    def batch(self, step: int, plan: TrainingPlan) -> tuple[np.ndarray, np.ndarray]:
+        epoch, index = divmod(step, plan.steps_per_epoch)
+        if epoch != self._order_epoch:
+            self._order = epoch_order(plan.seed, epoch, plan.num_train)
+            self._order_epoch = epoch
+        picked = self._order[index * plan.batch_size : (index + 1) * plan.batch_size]
+        return self._x[picked], self._y[picked]
 
 
 def model_weights(model: torch.nn.Module) -> bytes:
@@ -103,10 +133,9 @@ class TrainingRun:
         recipe: Recipe,
         schema: DatasetSchema,
         plan: TrainingPlan,
-        x: np.ndarray,
-        y: np.ndarray,
+        records: BatchSource,
     ) -> None:
-        if x.shape != (plan.num_train, *schema.input_shape) or y.shape != (plan.num_train,):
+        if records.num_records != plan.num_train or records.input_shape != schema.input_shape:
             raise InputError("training data does not match the plan and schema")
         self.recipe = recipe
         self.schema = schema
@@ -116,10 +145,7 @@ class TrainingRun:
             "epochs": plan.epochs,
             "batch_size": plan.batch_size,
         }
-        self._x = x
-        self._y = y
-        self._order_epoch = -1
-        self._order = np.empty(0, dtype=np.int64)
+        self._records = records
         seed_everything(plan.seed)
         self.model = recipe.build_model(schema)
         self.model.train()
@@ -139,13 +165,9 @@ class TrainingRun:
 
     def _train_step(self) -> None:
         plan = self.plan
-        epoch, index = divmod(self.step, plan.steps_per_epoch)
-        if epoch != self._order_epoch:
-            self._order = epoch_order(plan.seed, epoch, plan.num_train)
-            self._order_epoch = epoch
-        picked = self._order[index * plan.batch_size : (index + 1) * plan.batch_size]
-        x = records_to_tensor(self._x[picked], self.schema)
-        y = torch.from_numpy(np.asarray(self._y[picked], dtype=np.int64))
+        records, labels = self._records.batch(self.step, plan)
+        x = records_to_tensor(records, self.schema)
+        y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         schedule = self.hyperparameters["lr_schedule"]
         if schedule != "constant":
             factor = lr_factor(schedule, self.step, plan.total_steps)
@@ -233,7 +255,9 @@ def declare(recipe: Recipe, schema: DatasetSchema) -> tuple[Declaration, Trainin
         num_train=records, batch_size=records, epochs=1, seed=PROBE_SEED, checkpoint_every=1
     )
     zeros = np.zeros((records, *schema.input_shape), dtype=schema.dtype)
-    probe = TrainingRun(recipe, schema, plan, zeros, np.zeros(records, dtype=np.int64))
+    probe = TrainingRun(
+        recipe, schema, plan, RecordsInMemory(zeros, np.zeros(records, dtype=np.int64))
+    )
     probe.run_until(plan.total_steps)
     logits = probe.predict(zeros[:1])
     declaration = Declaration(

@@ -36,7 +36,8 @@ from chiron.core.recipe_protocol import (
 )
 from chiron.core.schema import DatasetSchema
 from chiron.recipes.hooks import OPTIMIZERS, Recipe, load_recipe
-from chiron.recipes.loop import Declaration, TrainingRun, check_size, declare
+from chiron.recipes.loop import Declaration, RecordsInMemory, TrainingRun, check_size, declare
+from chiron.recipes.windowed_records import WindowedRecords, WindowError
 
 MAX_CONTROL_BYTES = 64 * 1024
 MAX_SOURCE_BYTES = 16 * 1024 * 1024
@@ -58,8 +59,36 @@ class _Channel:
         self.data_fd = data_fd
         self._in_fd = in_fd
         self._out_fd = out_fd
+        # The newest window of a streamed plan the enclave announced (-1: none yet).
+        self.window = -1
 
     def receive(self, *, max_payload: int = MAX_FRAME_PAYLOAD) -> tuple[ToChild, bytes]:
+        """The next frame; WINDOW frames, which may come at any point, are noted on the way."""
+        while True:
+            kind, payload = self._read(max_payload)
+            if kind != ToChild.WINDOW:
+                return kind, payload
+            self._note_window(payload)
+
+    def wait_for_window(self, window: int) -> int:
+        """Read WINDOW frames until `window` is announced (nothing else may come meanwhile)."""
+        while self.window < window:
+            kind, payload = self._read(MAX_CONTROL_BYTES)
+            if kind != ToChild.WINDOW:
+                _unexpected(kind)
+            self._note_window(payload)
+        return self.window
+
+    def _note_window(self, payload: bytes) -> None:
+        try:
+            window = _json(payload)["window"]
+        except (KeyError, TypeError):
+            raise ProtocolError("malformed WINDOW") from None
+        if isinstance(window, bool) or not isinstance(window, int) or window <= self.window:
+            raise ProtocolError("WINDOW out of order")
+        self.window = window
+
+    def _read(self, max_payload: int) -> tuple[ToChild, bytes]:
         try:
             frame = read_frame(self._in_fd, max_payload=max_payload)
         except (OSError, FramingError):
@@ -155,8 +184,16 @@ def _start_run(channel: _Channel, recipe: Recipe, schema: DatasetSchema) -> Trai
     ):
         raise ProtocolError("inconsistent PLAN")
     channel.expect(ToChild.DATA, max_payload=0, size=0)
+    if plan.stream is not None:
+        if channel.data_fd is None:
+            raise ProtocolError("the shared data file does not hold the planned records")
+        try:
+            windowed = WindowedRecords(channel.data_fd, plan, schema, channel.wait_for_window)
+        except (WindowError, InputError):
+            raise ProtocolError("the shared data file is not the plan's ring") from None
+        return TrainingRun(recipe, schema, plan, windowed)
     x, y = _map_training_data(channel.data_fd, plan.num_train, schema)
-    return TrainingRun(recipe, schema, plan, x, y)
+    return TrainingRun(recipe, schema, plan, RecordsInMemory(x, y))
 
 
 def _map_training_data(
@@ -196,7 +233,10 @@ def _serve_training(channel: _Channel, run: TrainingRun, declaration: Declaratio
                 raise ProtocolError("malformed RUN") from None
             if not run.step <= until_step <= run.plan.total_steps:
                 raise ProtocolError(f"RUN to step {until_step} from step {run.step}")
-            run.run_until(until_step, tick)
+            try:
+                run.run_until(until_step, tick)
+            except WindowError:
+                raise ProtocolError("the enclave's ring broke the protocol") from None
             if checkpoint:
                 state = run.checkpoint()
                 channel.send(

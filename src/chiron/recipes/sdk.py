@@ -13,7 +13,7 @@ import numpy as np
 from chiron.core.recipe_protocol import TrainingPlan
 from chiron.core.schema import DatasetSchema
 from chiron.recipes.hooks import DEFAULT_HYPERPARAMETERS, Recipe, load_recipe
-from chiron.recipes.loop import TrainingRun, check_size, declare
+from chiron.recipes.loop import RecordsInMemory, TrainingRun, check_size, declare
 
 __all__ = ["DEFAULT_HYPERPARAMETERS", "Recipe", "load_recipe", "train_plain"]
 
@@ -35,6 +35,6 @@ def train_plain(
     """
     recipe = load_recipe(source, filename=filename, overrides={"epochs": plan.epochs})
     declaration, _ = declare(recipe, schema)
-    run = TrainingRun(recipe, schema, plan, x, y)
+    run = TrainingRun(recipe, schema, plan, RecordsInMemory(x, y))
     run.run_until(plan.total_steps, on_step)
     return check_size("model", run.model_weights(), declaration.model_nbytes)

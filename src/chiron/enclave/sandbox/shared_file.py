@@ -16,6 +16,13 @@ Why this gives the child nothing it should not have:
   declares the sizes that leave the sandbox.
 - Once written, the file is sealed (no write, grow, shrink or new seal): what the
   child maps is exactly what the enclave wrote.
+
+A data set too large to hold (`core.data_windows`) uses the file as a ring instead: its
+size is fixed and sealed (no grow, shrink or new seal) and the enclave writes window
+after window into it. The child sees each write as it happens, and may read a slot
+before it is told the window is there: all it can see early is training data it is
+about to be given anyway, never a held-out record, and the enclave never reads the
+file back, so nothing the child does to its own view reaches the enclave.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from collections.abc import Iterable
 
 from chiron.core.errors import EnclaveError
 
-_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+_SIZE_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+_SEALS = _SIZE_SEALS | fcntl.F_SEAL_WRITE
 
 
 class SharedFile:
@@ -70,6 +78,22 @@ class SharedFile:
         fcntl.fcntl(self._fd, fcntl.F_ADD_SEALS, _SEALS)
         self._sealed = True
         return size
+
+    def make_ring(self, size: int) -> None:
+        """Fix the file at `size` bytes, to be written again and again with `write_at`."""
+        if self._sealed:
+            raise EnclaveError("the shared file was already written")
+        os.ftruncate(self._fd, size)
+        fcntl.fcntl(self._fd, fcntl.F_ADD_SEALS, _SIZE_SEALS)
+        self._sealed = True
+
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        """Write `data` at `offset` of a ring (safe from another thread than the owner's)."""
+        view = memoryview(data).cast("B")
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            view = view[written:]
+            offset += written
 
     def close(self) -> None:
         self.release_reader()

@@ -134,6 +134,38 @@ class Sandbox:
             raise EnclaveError("this sandbox has no shared data file")
         return self._shared.write_once(parts)
 
+    def share_ring(self, size: int) -> SharedFile:
+        """Fix the child's shared data file as a ring of `size` bytes (see `shared_file`).
+
+        The returned file takes `write_at` from any thread until the sandbox closes.
+        """
+        self._require_open()
+        if self._shared is None:
+            raise EnclaveError("this sandbox has no shared data file")
+        self._shared.make_ring(size)
+        return self._shared
+
+    def notify(self, kind: ToChild, payload: bytes = b"") -> None:
+        """Send one small frame now, even while the child speaks (its words stay queued).
+
+        For word the child reads only when it needs it, in the middle of a run of steps
+        (a window of the ring is ready). The frame goes in one write of at most
+        PIPE_BUF bytes, so it is never split; the child's pipe holds far more than the
+        few such frames ever pending, and a full one means the child stopped reading.
+        """
+        self._require_open()
+        frame = _HEADER.pack(int(kind), len(payload)) + payload
+        if len(frame) > select.PIPE_BUF:
+            raise ValueError("a notice must fit one atomic pipe write")
+        try:
+            written = os.write(self._to_child, frame)
+        except BlockingIOError:
+            self._fail(ReasonClass.TIMEOUT)
+        except BrokenPipeError:
+            self._fail(self._death_reason())
+        if written != len(frame):
+            self._fail(ReasonClass.TIMEOUT)
+
     def send(self, kind: ToChild, payload: bytes | bytearray | memoryview = b"") -> None:
         """Send one frame; the child must read it within the wall timeout.
 

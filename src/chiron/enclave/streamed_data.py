@@ -1,0 +1,164 @@
+"""The enclave's side of a data set larger than memory: held-out records and the ring's filler.
+
+A streamed run (`core.data_windows`) never decrypts the whole data set. The enclave
+decrypts the held-out chunks once (at most `holdout_records` records and a chunk) and
+then, on a thread of its own, one window at a time into a slot of the child's ring,
+while the child trains on the other slot. Which window goes where, and after which
+step, is fixed by the plan; the thread only runs ahead of the main loop, which
+announces each window (WINDOW) before the first step that needs it. Peak memory is
+two slots of the ring and one chunk's buffer, whatever the data set's size.
+
+Each chunk is authenticated under its own index and the header digest the owner signed
+in the manifest (`core.container.ChunkReader`): a host that serves another chunk, a
+chunk of another file or a shortened file in the middle of a run fails it with an
+integrity error, and nothing that did not authenticate reaches the child.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from chiron.core.data_windows import LABEL_BYTES, EpochWindows, StreamLayout, split_chunks
+from chiron.core.dataset_chunks import DatasetChunks
+from chiron.core.errors import EnclaveError, IntegrityError
+from chiron.core.recipe_protocol import ToChild, TrainingPlan
+from chiron.enclave.sandbox import Sandbox
+from chiron.enclave.sandbox.shared_file import SharedFile
+
+
+class StreamedData:
+    """One streamed run's reading of its data set (a context manager)."""
+
+    def __init__(self, path: Path, key: bytes, header_sha256: str, seed: int) -> None:
+        self._seed = seed
+        self._chunks = DatasetChunks(path, key)
+        try:
+            if self._chunks.header_sha256 != header_sha256:
+                raise IntegrityError("the dataset file is not the one the job names")
+        except BaseException:
+            self._chunks.close()
+            raise
+        self.header = self._chunks.header
+        self._loader: ThreadPoolExecutor | None = None
+        self._pending: dict[int, Future[None]] = {}
+        self._windows: EpochWindows | None = None
+        self._ring: SharedFile | None = None
+        self._sandbox: Sandbox | None = None
+
+    def __enter__(self) -> StreamedData:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stream_layout(self, batch_size: int) -> StreamLayout:
+        header = self.header
+        return StreamLayout.for_dataset(
+            record_count=header.record_count,
+            records_per_chunk=header.records_per_chunk,
+            record_bytes=header.schema.record_bytes,
+            batch_size=batch_size,
+        )
+
+    def num_train(self, batch_size: int) -> int:
+        return self.stream_layout(batch_size).windows(self._seed, batch_size).num_train
+
+    def holdout(self) -> tuple[np.ndarray, np.ndarray]:
+        """The held-out records and labels, decrypted once into memory of their own."""
+        header = self.header
+        schema = header.schema
+        dtype = np.dtype(schema.dtype).newbyteorder("<")
+        _, held = split_chunks(header.record_count, header.records_per_chunk, self._seed)
+        xs, ys = [], []
+        for index in held:
+            x_bytes, y = self._chunks.chunk(int(index))
+            records = np.frombuffer(x_bytes, dtype=dtype).reshape(len(y), *schema.input_shape)
+            xs.append(records.copy())
+            ys.append(y.copy())
+        return np.concatenate(xs), np.concatenate(ys)
+
+    def share(self, sandbox: Sandbox, plan: TrainingPlan, step: int) -> None:
+        """Make the child's ring, begin filling it for a run that continues at `step`, send DATA.
+
+        The child maps the ring when DATA arrives; each window's WINDOW follows later.
+        """
+        if plan.stream is None:
+            raise EnclaveError("a streamed data set needs a plan with a stream")
+        windows = EpochWindows(plan.stream, plan.seed, plan.batch_size)
+        epochs = plan.epochs
+        layout = windows.layout
+        self._slot_bytes = layout.slot_bytes(self.header.schema.record_bytes)
+        self._slot_records = layout.slot_records()
+        self._ring = sandbox.share_ring(2 * self._slot_bytes)
+        self._sandbox = sandbox
+        self._windows = windows
+        self._total = epochs * windows.per_epoch
+        steps = epochs * windows.steps_per_epoch
+        self._first = windows.windows_of(step).start if step < steps else self._total
+        self._next = self._first  # the next window to load
+        self._announced = self._first - 1
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chiron-window")
+        self._submit_freed(step)
+        sandbox.send(ToChild.DATA)
+
+    def steps_done(self, done: int) -> None:
+        """The child sent its `done`-th TICK: load what that frees, announce what is in."""
+        self._submit_freed(done)
+        # Announce at once what is already in; wait for nothing here.
+        while self._announced + 1 in self._pending and self._pending[self._announced + 1].done():
+            self._announce()
+
+    def _submit_freed(self, done: int) -> None:
+        """Start loading every window whose slot is free once `done` steps are done."""
+        windows = self._require()
+        while self._next < self._total and (
+            self._next - 2 < self._first or windows.last_step_of(self._next - 2) < done
+        ):
+            assert self._loader is not None
+            self._pending[self._next] = self._loader.submit(self._load, self._next)
+            self._next += 1
+
+    def before_step(self, step: int) -> None:
+        """Step `step` (from 0) runs next: every window it draws from is announced."""
+        needed = self._require().windows_of(step)[-1]
+        while self._announced < needed:
+            if self._announced + 1 not in self._pending:
+                raise EnclaveError("a window the next step needs was never loaded")
+            self._announce()
+
+    def _announce(self) -> None:
+        window = self._announced + 1
+        self._pending.pop(window).result()  # a chunk that did not authenticate raises here
+        assert self._sandbox is not None
+        self._sandbox.notify(ToChild.WINDOW, json.dumps({"window": window}).encode())
+        self._announced = window
+
+    def _load(self, window: int) -> None:
+        """Decrypt `window`'s chunks into its slot (on the loader thread)."""
+        windows, ring = self._require(), self._ring
+        assert ring is not None
+        record_bytes = self.header.schema.record_bytes
+        base = (window % 2) * self._slot_bytes
+        records_at = base + self._slot_records * LABEL_BYTES
+        position = 0
+        for index in windows.chunks(window):
+            x_bytes, y = self._chunks.chunk(int(index))
+            ring.write_at(base + position * LABEL_BYTES, y.data)
+            ring.write_at(records_at + position * record_bytes, x_bytes)
+            position += len(y)
+
+    def _require(self) -> EpochWindows:
+        if self._windows is None:
+            raise EnclaveError("the ring was not started")
+        return self._windows
+
+    def close(self) -> None:
+        """Stop loading (a load in progress ends first) and close the data set."""
+        if self._loader is not None:
+            self._loader.shutdown(wait=True, cancel_futures=True)
+            self._loader = None
+        self._chunks.close()
