@@ -26,7 +26,11 @@ from chiron.enclave.sandbox.shared_file import SharedFile
 from chiron.enclave.streamed_data import StreamedData
 from chiron.recipes.hooks import load_recipe
 from chiron.recipes.loop import TrainingRun
-from chiron.recipes.windowed_records import WindowedRecords, WindowError
+from chiron.recipes.windowed_records import (
+    WindowedRecords,
+    WindowedRecordsInMemory,
+    WindowError,
+)
 
 # 16 KiB records: 63 to a 1 MiB chunk, so a few hundred records make dozens of chunks.
 SCHEMA = DatasetSchema((1, 128, 128), "uint8", 10)
@@ -158,6 +162,21 @@ def test_the_child_reads_every_batch_the_order_names(dataset) -> None:
     )
     # The two epochs visit the records in different orders.
     assert seen[: windows.num_train] != seen[windows.num_train :]
+
+
+def test_the_plain_reference_draws_the_same_batches_as_the_ring(dataset) -> None:
+    path, key, x, y = dataset
+    plan = _plan(path, batch_size=50, epochs=2, window_chunks=3)
+    plain = WindowedRecordsInMemory(x, y, plan)
+    pipe = FakePipe()
+    with _open(path, key) as data:
+        child = _drive(data, pipe, plan, 0, plan.total_steps)
+        for step in range(plan.total_steps):
+            data.before_step(step)
+            ring_x, ring_y = child.batch(step, plan)
+            plain_x, plain_y = plain.batch(step, plan)
+            assert np.array_equal(ring_x, plain_x) and np.array_equal(ring_y, plain_y)
+            data.steps_done(step + 1)
 
 
 def test_the_ring_never_holds_a_held_out_record(dataset) -> None:

@@ -31,6 +31,7 @@ from chiron.client.statements import load_statement, statement_path_for
 from chiron.client.training import TrainOutcome, check_provider
 from chiron.core import dataset as container
 from chiron.core.attestation import Policy
+from chiron.core.data_windows import GROUP_DATA_LIMIT, streams
 from chiron.core.errors import InputError, JobFailed, UsageError
 from chiron.core.fileio import read_input_file
 from chiron.core.keys import DataKey, PublicIdentity, load_data_key, load_identity
@@ -205,6 +206,10 @@ def train(
         raise UsageError("with --rendezvous, --statement names the recipe's signed statement")
     owner = load_identity(owner_key)
     dataset_ref, data_key = check_dataset_key(dataset, data_key_path)
+    if plan.distributed:
+        header = container.read_dataset_header(dataset)
+        if streams(header.record_count, header.schema.record_bytes):
+            raise InputError(f"{dataset}: {GROUP_DATA_LIMIT}")
     common: dict[str, Any] = {
         "data_key": data_key,
         "dataset": dataset_ref,

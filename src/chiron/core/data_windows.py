@@ -38,6 +38,8 @@ STREAM_ABOVE_BYTES = 1 << 30
 # A window holds at least this many bytes of chunks (and at least one batch).
 WINDOW_BYTES = 64 << 20
 LABEL_BYTES = 8
+# A group's workers shard records held in memory; streamed data trains on one enclave.
+GROUP_DATA_LIMIT = "a group trains on data sets of at most 1 GiB; train a larger one on one enclave"
 
 # Stream labels of the seeded generators: keep the permutations apart from each other
 # and from the loop's, the shard's and the in-memory hold-out split's.

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from chiron.core import dataset
-from chiron.core.data_windows import StreamLayout, streams
+from chiron.core.data_windows import GROUP_DATA_LIMIT, StreamLayout, streams
 from chiron.core.dataset import DatasetHeader
 from chiron.core.errors import InputError
 from chiron.core.recipe_protocol import TrainingPlan, holdout_split
@@ -53,9 +53,7 @@ def open_training_data(job: AcceptedJob, exchange: ParameterExchange | None) -> 
     if not streams(header.record_count, header.schema.record_bytes):
         return DataInMemory(job, exchange)
     if exchange is not None:
-        raise InputError(
-            "a group trains on data sets of at most 1 GiB; a larger one trains on one enclave"
-        )
+        raise InputError(GROUP_DATA_LIMIT)
     return StreamedData(
         job.dataset_path, job.data_key, job.manifest.dataset.header_sha256, job.manifest.plan.seed
     )

@@ -75,3 +75,39 @@ class WindowedRecords:
         if len(parts) == 1:
             return xs[0], ys[0]
         return np.concatenate(xs), np.concatenate(ys)
+
+
+class WindowedRecordsInMemory:
+    """A streamed plan's batches, drawn from the whole data set held in file order.
+
+    The plain reference for a streamed run (`sdk.train_plain`): the same records in the
+    same order as the enclave's ring gives the child, from arrays (or memory maps) of
+    every record, the held-out ones included (they are never picked).
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, plan: TrainingPlan) -> None:
+        if plan.stream is None:
+            raise WindowError("the plan streams no data")
+        if len(x) != plan.stream.record_count or len(y) != len(x):
+            raise WindowError("the data set does not have the plan's record count")
+        self.windows = EpochWindows(plan.stream, plan.seed, plan.batch_size)
+        self.num_records = self.windows.num_train
+        self.input_shape = tuple(x.shape[1:])
+        self._x, self._y = x, y
+
+    def batch(self, step: int, plan: TrainingPlan) -> tuple[np.ndarray, np.ndarray]:
+        layout = self.windows.layout
+        ids = []
+        for window, positions in self.windows.batch_positions(step):
+            chunks = self.windows.chunks(window)
+            slot = np.concatenate(
+                [
+                    np.arange(first, first + count)
+                    for first, count in zip(
+                        chunks * layout.records_per_chunk, layout.records_in(chunks), strict=True
+                    )
+                ]
+            )
+            ids.append(slot[positions])
+        picked = np.concatenate(ids)
+        return self._x[picked], self._y[picked]
