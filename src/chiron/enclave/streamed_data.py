@@ -8,6 +8,11 @@ step, is fixed by the plan; the thread only runs ahead of the main loop, which
 announces each window (WINDOW) before the first step that needs it. Peak memory is
 two slots of the ring and one chunk's buffer, whatever the data set's size.
 
+What the host sees of it: which chunks are read, in which order (drawn from the seed and
+the public counts, never from the data), and when. The trainer starts each window's
+reads at a step's slot boundary (`steps_done`), so in a fixed-rate job they start on
+the job's clock like everything else, however fast the recipe's steps are.
+
 Each chunk is authenticated under its own index and the header digest the owner signed
 in the manifest (`core.container.ChunkReader`): a host that serves another chunk, a
 chunk of another file or a shortened file in the middle of a run fails it with an

@@ -188,7 +188,9 @@ def _train(
                 with pacer.slot(1, sandbox):
                     data.before_step(step - 1)
                     sandbox.expect(FromChild.TICK, size=0)
-                    data.steps_done(step)
+                # At the slot's end, not when the TICK came: the reads of the next window
+                # the host can watch start on the job's clock (`streamed_data`).
+                data.steps_done(step)
                 if step % report_every == 0 or step == target:
                     emit({"event": "progress", "step": step, "total": total})
             progress.step = target
