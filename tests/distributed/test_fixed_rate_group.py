@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chiron.client.targets import make_plan
+from chiron.client.job_inputs import make_plan
 
 from .conftest import RECIPE, World, make_world
 

@@ -15,6 +15,7 @@ from chiron.client import plots
 from chiron.client.attestation import load_policy
 from chiron.client.distributed import DEFAULT_EXCHANGE_EVERY
 from chiron.client.inputs import load_query_inputs
+from chiron.client.job_inputs import check_dataset_key, make_plan
 from chiron.client.options import (
     ALLOW_SIMULATION,
     JSON,
@@ -28,13 +29,7 @@ from chiron.client.options import (
 from chiron.client.outputs import check_destination, output_paths, save_trained, summary_lines
 from chiron.client.querying import UnlockedModel, evaluate, query
 from chiron.client.receipts import verify_receipt_offline
-from chiron.client.targets import (
-    check_dataset_key,
-    make_plan,
-    open_target,
-    require_one_target,
-    unlock,
-)
+from chiron.client.targets import open_target, require_one_target, unlock
 from chiron.client.targets import train as train_model
 from chiron.core.errors import UsageError
 from chiron.core.fileio import atomic_write, read_input_file

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from chiron.client import outputs, targets
+from chiron.client import job_inputs, outputs, targets
 from chiron.client.inputs import load_query_inputs
 from chiron.client.querying import UnlockedModel, evaluate, query
 from chiron.core.errors import UsageError
@@ -210,7 +210,7 @@ class Model:
     def evaluate(self, dataset: StrPath, *, data_key: StrPath) -> Evaluation:
         """Accuracy, per-class figures and confusion matrix on an encrypted dataset."""
         dataset_path = Path(dataset)
-        _, key = targets.check_dataset_key(dataset_path, Path(data_key))
+        _, key = job_inputs.check_dataset_key(dataset_path, Path(data_key))
         report = evaluate(self._unlocked, dataset_path=str(dataset_path.resolve()), data_key=key)
         return Evaluation(
             accuracy=float(report["accuracy"]),
@@ -295,7 +295,7 @@ class Connection:
             data_key_path=Path(data_key),
             owner_key=Path(owner),
             provider=pinned,
-            plan=targets.make_plan(
+            plan=job_inputs.make_plan(
                 seed=seed,
                 epochs=epochs,
                 workers=workers,

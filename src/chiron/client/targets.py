@@ -18,25 +18,23 @@ from typing import TYPE_CHECKING, Any
 from chiron.client import options
 from chiron.client.attestation import SimRootSource, load_policy, service_sim_roots
 from chiron.client.distributed import (
-    DEFAULT_EXCHANGE_EVERY,
     train_locally,
     train_through_rendezvous,
 )
+from chiron.client.job_inputs import check_dataset_key, load_local_recipe
 from chiron.client.jobs import train_on_host
 from chiron.client.key_release import AgentShareSource
 from chiron.client.querying import UnlockedModel, unlock_model
 from chiron.client.remote import RemoteQuerySession, ServiceClient
 from chiron.client.sessions import EnclaveSession, EventHandler, JobHost, LocalEnclaveSession
-from chiron.client.statements import load_statement, statement_path_for
+from chiron.client.statements import load_statement
 from chiron.client.training import TrainOutcome, check_provider
-from chiron.core import dataset as container
 from chiron.core.attestation import Policy
-from chiron.core.data_windows import GROUP_DATA_LIMIT, streams
-from chiron.core.errors import InputError, JobFailed, UsageError
+from chiron.core.errors import JobFailed, UsageError
 from chiron.core.fileio import read_input_file
-from chiron.core.keys import DataKey, PublicIdentity, load_data_key, load_identity
-from chiron.core.limits import CALL_SILENCE_SECONDS, MAX_RECIPE_BYTES
-from chiron.core.manifest import DatasetRef, Plan
+from chiron.core.keys import PublicIdentity, load_identity
+from chiron.core.limits import CALL_SILENCE_SECONDS
+from chiron.core.manifest import Plan
 from chiron.core.recipe_statement import SignedRecipeStatement
 from chiron.core.roles import Role
 
@@ -107,67 +105,6 @@ def require_one_target(local: bool, url: str | None, rendezvous: str | None = No
         raise UsageError("give exactly one of --local, --url URL or --rendezvous HOST:PORT")
 
 
-def check_dataset_key(dataset: Path, data_key_path: Path) -> tuple[DatasetRef, DataKey]:
-    """The dataset's reference (id, header digest) and its key, which must be its own."""
-    header, digest = container.read_dataset_header_and_digest(dataset)
-    data_key = load_data_key(data_key_path)
-    if data_key.dataset_id != header.dataset_id:
-        raise InputError(
-            f"{data_key_path} is the key of dataset {data_key.dataset_id}, "
-            f"not of {dataset} ({header.dataset_id})"
-        )
-    return DatasetRef(header.dataset_id, digest), data_key
-
-
-def load_local_recipe(
-    recipe_path: Path, statement_path: Path | None
-) -> tuple[bytes, SignedRecipeStatement]:
-    """A recipe file and its provider's signed statement (by default beside the file)."""
-    source = read_input_file(recipe_path, what="recipe", limit=MAX_RECIPE_BYTES)
-    statement_file = statement_path or statement_path_for(recipe_path)
-    if not statement_file.exists():
-        raise InputError(
-            f"{recipe_path} has no signed statement ({statement_file} is missing): "
-            "its provider signs it with `chiron recipe sign`"
-        )
-    statement = load_statement(statement_file)
-    statement.check_recipe(source)
-    return source, statement
-
-
-def make_plan(
-    *,
-    seed: int,
-    epochs: int | None,
-    workers: int = 1,
-    exchange_every: int = DEFAULT_EXCHANGE_EVERY,
-    async_staleness: int | None = None,
-    fixed_rate: bool | None = None,
-    period_ms: int | None = None,
-) -> Plan:
-    """The owner's plan; exchange settings only mean something with several workers.
-
-    A job with several workers runs fixed-rate unless the owner says otherwise: its
-    exchanges cross the host's network, where their timing is the easiest thing to see.
-    One enclave runs fixed-rate when the owner asks (`fixed_rate`) or gives a period.
-    """
-    distributed = workers > 1
-    if fixed_rate is None:
-        fixed_rate = distributed or period_ms is not None
-    if period_ms is not None and not fixed_rate:
-        raise UsageError("--period-ms needs the fixed-rate mode")
-    return Plan(
-        seed=seed,
-        epochs=epochs,
-        workers=workers,
-        exchange_every=exchange_every if distributed else 0,
-        mode="async" if distributed and async_staleness is not None else "sync",
-        staleness=(async_staleness or 0) if distributed else 0,
-        fixed_rate=fixed_rate,
-        period_ms=period_ms,
-    )
-
-
 @dataclass(frozen=True)
 class Trained:
     """A verified training result (and, with several workers, what their wires carried)."""
@@ -205,11 +142,7 @@ def train(
     if target.rendezvous is not None and statement_path is None:
         raise UsageError("with --rendezvous, --statement names the recipe's signed statement")
     owner = load_identity(owner_key)
-    dataset_ref, data_key = check_dataset_key(dataset, data_key_path)
-    if plan.distributed:
-        header = container.read_dataset_header(dataset)
-        if streams(header.record_count, header.schema.record_bytes):
-            raise InputError(f"{dataset}: {GROUP_DATA_LIMIT}")
+    dataset_ref, data_key = check_dataset_key(dataset, data_key_path, group=plan.distributed)
     common: dict[str, Any] = {
         "data_key": data_key,
         "dataset": dataset_ref,
