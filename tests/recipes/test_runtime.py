@@ -9,7 +9,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from chiron.core.recipe_protocol import FromChild, ToChild, encode_json
+from chiron.core.data_windows import StreamLayout
+from chiron.core.recipe_protocol import FromChild, ToChild, TrainingPlan, encode_json
 from chiron.recipes.runtime import ProtocolError
 from chiron.recipes.sdk import train_plain
 
@@ -237,5 +238,114 @@ def test_a_protocol_violation_by_the_enclave_is_raised(enclave):
     child.declare(TINY_RECIPE)
     plan = make_plan(40, 16, 2).to_dict() | {"batch_size": 0}
     child.send(ToChild.PLAN, encode_json(plan))
+    assert child.receive() is None
+    assert isinstance(child.close(), ProtocolError)
+
+
+def _streamed_plan(count: int = 200, batch_size: int = 10, epochs: int = 2) -> TrainingPlan:
+    """A plan over `count` records in chunks of 7, windows of 3 chunks (the layout alone)."""
+    layout = StreamLayout(count, records_per_chunk=7, window_chunks=3)
+    windows = layout.windows(1, batch_size)
+    return TrainingPlan.fixed(
+        num_train=windows.num_train,
+        batch_size=batch_size,
+        epochs=epochs,
+        seed=1,
+        checkpoint_every=1,
+        stream=layout,
+    )
+
+
+class _Ring:
+    """The enclave's side of a streamed run, by hand: fill a slot, announce it."""
+
+    def __init__(self, child, plan: TrainingPlan, x: np.ndarray, y: np.ndarray) -> None:
+        self.child, self.plan, self.x, self.y = child, plan, x, y
+        self.windows = plan.stream.windows(plan.seed, plan.batch_size)
+        self.slot_bytes = plan.stream.slot_bytes(SCHEMA.record_bytes)
+        child.shared.make_ring(2 * self.slot_bytes)
+        self.announced = -1
+
+    def announce(self, window: int) -> None:
+        base = (window % 2) * self.slot_bytes
+        records_at = base + self.plan.stream.slot_records() * 8
+        position = 0
+        per_chunk = self.plan.stream.records_per_chunk
+        for chunk in self.windows.chunks(window):
+            ids = slice(chunk * per_chunk, min((chunk + 1) * per_chunk, len(self.y)))
+            count = ids.stop - ids.start
+            self.child.shared.write_at(base + position * 8, self.y[ids].astype("<i8").tobytes())
+            self.child.shared.write_at(
+                records_at + position * SCHEMA.record_bytes, self.x[ids].tobytes()
+            )
+            position += count
+        self.child.send(ToChild.WINDOW, encode_json({"window": window}))
+        self.announced = window
+
+    def run_all(self) -> None:
+        """RUN to the end, keeping the ring one window ahead as the enclave does."""
+        self.child.send(ToChild.RUN, encode_json({"until_step": self.plan.total_steps,
+                                                  "checkpoint": False}))  # fmt: skip
+        total_windows = self.plan.epochs * self.windows.per_epoch
+        for step in range(self.plan.total_steps):
+            needed = self.windows.windows_of(step)[-1]
+            while self.announced < needed:
+                released = self.announced + 1 - 2
+                assert released < 0 or self.windows.last_step_of(released) < step
+                self.announce(self.announced + 1)
+            self.child.expect(FromChild.TICK, size=0)
+        assert self.announced == total_windows - 1
+
+
+def test_a_streamed_conversation_gives_the_plain_runs_weights(enclave):
+    x, y = make_data(200)
+    plan = _streamed_plan()
+    child = enclave()
+    declaration = child.declare(TINY_RECIPE, overrides={"epochs": 2})
+    child.send(ToChild.PLAN, encode_json(plan.to_dict()))
+    ring = _Ring(child, plan, x, y)
+    child.send(ToChild.DATA)
+    child.expect(FromChild.READY, size=0)
+    assert ring.windows.per_epoch >= 3
+    ring.run_all()  # WINDOW frames arrive while the child runs
+    weights = child.finish(declaration["model_nbytes"])
+    assert child.close() is None
+    assert weights == train_plain(TINY_RECIPE, SCHEMA, x, y, plan)
+
+
+@pytest.mark.parametrize(
+    "announce",
+    [
+        [{"window": 0}, {"window": 0}],  # again
+        [{"window": 1}, {"window": 0}],  # backwards
+        [{"window": True}],
+        [{"window": "0"}],
+        [{}],
+        [{"window": 0}, {"window": 1}, {"window": 2}],  # over the slot step 0 reads
+    ],
+)
+def test_a_window_announced_out_of_order_is_a_protocol_violation(enclave, announce):
+    x, y = make_data(200)
+    plan = _streamed_plan()
+    child = enclave()
+    child.declare(TINY_RECIPE, overrides={"epochs": 2})
+    child.send(ToChild.PLAN, encode_json(plan.to_dict()))
+    _Ring(child, plan, x, y)
+    child.send(ToChild.DATA)
+    child.expect(FromChild.READY, size=0)
+    for doc in announce:
+        child.send(ToChild.WINDOW, encode_json(doc))
+    child.send(ToChild.RUN, encode_json({"until_step": 1, "checkpoint": False}))
+    assert child.receive() is None
+    assert isinstance(child.close(), ProtocolError)
+
+
+def test_a_ring_of_the_wrong_size_is_a_protocol_violation(enclave):
+    plan = _streamed_plan()
+    child = enclave()
+    child.declare(TINY_RECIPE, overrides={"epochs": 2})
+    child.send(ToChild.PLAN, encode_json(plan.to_dict()))
+    child.shared.make_ring(plan.stream.slot_bytes(SCHEMA.record_bytes))  # one slot only
+    child.send(ToChild.DATA)
     assert child.receive() is None
     assert isinstance(child.close(), ProtocolError)

@@ -116,9 +116,7 @@ def _expected_ids(windows: EpochWindows, step: int) -> list[int]:
     return ids
 
 
-def _drive(
-    data: StreamedData, pipe: FakePipe, plan: TrainingPlan, start: int, stop: int
-) -> WindowedRecords:
+def _drive(data: StreamedData, pipe: FakePipe, plan: TrainingPlan, start: int) -> WindowedRecords:
     """The trainer's calls and the child's reads, interleaved as in a run from `start`."""
 
     def wait_for(window: int) -> int:
@@ -136,7 +134,7 @@ def test_the_child_reads_every_batch_the_order_names(dataset) -> None:
     plan = _plan(path, batch_size=50, epochs=2, window_chunks=3)
     pipe = FakePipe()
     with _open(path, key) as data:
-        child = _drive(data, pipe, plan, 0, plan.total_steps)
+        child = _drive(data, pipe, plan, 0)
         windows = child.windows
         assert windows.per_epoch > 3, "the data set must span several windows"
         seen: list[int] = []
@@ -170,7 +168,7 @@ def test_the_plain_reference_draws_the_same_batches_as_the_ring(dataset) -> None
     plain = WindowedRecordsInMemory(x, y, plan)
     pipe = FakePipe()
     with _open(path, key) as data:
-        child = _drive(data, pipe, plan, 0, plan.total_steps)
+        child = _drive(data, pipe, plan, 0)
         for step in range(plan.total_steps):
             data.before_step(step)
             ring_x, ring_y = child.batch(step, plan)
@@ -185,7 +183,7 @@ def test_the_ring_never_holds_a_held_out_record(dataset) -> None:
     pipe = FakePipe()
     with _open(path, key) as data:
         held_x, held_y = data.holdout()
-        child = _drive(data, pipe, plan, 0, plan.total_steps)
+        child = _drive(data, pipe, plan, 0)
         held_ids = set(_record_ids(held_x))
         assert len(held_ids) == len(held_y) >= holdout_records(RECORDS)
         for step in range(plan.total_steps):
@@ -205,7 +203,7 @@ def test_a_run_resumed_in_the_middle_continues_to_the_same_weights(dataset) -> N
     def run(start_state: bytes | None, start: int, stop: int) -> tuple[bytes, bytes]:
         pipe = FakePipe()
         with _open(path, key) as data:
-            child = _drive(data, pipe, plan, start, stop)
+            child = _drive(data, pipe, plan, start)
             training = TrainingRun(recipe, SCHEMA, plan, child)
             if start_state is not None:
                 training.restore(start_state)
@@ -234,7 +232,7 @@ def test_a_chunk_the_host_rewrote_stops_the_run_before_the_child_sees_it(dataset
     tampered.write_bytes(bytes(blob))
     pipe = FakePipe()
     with StreamedData(tampered, key, read_dataset_header_and_digest(path)[1], SEED) as data:
-        child = _drive(data, pipe, plan, 0, plan.total_steps)
+        child = _drive(data, pipe, plan, 0)
         with pytest.raises(IntegrityError, match=f"chunk {late} does not authenticate"):
             for step in range(plan.total_steps):
                 data.before_step(step)
@@ -280,7 +278,7 @@ def test_the_child_refuses_a_window_announced_over_one_it_still_reads(dataset) -
     plan = _plan(path, batch_size=50, epochs=1, window_chunks=3)
     pipe = FakePipe()
     with _open(path, key) as data:
-        _drive(data, pipe, plan, 0, plan.total_steps)
+        _drive(data, pipe, plan, 0)
         child = WindowedRecords(pipe.ring.reader_fd, plan, SCHEMA, lambda window: window + 2)
         with pytest.raises(WindowError, match="replaced"):
             child.batch(0, plan)
