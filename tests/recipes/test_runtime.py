@@ -263,7 +263,7 @@ class _Ring:
         self.child, self.plan, self.x, self.y = child, plan, x, y
         self.windows = plan.stream.windows(plan.seed, plan.batch_size)
         self.slot_bytes = plan.stream.slot_bytes(SCHEMA.record_bytes)
-        child.shared.make_ring(2 * self.slot_bytes)
+        self.writer = child.shared.make_ring(2 * self.slot_bytes)
         self.announced = -1
 
     def announce(self, window: int) -> None:
@@ -274,10 +274,8 @@ class _Ring:
         for chunk in self.windows.chunks(window):
             ids = slice(chunk * per_chunk, min((chunk + 1) * per_chunk, len(self.y)))
             count = ids.stop - ids.start
-            self.child.shared.write_at(base + position * 8, self.y[ids].astype("<i8").tobytes())
-            self.child.shared.write_at(
-                records_at + position * SCHEMA.record_bytes, self.x[ids].tobytes()
-            )
+            self.writer.write_at(base + position * 8, self.y[ids].astype("<i8").tobytes())
+            self.writer.write_at(records_at + position * SCHEMA.record_bytes, self.x[ids].tobytes())
             position += count
         self.child.send(ToChild.WINDOW, encode_json({"window": window}))
         self.announced = window

@@ -22,7 +22,7 @@ from chiron.core.dataset import encrypt_dataset, read_dataset_header_and_digest
 from chiron.core.errors import EnclaveError, InputError, IntegrityError
 from chiron.core.recipe_protocol import ToChild, TrainingPlan
 from chiron.core.schema import DatasetSchema
-from chiron.enclave.sandbox.shared_file import SharedFile
+from chiron.enclave.sandbox.shared_file import RingWriter, SharedFile
 from chiron.enclave.streamed_data import StreamedData
 from chiron.recipes.hooks import load_recipe
 from chiron.recipes.loop import TrainingRun
@@ -45,9 +45,8 @@ class FakePipe:
         self.ring = SharedFile("test-ring")
         self.frames: list[tuple[ToChild, bytes]] = []
 
-    def share_ring(self, size: int) -> SharedFile:
-        self.ring.make_ring(size)
-        return self.ring
+    def share_ring(self, size: int) -> RingWriter:
+        return self.ring.make_ring(size)
 
     def notify(self, kind: ToChild, payload: bytes = b"") -> None:
         self.frames.append((kind, payload))
@@ -240,6 +239,29 @@ def test_a_chunk_the_host_rewrote_stops_the_run_before_the_child_sees_it(dataset
                 data.steps_done(step + 1)
         # The last window was never announced: the child got nothing of the rewritten chunk.
         assert pipe.newest_window() < windows.per_epoch - 1
+
+
+def test_the_loader_writes_only_into_the_ring_after_the_sandbox_closed(dataset, tmp_path) -> None:
+    path, key, _, _ = dataset
+    plan = _plan(path, batch_size=50, epochs=1, window_chunks=3)
+    windows = plan.stream.windows(SEED, 50)
+    pipe = FakePipe()
+    with _open(path, key) as data:
+        data.share(pipe, plan, 0)  # type: ignore[arg-type]
+        data.before_step(0)
+        # The child failed: the sandbox closes its end of the shared file, and files the
+        # enclave opens next (checkpoints on the host's disk) get the numbers it freed.
+        pipe.ring.close()
+        victims = [open(tmp_path / f"victim-{i}", "wb") for i in range(8)]
+        try:
+            freed = windows.last_step_of(0) + 1
+            data.steps_done(freed)  # window 2 loads into slot 0 now
+            data.before_step(windows.last_step_of(1))  # the first step that needs it
+        finally:
+            for victim in victims:
+                victim.close()
+    assert pipe.newest_window() >= 2
+    assert all((tmp_path / f"victim-{i}").stat().st_size == 0 for i in range(8))
 
 
 def test_chunks_swapped_by_the_host_do_not_authenticate(dataset, tmp_path) -> None:

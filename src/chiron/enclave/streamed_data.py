@@ -32,7 +32,7 @@ from chiron.core.dataset_chunks import DatasetChunks
 from chiron.core.errors import EnclaveError, IntegrityError
 from chiron.core.recipe_protocol import ToChild, TrainingPlan
 from chiron.enclave.sandbox import Sandbox
-from chiron.enclave.sandbox.shared_file import SharedFile
+from chiron.enclave.sandbox.shared_file import RingWriter
 
 
 class StreamedData:
@@ -51,7 +51,7 @@ class StreamedData:
         self._loader: ThreadPoolExecutor | None = None
         self._pending: dict[int, Future[None]] = {}
         self._windows: EpochWindows | None = None
-        self._ring: SharedFile | None = None
+        self._ring: RingWriter | None = None
         self._sandbox: Sandbox | None = None
 
     def __enter__(self) -> StreamedData:
@@ -166,4 +166,6 @@ class StreamedData:
         if self._loader is not None:
             self._loader.shutdown(wait=True, cancel_futures=True)
             self._loader = None
+        if self._ring is not None:
+            self._ring.close()  # only now: the loader wrote through it until it stopped
         self._chunks.close()

@@ -79,16 +79,39 @@ class SharedFile:
         self._sealed = True
         return size
 
-    def make_ring(self, size: int) -> None:
-        """Fix the file at `size` bytes, to be written again and again with `write_at`."""
+    def make_ring(self, size: int) -> RingWriter:
+        """Fix the file at `size` bytes, to be written again and again by the returned writer."""
         if self._sealed:
             raise EnclaveError("the shared file was already written")
         os.ftruncate(self._fd, size)
         fcntl.fcntl(self._fd, fcntl.F_ADD_SEALS, _SIZE_SEALS)
         self._sealed = True
+        return RingWriter(self._fd)
+
+    def close(self) -> None:
+        self.release_reader()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class RingWriter:
+    """Writes windows into a ring, from any thread, through a descriptor of its own.
+
+    The writer's thread may still be writing a window when the sandbox closes (the child
+    failed); the sandbox then closes its shared file's descriptor, and the next file this
+    process opens (a checkpoint on the host's disk, say) may get that number. Writing
+    through a duplicate that only `close` ends means decrypted records can only ever
+    land in the ring.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = os.dup(fd)
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
-        """Write `data` at `offset` of a ring (safe from another thread than the owner's)."""
+        """Write `data` at `offset` of the ring."""
+        if self._fd < 0:
+            raise EnclaveError("the ring's writer is closed")
         view = memoryview(data).cast("B")
         while view:
             written = os.pwrite(self._fd, view, offset)
@@ -96,7 +119,6 @@ class SharedFile:
             offset += written
 
     def close(self) -> None:
-        self.release_reader()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -27,7 +27,7 @@ from chiron.core.errors import EnclaveError, JobFailed
 from chiron.core.framing import HEADER_BYTES
 from chiron.core.recipe_protocol import FromChild, ReasonClass, ToChild
 from chiron.enclave.sandbox import pids
-from chiron.enclave.sandbox.shared_file import SharedFile
+from chiron.enclave.sandbox.shared_file import RingWriter, SharedFile
 from chiron.enclave.sandbox.startup import SandboxLimits, await_confinement, start_child
 
 _HEADER = struct.Struct(">BI")
@@ -134,16 +134,15 @@ class Sandbox:
             raise EnclaveError("this sandbox has no shared data file")
         return self._shared.write_once(parts)
 
-    def share_ring(self, size: int) -> SharedFile:
+    def share_ring(self, size: int) -> RingWriter:
         """Fix the child's shared data file as a ring of `size` bytes (see `shared_file`).
 
-        The returned file takes `write_at` from any thread until the sandbox closes.
+        The returned writer takes `write_at` from any thread; its caller closes it.
         """
         self._require_open()
         if self._shared is None:
             raise EnclaveError("this sandbox has no shared data file")
-        self._shared.make_ring(size)
-        return self._shared
+        return self._shared.make_ring(size)
 
     def notify(self, kind: ToChild, payload: bytes = b"") -> None:
         """Send one small frame now, even while the child speaks (its words stay queued).
