@@ -73,27 +73,15 @@ def _streamed_args(world, dataset: Path, key: Path, out: Path) -> list:
     return train_args(world, recipe=recipe, dataset=dataset, data_key=key, out=out)
 
 
-def test_a_data_set_over_the_limit_streams_to_the_plain_runs_weights(
-    world, run_chiron, big_dataset
-) -> None:
+@pytest.fixture(scope="module")
+def plain_weights(big_dataset) -> bytes:
+    """The weights of a plain run over the same records in the streamed plan's order."""
     from chiron.recipes.sdk import train_plain
 
-    dataset, key = big_dataset
-    out = world.root / "big-model.chm"
-    result = run_chiron(*_streamed_args(world, dataset, key, out))
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(out.with_suffix(".report.json").read_text())
-
-    header, _ = read_dataset_header_and_digest(dataset)
-    _, held = split_chunks(RECORDS, header.records_per_chunk, SEED)
-    per_chunk = header.records_per_chunk
-    held_records = sum(min(per_chunk, RECORDS - c * per_chunk) for c in held)
-    assert summary["holdout_records"] == held_records
-    assert summary["final_holdout_accuracy"] > 0.9
-
+    header, _ = read_dataset_header_and_digest(big_dataset[0])
     layout = StreamLayout.for_dataset(
         record_count=RECORDS,
-        records_per_chunk=per_chunk,
+        records_per_chunk=header.records_per_chunk,
         record_bytes=SCHEMA.record_bytes,
         batch_size=BATCH,
     )
@@ -109,8 +97,40 @@ def test_a_data_set_over_the_limit_streams_to_the_plain_runs_weights(
     )
     x = np.concatenate([x for x, _ in _batches()])
     y = np.concatenate([y for _, y in _batches()])
-    plain = train_plain(WIDE_RECIPE, SCHEMA, x, y, plan)
-    assert open_model(out, world.owner, world.provider).weights == plain
+    return train_plain(WIDE_RECIPE, SCHEMA, x, y, plan)
+
+
+def test_a_data_set_over_the_limit_streams_to_the_plain_runs_weights(
+    world, run_chiron, big_dataset, plain_weights
+) -> None:
+    dataset, key = big_dataset
+    out = world.root / "big-model.chm"
+    result = run_chiron(*_streamed_args(world, dataset, key, out))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(out.with_suffix(".report.json").read_text())
+
+    header, _ = read_dataset_header_and_digest(dataset)
+    _, held = split_chunks(RECORDS, header.records_per_chunk, SEED)
+    per_chunk = header.records_per_chunk
+    held_records = sum(min(per_chunk, RECORDS - c * per_chunk) for c in held)
+    assert summary["holdout_records"] == held_records
+    assert summary["final_holdout_accuracy"] > 0.9
+    assert open_model(out, world.owner, world.provider).weights == plain_weights
+
+
+# Calibrated on this machine and then held to its clock: other tests' load would make it
+# overrun its slots, hence alone.
+@pytest.mark.alone
+def test_a_fixed_rate_job_calibrates_and_streams_on_its_clock_to_the_same_weights(
+    world, run_chiron, big_dataset, plain_weights
+) -> None:
+    dataset, key = big_dataset
+    out = world.root / "paced-model.chm"
+    result = run_chiron(*_streamed_args(world, dataset, key, out), "--fixed-rate")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    assert report["fixed_rate"]["calibrated"] and report["fixed_rate"]["period_ms"] > 0
+    assert open_model(out, world.owner, world.provider).weights == plain_weights
 
 
 def test_a_chunk_rewritten_by_the_host_stops_a_streamed_job_without_a_model(

@@ -262,13 +262,13 @@ class _Ring:
     def __init__(self, child, plan: TrainingPlan, x: np.ndarray, y: np.ndarray) -> None:
         self.child, self.plan, self.x, self.y = child, plan, x, y
         self.windows = plan.stream.windows(plan.seed, plan.batch_size)
-        self.slot_bytes = plan.stream.slot_bytes(SCHEMA.record_bytes)
+        self.slot_bytes = self.windows.slot_bytes(SCHEMA.record_bytes)
         self.writer = child.shared.make_ring(2 * self.slot_bytes)
         self.announced = -1
 
     def announce(self, window: int) -> None:
         base = (window % 2) * self.slot_bytes
-        records_at = base + self.plan.stream.slot_records() * 8
+        records_at = base + self.windows.slot_records * 8
         position = 0
         per_chunk = self.plan.stream.records_per_chunk
         for chunk in self.windows.chunks(window):
@@ -343,7 +343,7 @@ def test_a_ring_of_the_wrong_size_is_a_protocol_violation(enclave):
     child = enclave()
     child.declare(TINY_RECIPE, overrides={"epochs": 2})
     child.send(ToChild.PLAN, encode_json(plan.to_dict()))
-    child.shared.make_ring(plan.stream.slot_bytes(SCHEMA.record_bytes))  # one slot only
+    child.shared.make_ring(plan.stream.windows(1, 10).slot_bytes(SCHEMA.record_bytes))  # one slot
     child.send(ToChild.DATA)
     assert child.receive() is None
     assert isinstance(child.close(), ProtocolError)

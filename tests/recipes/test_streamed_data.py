@@ -10,6 +10,7 @@ is compared with the one the documented order picks from the plaintext.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +18,16 @@ import pytest
 
 from chiron.core import data_windows
 from chiron.core.crypto import random_key
-from chiron.core.data_windows import EpochWindows, StreamLayout, holdout_records
+from chiron.core.data_windows import EpochWindows, StreamLayout, holdout_records, split_chunks
 from chiron.core.dataset import encrypt_dataset, read_dataset_header_and_digest
 from chiron.core.errors import EnclaveError, InputError, IntegrityError
-from chiron.core.recipe_protocol import ToChild, TrainingPlan
+from chiron.core.recipe_protocol import ReasonClass, ToChild, TrainingPlan
 from chiron.core.schema import DatasetSchema
+from chiron.enclave import streamed_data
+from chiron.enclave.sandbox import SandboxFailure
 from chiron.enclave.sandbox.shared_file import RingWriter, SharedFile
 from chiron.enclave.streamed_data import StreamedData
+from chiron.enclave.training_data import calibration_plan
 from chiron.recipes.hooks import load_recipe
 from chiron.recipes.loop import TrainingRun
 from chiron.recipes.windowed_records import (
@@ -41,9 +45,13 @@ SEED = 11
 class FakePipe:
     """The sandbox as the enclave's filler sees it: a ring, and frames in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, time_left: float = 60.0) -> None:
         self.ring = SharedFile("test-ring")
         self.frames: list[tuple[ToChild, bytes]] = []
+        self.seconds_left = time_left
+
+    def time_left(self) -> float:
+        return self.seconds_left
 
     def share_ring(self, size: int) -> RingWriter:
         return self.ring.make_ring(size)
@@ -350,3 +358,108 @@ def test_streaming_starts_above_the_limit_only() -> None:
 def test_a_malformed_stream_layout_is_refused(doc) -> None:
     with pytest.raises(ValueError, match="malformed stream layout"):
         StreamLayout.from_dict(doc)
+
+
+def test_a_host_that_stalls_a_read_fails_the_job_as_timeout_by_its_deadline(
+    dataset, monkeypatch
+) -> None:
+    path, key, _, _ = dataset
+    plan = _plan(path, batch_size=50, epochs=1, window_chunks=3)
+    windows = plan.stream.windows(SEED, 50)
+    stalled = int(windows.chunks(2)[0])
+    release = threading.Event()
+    monkeypatch.setattr(streamed_data, "_STOP_SECONDS", 0.2)
+    pipe = FakePipe(time_left=0.5)
+    data = _open(path, key)
+    real_chunk = data._chunks.chunk
+
+    def chunk(index: int):
+        if index == stalled:
+            release.wait(30)  # the host's file system never answers, until the test ends
+        return real_chunk(index)
+
+    monkeypatch.setattr(data._chunks, "chunk", chunk)
+    try:
+        data.share(pipe, plan, 0)  # type: ignore[arg-type]
+        data.steps_done(windows.last_step_of(0) + 1)  # window 2's load stalls
+        with pytest.raises(SandboxFailure) as failure:
+            data.before_step(windows.last_step_of(1))
+        assert failure.value.reason == ReasonClass.TIMEOUT
+        data.close()  # returns although the read is still stalled
+        assert pipe.newest_window() == 1
+    finally:
+        release.set()
+
+
+def test_a_ring_too_large_for_the_sandbox_is_refused_with_the_reason() -> None:
+    layout = StreamLayout.for_dataset(
+        record_count=10**5, records_per_chunk=1, record_bytes=600_000, batch_size=2048
+    )
+    with pytest.raises(InputError, match=r"a batch of 2048 records of 600000 bytes needs .* GiB"):
+        layout.windows(1, 2048).check_ring(600_000)
+    StreamLayout.for_dataset(
+        record_count=10**5, records_per_chunk=1, record_bytes=600_000, batch_size=64
+    ).windows(1, 64).check_ring(600_000)
+
+
+def test_a_slot_is_the_largest_window_and_no_larger() -> None:
+    layout = StreamLayout.for_dataset(
+        record_count=3 * 10**5, records_per_chunk=85, record_bytes=12_288, batch_size=512
+    )
+    windows = layout.windows(9, 512)
+    sizes = [len(windows.chunks(w)) for w in range(windows.per_epoch)]
+    assert windows.slot_records == max(sizes) * layout.records_per_chunk
+    assert max(sizes) < 2 * layout.window_chunks - 1  # the bound a slot used to take
+
+
+def test_the_calibration_of_a_streamed_plan_holds_two_slots_whatever_the_size() -> None:
+    for records in (10**5, 10**7):
+        layout = StreamLayout.for_dataset(
+            record_count=records, records_per_chunk=85, record_bytes=12_288, batch_size=512
+        )
+        windows = layout.windows(9, 512)
+        plan = TrainingPlan.fixed(
+            num_train=windows.num_train, batch_size=512, epochs=2, seed=9,
+            checkpoint_every=200, stream=layout,
+        )  # fmt: skip
+        stand_in = calibration_plan(plan)
+        assert stand_in.stream is None and stand_in.batch_size == 512 and stand_in.epochs == 2
+        assert stand_in.num_train == 2 * windows.slot_records
+
+
+def test_the_cached_split_cannot_be_shuffled_in_place() -> None:
+    train, held = split_chunks(10**5, 85, 3)
+    for array in (train, held):
+        with pytest.raises(ValueError, match="read-only"):
+            array[0] = array[-1]
+
+
+def test_a_streamed_fixed_rate_job_calibrates_on_two_slots_of_synthetic_records() -> None:
+    from chiron.enclave.fixed_rate import calibrate
+    from chiron.enclave.recipe_session import Declaration
+    from chiron.recipes.loop import declare
+
+    source = (Path(__file__).parents[2] / "examples" / "recipes" / "mlp.py").read_bytes()
+    overrides = {"epochs": 1, "batch_size": 64}
+    declared, _ = declare(load_recipe(source, overrides=overrides), SCHEMA)
+    declaration = Declaration(json.loads(declared.to_json()), SCHEMA)
+    # 16 GB of records: the calibration must not make them.
+    layout = StreamLayout.for_dataset(
+        record_count=10**6, records_per_chunk=63, record_bytes=SCHEMA.record_bytes, batch_size=64
+    )
+    windows = layout.windows(SEED, 64)
+    plan = TrainingPlan.fixed(
+        num_train=windows.num_train, batch_size=64, epochs=1, seed=SEED,
+        checkpoint_every=200, stream=layout,
+    )  # fmt: skip
+    rate = calibrate(
+        schema=SCHEMA,
+        recipe_name="mlp.py",
+        recipe_source=source,
+        overrides=overrides,
+        plan=calibration_plan(plan),
+        declaration=declaration,
+        holdout_records=5000,
+        exchanges=False,
+    )
+    assert rate.period_ms >= 10 and rate.load >= 1

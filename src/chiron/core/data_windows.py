@@ -37,6 +37,10 @@ from chiron.core.errors import InputError
 STREAM_ABOVE_BYTES = 1 << 30
 # A window holds at least this many bytes of chunks (and at least one batch).
 WINDOW_BYTES = 64 << 20
+# The most the ring of two slots may take: a quarter of the sandbox's address space
+# (`SandboxLimits.memory_bytes`), which also holds torch, the model and a batch. Only a
+# recipe's batch of very large records needs more; it is refused with the reason.
+MAX_RING_BYTES = 2 << 30
 LABEL_BYTES = 8
 # A group's workers shard records held in memory; streamed data trains on one enclave.
 GROUP_DATA_LIMIT = "a group trains on data sets of at most 1 GiB; train a larger one on one enclave"
@@ -107,14 +111,6 @@ class StreamLayout:
     def windows(self, seed: int, batch_size: int) -> EpochWindows:
         return EpochWindows(self, seed, batch_size)
 
-    def slot_records(self) -> int:
-        """The most records one window can hold: the size of a slot of the ring."""
-        return (2 * self.window_chunks - 1) * self.records_per_chunk
-
-    def slot_bytes(self, record_bytes: int) -> int:
-        """One slot of the ring: its labels, then its records."""
-        return self.slot_records() * (LABEL_BYTES + record_bytes)
-
 
 @functools.lru_cache(maxsize=4)
 def split_chunks(
@@ -129,7 +125,10 @@ def split_chunks(
     held = int(np.searchsorted(counts, wanted)) + 1
     if held >= chunks:
         raise InputError("the data set has too few chunks to hold some out and stream the rest")
-    return np.sort(order[held:]), np.sort(order[:held])
+    train, holdout = np.sort(order[held:]), np.sort(order[:held])
+    # Cached and shared by every caller: nobody may shuffle a held-out chunk into training.
+    train.flags.writeable = holdout.flags.writeable = False
+    return train, holdout
 
 
 class EpochWindows:
@@ -147,6 +146,9 @@ class EpochWindows:
         self.num_train = int(layout.records_in(self.train_chunks).sum())
         self.per_epoch = max(1, len(self.train_chunks) // layout.window_chunks)
         self.steps_per_epoch = -(-self.num_train // batch_size)
+        # The largest window has ceil(T / W) chunks (W windows share T chunks evenly):
+        # that many full chunks size a slot of the ring.
+        self.slot_records = -(-len(self.train_chunks) // self.per_epoch) * layout.records_per_chunk
         smallest_window = (layout.window_chunks - 1) * layout.records_per_chunk + 1
         if self.per_epoch > 1 and batch_size > smallest_window:
             raise InputError("a window must hold a whole batch")
@@ -154,6 +156,20 @@ class EpochWindows:
         self._chunk_orders: dict[int, np.ndarray] = {}
         self._record_orders: dict[int, np.ndarray] = {}
         self._offsets: dict[int, np.ndarray] = {}
+
+    def slot_bytes(self, record_bytes: int) -> int:
+        """One slot of the ring: its labels, then its records."""
+        return self.slot_records * (LABEL_BYTES + record_bytes)
+
+    def check_ring(self, record_bytes: int) -> None:
+        """Refuse a ring over `MAX_RING_BYTES` (a batch of very large records needs one)."""
+        ring = 2 * self.slot_bytes(record_bytes)
+        if ring > MAX_RING_BYTES:
+            raise InputError(
+                f"a batch of {self.batch_size} records of {record_bytes} bytes needs "
+                f"{ring / 2**30:.1f} GiB of windows in the sandbox, more than its "
+                f"{MAX_RING_BYTES / 2**30:.0f} GiB: use a smaller batch size"
+            )
 
     def chunks(self, window: int) -> np.ndarray:
         """The chunks of window `window`, in the order its slot holds them."""

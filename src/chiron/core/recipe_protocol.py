@@ -62,7 +62,7 @@ sent. Its layout, exactly `num_train * (8 + record_bytes)` bytes:
 read-only; one copy of the data serves both ends.
 
 A streamed plan (`core.data_windows`) makes the file a ring of two slots instead, each
-`slot_records = plan.stream.slot_records()` records, exactly
+`slot_records` records (`EpochWindows.slot_records`: the largest window's chunks), exactly
 `2 * slot_records * (8 + record_bytes)` bytes; slot k starts at k times half of that:
 
     slot_records labels, int64 little-endian, then

@@ -5,8 +5,10 @@ decrypts the held-out chunks once (at most `holdout_records` records and a chunk
 then, on a thread of its own, one window at a time into a slot of the child's ring,
 while the child trains on the other slot. Which window goes where, and after which
 step, is fixed by the plan; the thread only runs ahead of the main loop, which
-announces each window (WINDOW) before the first step that needs it. Peak memory is
-two slots of the ring and one chunk's buffer, whatever the data set's size.
+announces each window (WINDOW) before the first step that needs it. Peak memory is the
+held-out records (at most 5000 and a chunk's), two slots of the ring (each the largest
+window: `EpochWindows.slot_records`) and one chunk's buffer, whatever the data set's
+size; a batch so large that the ring would pass `MAX_RING_BYTES` is refused up front.
 
 What the host sees of it: which chunks are read, in which order (drawn from the seed and
 the public counts, never from the data), and when. The trainer starts each window's
@@ -22,7 +24,8 @@ integrity error, and nothing that did not authenticate reaches the child.
 from __future__ import annotations
 
 import json
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +33,12 @@ import numpy as np
 from chiron.core.data_windows import LABEL_BYTES, EpochWindows, StreamLayout, split_chunks
 from chiron.core.dataset_chunks import DatasetChunks
 from chiron.core.errors import EnclaveError, IntegrityError
-from chiron.core.recipe_protocol import ToChild, TrainingPlan
-from chiron.enclave.sandbox import Sandbox
+from chiron.core.recipe_protocol import ReasonClass, ToChild, TrainingPlan
+from chiron.enclave.sandbox import Sandbox, SandboxFailure
 from chiron.enclave.sandbox.shared_file import RingWriter
+
+# How long closing waits for a load in progress to reach its next chunk.
+_STOP_SECONDS = 30.0
 
 
 class StreamedData:
@@ -53,6 +59,7 @@ class StreamedData:
         self._windows: EpochWindows | None = None
         self._ring: RingWriter | None = None
         self._sandbox: Sandbox | None = None
+        self._stopping = False
 
     def __enter__(self) -> StreamedData:
         return self
@@ -70,7 +77,9 @@ class StreamedData:
         )
 
     def num_train(self, batch_size: int) -> int:
-        return self.stream_layout(batch_size).windows(self._seed, batch_size).num_train
+        windows = self.stream_layout(batch_size).windows(self._seed, batch_size)
+        windows.check_ring(self.header.schema.record_bytes)
+        return windows.num_train
 
     def holdout(self) -> tuple[np.ndarray, np.ndarray]:
         """The held-out records and labels, decrypted once into memory of their own."""
@@ -95,9 +104,8 @@ class StreamedData:
             raise EnclaveError("a streamed data set needs a plan with a stream")
         windows = EpochWindows(plan.stream, plan.seed, plan.batch_size)
         epochs = plan.epochs
-        layout = windows.layout
-        self._slot_bytes = layout.slot_bytes(self.header.schema.record_bytes)
-        self._slot_records = layout.slot_records()
+        self._slot_bytes = windows.slot_bytes(self.header.schema.record_bytes)
+        self._slot_records = windows.slot_records
         self._ring = sandbox.share_ring(2 * self._slot_bytes)
         self._sandbox = sandbox
         self._windows = windows
@@ -109,6 +117,10 @@ class StreamedData:
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chiron-window")
         self._submit_freed(step)
         sandbox.send(ToChild.DATA)
+        if step < steps:
+            # The first windows are in before the load's slot ends (a fixed-rate job's
+            # first step has one slot only).
+            self.before_step(step)
 
     def steps_done(self, done: int) -> None:
         """The child sent its `done`-th TICK: load what that frees, announce what is in."""
@@ -137,8 +149,13 @@ class StreamedData:
 
     def _announce(self) -> None:
         window = self._announced + 1
-        self._pending.pop(window).result()  # a chunk that did not authenticate raises here
         assert self._sandbox is not None
+        try:
+            # A chunk that did not authenticate raises here. A host that stalls the file
+            # does not hold the job past its deadline (or a fixed-rate job past its slot).
+            self._pending.pop(window).result(timeout=self._sandbox.time_left())
+        except FutureTimeout:
+            raise SandboxFailure(ReasonClass.TIMEOUT) from None
         self._sandbox.notify(ToChild.WINDOW, json.dumps({"window": window}).encode())
         self._announced = window
 
@@ -151,6 +168,8 @@ class StreamedData:
         records_at = base + self._slot_records * LABEL_BYTES
         position = 0
         for index in windows.chunks(window):
+            if self._stopping:
+                return
             x_bytes, y = self._chunks.chunk(int(index))
             ring.write_at(base + position * LABEL_BYTES, y.data)
             ring.write_at(records_at + position * record_bytes, x_bytes)
@@ -162,10 +181,17 @@ class StreamedData:
         return self._windows
 
     def close(self) -> None:
-        """Stop loading (a load in progress ends first) and close the data set."""
+        """Stop loading (a load in progress stops at its next chunk) and close the data set."""
+        self._stopping = True
         if self._loader is not None:
-            self._loader.shutdown(wait=True, cancel_futures=True)
+            self._loader.shutdown(wait=False, cancel_futures=True)
+            in_flight = [future for future in self._pending.values() if future.running()]
             self._loader = None
+            if wait(in_flight, timeout=_STOP_SECONDS).not_done:
+                # A read the host stalls: the loader still owns the ring's descriptor and
+                # the file's, so they stay open (closing them could hand their numbers to
+                # other files under its writes); the enclave process ends with the job.
+                return
         if self._ring is not None:
             self._ring.close()  # only now: the loader wrote through it until it stopped
         self._chunks.close()

@@ -38,7 +38,7 @@ from chiron.enclave.recipe_session import (
     spawn_recipe,
 )
 from chiron.enclave.sandbox import Sandbox
-from chiron.enclave.training_data import open_training_data
+from chiron.enclave.training_data import calibration_plan, open_training_data
 
 # A free-running job checkpoints every this many steps and at every epoch end: with a
 # checkpoint costing a few tens of milliseconds (docs/benchmarks.md, "Checkpoints"), about
@@ -345,7 +345,7 @@ def _fix_rate(
         recipe_name=job.recipe_name,
         recipe_source=job.recipe_source,
         overrides=owner_plan.overrides(),
-        plan=plan,
+        plan=calibration_plan(plan),
         declaration=declaration,
         holdout_records=holdout_records,
         exchanges=exchanges,

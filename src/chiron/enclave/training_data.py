@@ -59,6 +59,26 @@ def open_training_data(job: AcceptedJob, exchange: ParameterExchange | None) -> 
     )
 
 
+def calibration_plan(plan: TrainingPlan) -> TrainingPlan:
+    """The plan a fixed-rate job's calibration times, on synthetic records held whole.
+
+    A streamed plan's steps, checkpoints and evaluations cost what they would on data
+    held whole; what the ring adds (decrypting windows, in the background, and the first
+    ones within the load's slots) is the size of the two slots, so the calibration loads
+    that many records, not the whole data set.
+    """
+    if plan.stream is None:
+        return plan
+    windows = plan.stream.windows(plan.seed, plan.batch_size)
+    return TrainingPlan.fixed(
+        num_train=min(plan.num_train, 2 * windows.slot_records),
+        batch_size=plan.batch_size,
+        epochs=plan.epochs,
+        seed=plan.seed,
+        checkpoint_every=plan.checkpoint_every,
+    )
+
+
 class DataInMemory:
     """The whole data set decrypted; the training part goes into the shared file once."""
 

@@ -43,11 +43,11 @@ class WindowedRecords:
             raise WindowError("the plan's record count is not its stream's")
         self.num_records = plan.num_train
         self.input_shape = schema.input_shape
-        slot_bytes = plan.stream.slot_bytes(schema.record_bytes)
+        slot_bytes = self.windows.slot_bytes(schema.record_bytes)
         if os.fstat(data_fd).st_size != 2 * slot_bytes:
             raise WindowError("the shared data file is not the plan's ring")
         region = mmap.mmap(data_fd, 2 * slot_bytes, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
-        slot_records = plan.stream.slot_records()
+        slot_records = self.windows.slot_records
         dtype = np.dtype(schema.dtype).newbyteorder("<")
         self._slots = []
         for slot in range(2):

@@ -144,6 +144,10 @@ class Sandbox:
             raise EnclaveError("this sandbox has no shared data file")
         return self._shared.make_ring(size)
 
+    def time_left(self) -> float:
+        """Seconds to the earliest deadline in force: the job's, or a fixed-rate slot's."""
+        return max(0.0, self._deadline(self._limits.job_timeout_seconds) - time.monotonic())
+
     def notify(self, kind: ToChild, payload: bytes = b"") -> None:
         """Send one small frame now, even while the child speaks (its words stay queued).
 
