@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from chiron.client.remote import ServiceClient
+from chiron.client.remote import ServiceClient, service_client
 from chiron.client.remote.file_digests import file_digests
-from chiron.core.errors import Conflict, IntegrityError
+from chiron.core.errors import Conflict, InputError, IntegrityError
 from chiron.host import staging
 from chiron.host import uploads as uploads_module
 from chiron.host.accounts import create_account
@@ -326,3 +326,51 @@ def test_a_chunk_altered_in_a_later_batch_is_refused_over_http(tmp_path, monkeyp
             assert client.upload_status(upload["id"])["offset"] == 0
             assert client.put_chunk(upload["id"], 0, data)["offset"] == len(data)
             assert client.complete_upload(upload["id"])["complete"]
+
+
+def _changing_after_the_digests(monkeypatch, change) -> None:
+    """The file changes between the client's digest pass and its chunks being sent."""
+    real = service_client.digests_of
+
+    def digests_then_change(path: Path, chunk_bytes: int):
+        digests = real(path, chunk_bytes)
+        change(path)
+        return digests
+
+    monkeypatch.setattr(service_client, "digests_of", digests_then_change)
+    monkeypatch.setattr(service_client.time, "sleep", lambda seconds: None)
+
+
+def test_a_file_rewritten_during_its_upload_is_never_registered(tmp_path, monkeypatch):
+    path = tmp_path / "data.chd"
+    make_dataset(path, records=2000)
+
+    def rewrite(target: Path) -> None:
+        data = bytearray(target.read_bytes())
+        data[-10] ^= 1
+        target.write_bytes(data)
+
+    _changing_after_the_digests(monkeypatch, rewrite)
+    with running_service(ServiceConfig(state_dir=tmp_path / "service")) as (service, url):
+        token = create_account(service.db, service.pepper, name="a", role="owner")
+        with ServiceClient(url, token) as client:
+            # The streamed chunk fails its digest from the first pass; the retry sends what
+            # it hashed; the whole file then differs from what the upload announced.
+            with pytest.raises(IntegrityError, match="declared one"):
+                client.upload(path, kind="dataset", progress=False, chunk_bytes=4096)
+            assert client.datasets() == [] and client.uploads() == []
+    assert list((tmp_path / "service" / "uploads").iterdir()) == []
+
+
+def test_a_file_cut_short_during_its_upload_stops_it_with_a_clear_error(tmp_path, monkeypatch):
+    path = tmp_path / "data.chd"
+    make_dataset(path, records=2000)
+    _changing_after_the_digests(monkeypatch, lambda target: os.truncate(target, 5000))
+    with running_service(ServiceConfig(state_dir=tmp_path / "service")) as (service, url):
+        token = create_account(service.db, service.pepper, name="a", role="owner")
+        with ServiceClient(url, token) as client:
+            with pytest.raises(InputError, match="got shorter"):
+                client.upload(path, kind="dataset", progress=False, chunk_bytes=4096)
+            assert client.datasets() == []
+            (open_upload,) = client.uploads()
+            assert open_upload["offset"] == 4096  # the first chunk, whole and checked

@@ -8,10 +8,11 @@ error mapping are `transport`'s.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from chiron.core.contract import TrainAuthorization
 from chiron.core.encoding import b64decode, b64encode
 from chiron.core.errors import (
     Conflict,
+    InputError,
     IntegrityError,
     ServiceError,
     UsageError,
@@ -38,6 +40,7 @@ from chiron.enclave.boundary import decode_message, encode_message
 # socket send it copies what remains of the piece, which for one large piece costs
 # time quadratic in its size.
 _SEND_PIECE = 1024 * 1024
+Buffer = bytes | bytearray | memoryview
 
 
 class ServiceClient(HttpTransport):
@@ -125,12 +128,19 @@ class ServiceClient(HttpTransport):
     ) -> dict[str, Any]:
         """Send one chunk; `sha256` is its digest if already known (else computed here)."""
         view = memoryview(data).cast("B")
+        digest = sha256 or hashlib.sha256(view).hexdigest()
+        pieces = (view[i : i + _SEND_PIECE] for i in range(0, len(view), _SEND_PIECE))
+        return self._put_chunk(upload_id, offset, len(view), digest, pieces)
+
+    def _put_chunk(
+        self, upload_id: str, offset: int, length: int, sha256: str, pieces: Iterator[Buffer]
+    ) -> dict[str, Any]:
         return self._json(
             "PUT",
             f"/uploads/{upload_id}/chunks",
-            params={"offset": offset, "sha256": sha256 or hashlib.sha256(view).hexdigest()},
-            content=(view[i : i + _SEND_PIECE] for i in range(0, len(view), _SEND_PIECE)),
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(view))},
+            params={"offset": offset, "sha256": sha256},
+            content=pieces,
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(length)},
         )
 
     def complete_upload(self, upload_id: str) -> dict[str, Any]:
@@ -168,17 +178,24 @@ class ServiceClient(HttpTransport):
         ):
             advance(upload["offset"])
             attempts = 0
-            # One buffer, read into for every chunk.
-            buffer = memoryview(bytearray(min(chunk_bytes, upload["chunk_bytes"], size)))
+            buffer: memoryview | None = None
             while not upload["complete"] and upload["offset"] < size:
                 offset = upload["offset"]
-                source.seek(offset)
-                data = buffer[: read_into(source, buffer)]
-                # A digest from the first read, unless this is a retry: then the bytes
-                # just read are hashed again, in case the file changed meanwhile.
-                known = digests.of_chunk(offset, len(data)) if not attempts else None
+                length = min(chunk_bytes, upload["chunk_bytes"], size - offset)
+                # A chunk whose digest the first read gave goes straight from the file to
+                # the socket. Any other (a resumed offset, a retry, in case the file changed
+                # meanwhile) is read into memory and hashed, and exactly those bytes are sent.
+                known = digests.of_chunk(offset, length) if not attempts else None
                 try:
-                    upload = self.put_chunk(upload["id"], offset, data, sha256=known)
+                    if known is not None:
+                        pieces = _file_pieces(source, path, offset, length)
+                        upload = self._put_chunk(upload_id, offset, length, known, pieces)
+                    else:
+                        if buffer is None:
+                            buffer = memoryview(bytearray(min(chunk_bytes, size)))
+                        source.seek(offset)
+                        data = buffer[: read_into(source, buffer[:length])]
+                        upload = self.put_chunk(upload_id, offset, data)
                     attempts = 0
                 except (ServiceError, Conflict, IntegrityError):
                     attempts += 1
@@ -330,6 +347,21 @@ class ServiceClient(HttpTransport):
 
     def close_query_session(self, session_id: str) -> None:
         self._send("DELETE", f"/query-sessions/{session_id}")
+
+
+def _file_pieces(source: io.RawIOBase, path: Path, offset: int, length: int) -> Iterator[bytes]:
+    """`length` bytes of `source` from `offset`, read as the HTTP stack asks for them.
+
+    Each piece is a fresh `bytes` read from the file, which the HTTP stack sends as it
+    is; a view into a reused buffer would be copied into one first.
+    """
+    source.seek(offset)
+    while length:
+        piece = source.read(min(_SEND_PIECE, length))
+        if not piece:
+            raise InputError(f"{path} got shorter while it was being uploaded")
+        length -= len(piece)
+        yield piece
 
 
 def _evidence(answer: Any) -> bytes:
