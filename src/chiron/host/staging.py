@@ -1,10 +1,9 @@
-"""The pieces of a staging file an upload is built in: appends, digests, durability.
+"""The pieces of a staging file an upload is built in: appends, a running digest, durability.
 
 `host.uploads` keeps the protocol (create, chunk, complete) and the database; this
-module holds what it does to the bytes: hashing a chunk's blocks as they arrive,
-gathering them into few `writev` calls, hashing them in order off the request's thread
-for the whole file, and reading the `<id>.synced` record that says how much of the
-file a reboot would keep.
+module holds what it does to the bytes: gathering a chunk's blocks into few `writev`
+calls, hashing them in order off the request's thread, and reading the `<id>.synced`
+record that says how much of the file a reboot would keep.
 """
 
 from __future__ import annotations
@@ -22,9 +21,6 @@ try:
 except (ValueError, OSError):
     _IOV_MAX = 16
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
-# Blocks of an arriving chunk are handed to its hashing thread in batches of this size:
-# a hand-over per network read (a few hundred KiB) would cost more than it hides.
-_BATCH_BYTES = 1 << 20
 
 
 def boot_id() -> str:
@@ -92,34 +88,3 @@ class RunningDigest:
         if self._last is not None:
             self._last.result()
         return self._state.hexdigest()
-
-
-class ArrivingDigest:
-    """The SHA-256 of a chunk's blocks as they arrive, computed in order on a helper thread.
-
-    The thread receiving the body only hands blocks over, so hashing overlaps the network
-    read instead of taking turns with it (hashlib releases the GIL). `helper` must run
-    one task at a time, in the order submitted.
-    """
-
-    def __init__(self, helper: ThreadPoolExecutor) -> None:
-        self._helper = helper
-        self._state = hashlib.sha256()
-        self._batch: list[Buffer] = []
-        self._batched = 0
-
-    def add(self, block: Buffer) -> None:
-        self._batch.append(block)
-        self._batched += len(block)
-        if self._batched >= _BATCH_BYTES:
-            self._hand_over()
-
-    def _hand_over(self) -> None:
-        if self._batch:
-            self._helper.submit(update, self._state, tuple(self._batch))
-            self._batch, self._batched = [], 0
-
-    def finish(self) -> Future[str]:
-        """The hex digest of every block added, once the helper has hashed them all."""
-        self._hand_over()
-        return self._helper.submit(self._state.hexdigest)

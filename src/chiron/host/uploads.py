@@ -46,7 +46,6 @@ from chiron.host.authorization import Action, Kind
 from chiron.host.db import UPLOAD_KINDS, Account, Database, Dataset, Model, Upload, now
 from chiron.host.job_records import model_record
 from chiron.host.staging import (
-    ArrivingDigest,
     Buffer,
     RunningDigest,
     append,
@@ -78,8 +77,6 @@ class Uploads:
         # Helper threads hash appended chunks and sync staging files while the next
         # chunks arrive: hashlib and fdatasync release the GIL.
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chiron-upload-hash")
-        # Another checks each chunk against its own SHA-256 while the chunk arrives.
-        self._checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chiron-upload-check")
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chiron-upload-sync")
         self._syncs: dict[str, Future[None]] = {}
         # Uploads whose background sync the disk refused: the kernel reports a write-back
@@ -129,11 +126,6 @@ class Uploads:
         """
         self._syncer.shutdown(wait=True, cancel_futures=True)
         self._hasher.shutdown(wait=True, cancel_futures=True)
-        self._checker.shutdown(wait=True, cancel_futures=True)
-
-    def chunk_digest(self) -> ArrivingDigest:
-        """A digest to feed a chunk's blocks as they arrive (for `write_chunk`'s check)."""
-        return ArrivingDigest(self._checker)
 
     def _wait_for_sync(self, upload_id: str) -> None:
         pending = self._syncs.pop(upload_id, None)

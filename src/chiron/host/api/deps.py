@@ -5,7 +5,7 @@ Also the one way an artifact leaves the store (a streamed download naming its SH
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,6 @@ from chiron.core.errors import InputError, NotFound
 from chiron.host.api.schemas import ErrorOut
 from chiron.host.db import Account
 from chiron.host.service import Service
-from chiron.host.staging import ArrivingDigest
 
 OCTETS = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -74,25 +73,25 @@ class ReceivedBody:
     sha256: str
 
 
-async def read_body(request: Request, limit: int, digest: ArrivingDigest) -> ReceivedBody:
-    """Receive a body, handing each block to `digest` as it arrives.
+async def read_body(request: Request, limit: int) -> ReceivedBody:
+    """Receive a body, hashing each block as it arrives.
 
-    Hashing runs on the digest's helper thread while the next blocks arrive, instead of
-    following the transfer or taking turns with it on this thread. The blocks are kept as
-    they came, not joined: a growing buffer would be copied again and again as it moves,
-    and the blocks can be written out as they are. Memory grows with what arrives, not
-    with what Content-Length announces.
+    Hashing overlaps the transfer instead of following it. The blocks are kept as they
+    came, not joined: a growing buffer would be copied again and again as it moves, and
+    the blocks can be written out as they are. Memory grows with what arrives, not with
+    what Content-Length announces.
     """
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise BodyTooLarge(f"a chunk holds at most {limit} bytes")
     blocks: list[bytes] = []
     size = 0
+    digest = hashlib.sha256()
     async for block in request.stream():
         size += len(block)
         if size > limit:
             raise BodyTooLarge(f"a chunk holds at most {limit} bytes")
         if block:
             blocks.append(block)
-            digest.add(block)
-    return ReceivedBody(tuple(blocks), size, await asyncio.wrap_future(digest.finish()))
+            digest.update(block)
+    return ReceivedBody(tuple(blocks), size, digest.hexdigest())

@@ -200,8 +200,8 @@ async def put_chunk(
     sha256: str = Query(pattern=HEX64, description="SHA-256 of this chunk, hex"),
     caller: Account = Depends(current_account),
 ) -> UploadOut:
+    body = await read_body(request, MAX_CHUNK_BYTES)
     service = service_of(request)
-    body = await read_body(request, MAX_CHUNK_BYTES, service.uploads.chunk_digest())
     await run_in_threadpool(
         service.uploads.write_chunk,
         caller,
