@@ -312,6 +312,21 @@ def test_a_chunk_altered_near_its_end_is_refused_over_http(tmp_path):
             assert client.complete_upload(upload["id"])["complete"]
 
 
+def test_chunks_streamed_from_the_file_in_pieces_arrive_whole(tmp_path, monkeypatch):
+    # Pieces that do not divide a chunk: each chunk is read from the file piece by piece.
+    monkeypatch.setattr(service_client, "_SEND_PIECE", 333)
+    path = tmp_path / "data.chd"
+    make_dataset(path, records=2000)
+    data = path.read_bytes()
+    with running_service(ServiceConfig(state_dir=tmp_path / "service")) as (service, url):
+        token = create_account(service.db, service.pepper, name="a", role="owner")
+        with ServiceClient(url, token) as client:
+            done = client.upload(path, kind="dataset", progress=False, chunk_bytes=1000)
+            assert client.dataset(done["result_id"])["sha256"] == sha256(data)
+    stored = service.store.local_path(sha256(data)).read_bytes()
+    assert stored == data
+
+
 def _changing_after_the_digests(monkeypatch, change) -> None:
     """The file changes between the client's digest pass and its chunks being sent."""
     real = service_client.digests_of
