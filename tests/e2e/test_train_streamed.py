@@ -19,7 +19,12 @@ from tests.e2e.conftest import train_args
 from tests.e2e.model_access import open_model
 
 from chiron.core.crypto import random_key
-from chiron.core.data_windows import STREAM_ABOVE_BYTES, StreamLayout, split_chunks
+from chiron.core.data_windows import (
+    STREAM_ABOVE_BYTES,
+    EpochWindows,
+    StreamLayout,
+    split_chunks,
+)
 from chiron.core.dataset import encrypt_dataset, read_dataset_header_and_digest
 from chiron.core.keys import DataKey
 from chiron.core.recipe_protocol import TrainingPlan
@@ -73,19 +78,24 @@ def _streamed_args(world, dataset: Path, key: Path, out: Path) -> list:
     return train_args(world, recipe=recipe, dataset=dataset, data_key=key, out=out)
 
 
-@pytest.fixture(scope="module")
-def plain_weights(big_dataset) -> bytes:
-    """The weights of a plain run over the same records in the streamed plan's order."""
-    from chiron.recipes.sdk import train_plain
-
-    header, _ = read_dataset_header_and_digest(big_dataset[0])
+def _windows(dataset: Path) -> EpochWindows:
+    """The windows the enclave streams `dataset` through, from its public header."""
+    header, _ = read_dataset_header_and_digest(dataset)
     layout = StreamLayout.for_dataset(
         record_count=RECORDS,
         records_per_chunk=header.records_per_chunk,
         record_bytes=SCHEMA.record_bytes,
         batch_size=BATCH,
     )
-    windows = layout.windows(SEED, BATCH)
+    return layout.windows(SEED, BATCH)
+
+
+@pytest.fixture(scope="module")
+def plain_weights(big_dataset) -> bytes:
+    """The weights of a plain run over the same records in the streamed plan's order."""
+    from chiron.recipes.sdk import train_plain
+
+    windows = _windows(big_dataset[0])
     assert windows.per_epoch > 2, "the data set must span several windows"
     plan = TrainingPlan.fixed(
         num_train=windows.num_train,
@@ -93,7 +103,7 @@ def plain_weights(big_dataset) -> bytes:
         epochs=1,
         seed=SEED,
         checkpoint_every=200,
-        stream=layout,
+        stream=windows.layout,
     )
     x = np.concatenate([x for x, _ in _batches()])
     y = np.concatenate([y for _, y in _batches()])
@@ -138,13 +148,7 @@ def test_a_chunk_rewritten_by_the_host_stops_a_streamed_job_without_a_model(
 ) -> None:
     dataset, key = big_dataset
     header, _ = read_dataset_header_and_digest(dataset)
-    layout = StreamLayout.for_dataset(
-        record_count=RECORDS,
-        records_per_chunk=header.records_per_chunk,
-        record_bytes=SCHEMA.record_bytes,
-        batch_size=BATCH,
-    )
-    windows = layout.windows(SEED, BATCH)
+    windows = _windows(dataset)
     # A chunk of the second window: the job has started training when it reaches it.
     target = int(windows.chunks(1)[0])
     tampered = tmp_path / "tampered.chd"
