@@ -238,9 +238,14 @@ class EpochWindows:
 def _remember(
     cache: dict[int, np.ndarray], key: int, compute: Callable[[], np.ndarray]
 ) -> np.ndarray:
-    """`cache[key]`, computed once; only the three newest keys are kept."""
-    if key not in cache:
-        cache[key] = compute()
+    """`cache[key]`, computed once; only the three newest keys are kept.
+
+    The enclave's main thread and its window loader ask the same windows: the value is
+    returned as computed, never read back from a cache the other thread may trim.
+    """
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = compute()
         for old in sorted(cache)[:-3]:
-            del cache[old]
-    return cache[key]
+            cache.pop(old, None)
+    return value
