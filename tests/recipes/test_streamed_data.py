@@ -463,3 +463,9 @@ def test_a_streamed_fixed_rate_job_calibrates_on_two_slots_of_synthetic_records(
         exchanges=False,
     )
     assert rate.period_ms >= 10 and rate.load >= 1
+
+
+def test_the_ring_s_label_size_is_the_protocol_s() -> None:
+    from chiron.core.recipe_protocol import LABEL_DTYPE
+
+    assert np.dtype(LABEL_DTYPE).itemsize == data_windows.LABEL_BYTES

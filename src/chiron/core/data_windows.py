@@ -41,13 +41,15 @@ WINDOW_BYTES = 64 << 20
 # (`SandboxLimits.memory_bytes`), which also holds torch, the model and a batch. Only a
 # recipe's batch of very large records needs more; it is refused with the reason.
 MAX_RING_BYTES = 2 << 30
+# A label in the ring: `recipe_protocol.LABEL_DTYPE`'s size, spelled here because the
+# protocol imports this module, not the other way round.
 LABEL_BYTES = 8
 # A group's workers shard records held in memory; streamed data trains on one enclave.
 GROUP_DATA_LIMIT = "a group trains on data sets of at most 1 GiB; train a larger one on one enclave"
 
 # Stream labels of the seeded generators: keep the permutations apart from each other
 # and from the loop's, the shard's and the in-memory hold-out split's.
-_HOLDOUT_STREAM = 0x484F4C44  # "HOLD", as `recipe_protocol.holdout_split`
+HOLDOUT_STREAM = 0x484F4C44  # "HOLD": `recipe_protocol.holdout_split` draws from it too
 _CHUNK_STREAM = 0x43484E4B  # "CHNK"
 _RECORD_STREAM = 0x52454344  # "RECD"
 _LAYOUT_FIELDS = ("record_count", "records_per_chunk", "window_chunks")
@@ -119,7 +121,7 @@ def split_chunks(
     """(training chunks, held-out chunks) of a streamed data set, each sorted."""
     layout = StreamLayout(record_count, records_per_chunk, 1)
     chunks = layout.chunk_count
-    order = np.random.Generator(np.random.PCG64([seed, _HOLDOUT_STREAM])).permutation(chunks)
+    order = np.random.Generator(np.random.PCG64([seed, HOLDOUT_STREAM])).permutation(chunks)
     counts = np.cumsum(layout.records_in(order))
     wanted = holdout_records(record_count)
     held = int(np.searchsorted(counts, wanted)) + 1
@@ -204,22 +206,27 @@ class EpochWindows:
 
         return _remember(self._offsets, epoch, count)
 
+    def _span(self, step: int) -> tuple[int, np.ndarray, int, int]:
+        """Step `step`'s epoch, that epoch's window offsets, and its batch's positions."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        start = index * self.batch_size
+        return (
+            epoch,
+            self._epoch_offsets(epoch),
+            start,
+            min(start + self.batch_size, self.num_train),
+        )
+
     def windows_of(self, step: int) -> range:
         """The windows (one or two) step `step`'s batch draws from."""
-        epoch, index = divmod(step, self.steps_per_epoch)
-        offsets = self._epoch_offsets(epoch)
-        start = index * self.batch_size
-        end = min(start + self.batch_size, self.num_train)
+        epoch, offsets, start, end = self._span(step)
         first = int(np.searchsorted(offsets, start, side="right")) - 1
         last = int(np.searchsorted(offsets, end - 1, side="right")) - 1
         return range(epoch * self.per_epoch + first, epoch * self.per_epoch + last + 1)
 
     def batch_positions(self, step: int) -> list[tuple[int, np.ndarray]]:
         """The records of step `step`'s batch: (window, positions in its slot) per window."""
-        epoch, index = divmod(step, self.steps_per_epoch)
-        offsets = self._epoch_offsets(epoch)
-        start = index * self.batch_size
-        end = min(start + self.batch_size, self.num_train)
+        epoch, offsets, start, end = self._span(step)
         parts = []
         for window in self.windows_of(step):
             first = int(offsets[window - epoch * self.per_epoch])

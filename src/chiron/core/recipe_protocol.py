@@ -209,8 +209,8 @@ def holdout_split(num_records: int, seed: int) -> tuple[Any, Any]:
     """
     import numpy as np
 
-    from chiron.core.data_windows import holdout_records
+    from chiron.core.data_windows import HOLDOUT_STREAM, holdout_records
 
     holdout = holdout_records(num_records)
-    order = np.random.Generator(np.random.PCG64([seed, 0x484F4C44])).permutation(num_records)
+    order = np.random.Generator(np.random.PCG64([seed, HOLDOUT_STREAM])).permutation(num_records)
     return np.sort(order[holdout:]), np.sort(order[:holdout])

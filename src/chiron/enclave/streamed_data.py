@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from chiron.core.data_windows import LABEL_BYTES, EpochWindows, StreamLayout, split_chunks
+from chiron.core.dataset import LABEL_DTYPE
 from chiron.core.dataset_chunks import DatasetChunks
 from chiron.core.errors import EnclaveError, IntegrityError
 from chiron.core.recipe_protocol import ReasonClass, ToChild, TrainingPlan
@@ -87,13 +88,18 @@ class StreamedData:
         schema = header.schema
         dtype = np.dtype(schema.dtype).newbyteorder("<")
         _, held = split_chunks(header.record_count, header.records_per_chunk, self._seed)
-        xs, ys = [], []
+        # Filled chunk by chunk: the held-out records are in memory once, never twice.
+        count = sum(header.records_in_chunk(int(index)) for index in held)
+        x = np.empty((count, *schema.input_shape), dtype=dtype)
+        y = np.empty(count, dtype=LABEL_DTYPE)
+        position = 0
         for index in held:
-            x_bytes, y = self._chunks.chunk(int(index))
-            records = np.frombuffer(x_bytes, dtype=dtype).reshape(len(y), *schema.input_shape)
-            xs.append(records.copy())
-            ys.append(y.copy())
-        return np.concatenate(xs), np.concatenate(ys)
+            x_bytes, labels = self._chunks.chunk(int(index))
+            end = position + len(labels)
+            x[position:end] = np.frombuffer(x_bytes, dtype=dtype).reshape(-1, *schema.input_shape)
+            y[position:end] = labels
+            position = end
+        return x, y
 
     def share(self, sandbox: Sandbox, plan: TrainingPlan, step: int) -> None:
         """Make the child's ring, begin filling it for a run that continues at `step`, send DATA.
@@ -104,9 +110,7 @@ class StreamedData:
             raise EnclaveError("a streamed data set needs a plan with a stream")
         windows = EpochWindows(plan.stream, plan.seed, plan.batch_size)
         epochs = plan.epochs
-        self._slot_bytes = windows.slot_bytes(self.header.schema.record_bytes)
-        self._slot_records = windows.slot_records
-        self._ring = sandbox.share_ring(2 * self._slot_bytes)
+        self._ring = sandbox.share_ring(2 * windows.slot_bytes(self.header.schema.record_bytes))
         self._sandbox = sandbox
         self._windows = windows
         self._total = epochs * windows.per_epoch
@@ -164,8 +168,8 @@ class StreamedData:
         windows, ring = self._require(), self._ring
         assert ring is not None
         record_bytes = self.header.schema.record_bytes
-        base = (window % 2) * self._slot_bytes
-        records_at = base + self._slot_records * LABEL_BYTES
+        base = (window % 2) * windows.slot_bytes(record_bytes)
+        records_at = base + windows.slot_records * LABEL_BYTES
         position = 0
         for index in windows.chunks(window):
             if self._stopping:
