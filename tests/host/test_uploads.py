@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,15 @@ from chiron.host.service import Service
 from .helpers import make_dataset
 
 CHUNK = 4096
+
+
+@contextmanager
+def _owner_over_http(tmp_path: Path) -> Iterator[tuple[Service, ServiceClient]]:
+    """What `chiron serve` runs, on a loopback port, and an owner's client of it."""
+    with running_service(ServiceConfig(state_dir=tmp_path / "service")) as (service, url):
+        token = create_account(service.db, service.pepper, name="a", role="owner")
+        with ServiceClient(url, token) as client:
+            yield service, client
 
 
 def sha256(data: bytes | bytearray) -> str:
@@ -269,15 +279,13 @@ def test_the_client_sends_a_chunk_in_pieces_and_resumes_mid_chunk(tmp_path, monk
     path = tmp_path / "data.chd"
     make_dataset(path, records=2000)
     data = path.read_bytes()
-    with running_service(ServiceConfig(state_dir=tmp_path / "service")) as (service, url):
-        token = create_account(service.db, service.pepper, name="a", role="owner")
-        with ServiceClient(url, token) as client:
-            # An earlier attempt stopped part-way into a chunk of the size the client uses.
-            upload = client.create_upload(kind="dataset", size=len(data), sha256=sha256(data))
-            client.put_chunk(upload["id"], 0, data[:1500])
-            done = client.upload(path, kind="dataset", progress=False, chunk_bytes=1000)
-            assert done["id"] == upload["id"] and done["complete"]
-            assert client.dataset(done["result_id"])["sha256"] == sha256(data)
+    with _owner_over_http(tmp_path) as (_service, client):
+        # An earlier attempt stopped part-way into a chunk of the size the client uses.
+        upload = client.create_upload(kind="dataset", size=len(data), sha256=sha256(data))
+        client.put_chunk(upload["id"], 0, data[:1500])
+        done = client.upload(path, kind="dataset", progress=False, chunk_bytes=1000)
+        assert done["id"] == upload["id"] and done["complete"]
+        assert client.dataset(done["result_id"])["sha256"] == sha256(data)
 
 
 def test_a_chunk_received_in_blocks_is_appended_in_order(host, dataset, monkeypatch):
@@ -301,15 +309,13 @@ def test_a_chunk_altered_near_its_end_is_refused_over_http(tmp_path):
     data = path.read_bytes()
     altered = bytearray(data)
     altered[-10] ^= 1
-    with running_service(ServiceConfig(state_dir=tmp_path / "service")) as (service, url):
-        token = create_account(service.db, service.pepper, name="a", role="owner")
-        with ServiceClient(url, token) as client:
-            upload = client.create_upload(kind="dataset", size=len(data), sha256=sha256(data))
-            with pytest.raises(IntegrityError, match="chunk"):
-                client.put_chunk(upload["id"], 0, altered, sha256=sha256(data))
-            assert client.upload_status(upload["id"])["offset"] == 0
-            assert client.put_chunk(upload["id"], 0, data)["offset"] == len(data)
-            assert client.complete_upload(upload["id"])["complete"]
+    with _owner_over_http(tmp_path) as (_service, client):
+        upload = client.create_upload(kind="dataset", size=len(data), sha256=sha256(data))
+        with pytest.raises(IntegrityError, match="chunk"):
+            client.put_chunk(upload["id"], 0, altered, sha256=sha256(data))
+        assert client.upload_status(upload["id"])["offset"] == 0
+        assert client.put_chunk(upload["id"], 0, data)["offset"] == len(data)
+        assert client.complete_upload(upload["id"])["complete"]
 
 
 def test_chunks_streamed_from_the_file_in_pieces_arrive_whole(tmp_path, monkeypatch):
@@ -318,11 +324,9 @@ def test_chunks_streamed_from_the_file_in_pieces_arrive_whole(tmp_path, monkeypa
     path = tmp_path / "data.chd"
     make_dataset(path, records=2000)
     data = path.read_bytes()
-    with running_service(ServiceConfig(state_dir=tmp_path / "service")) as (service, url):
-        token = create_account(service.db, service.pepper, name="a", role="owner")
-        with ServiceClient(url, token) as client:
-            done = client.upload(path, kind="dataset", progress=False, chunk_bytes=1000)
-            assert client.dataset(done["result_id"])["sha256"] == sha256(data)
+    with _owner_over_http(tmp_path) as (service, client):
+        done = client.upload(path, kind="dataset", progress=False, chunk_bytes=1000)
+        assert client.dataset(done["result_id"])["sha256"] == sha256(data)
     stored = service.store.local_path(sha256(data)).read_bytes()
     assert stored == data
 
@@ -350,14 +354,12 @@ def test_a_file_rewritten_during_its_upload_is_never_registered(tmp_path, monkey
         target.write_bytes(data)
 
     _changing_after_the_digests(monkeypatch, rewrite)
-    with running_service(ServiceConfig(state_dir=tmp_path / "service")) as (service, url):
-        token = create_account(service.db, service.pepper, name="a", role="owner")
-        with ServiceClient(url, token) as client:
-            # The streamed chunk fails its digest from the first pass; the retry sends what
-            # it hashed; the whole file then differs from what the upload announced.
-            with pytest.raises(IntegrityError, match="declared one"):
-                client.upload(path, kind="dataset", progress=False, chunk_bytes=4096)
-            assert client.datasets() == [] and client.uploads() == []
+    with _owner_over_http(tmp_path) as (_service, client):
+        # The streamed chunk fails its digest from the first pass; the retry sends what
+        # it hashed; the whole file then differs from what the upload announced.
+        with pytest.raises(IntegrityError, match="declared one"):
+            client.upload(path, kind="dataset", progress=False, chunk_bytes=4096)
+        assert client.datasets() == [] and client.uploads() == []
     assert list((tmp_path / "service" / "uploads").iterdir()) == []
 
 
@@ -365,11 +367,9 @@ def test_a_file_cut_short_during_its_upload_stops_it_with_a_clear_error(tmp_path
     path = tmp_path / "data.chd"
     make_dataset(path, records=2000)
     _changing_after_the_digests(monkeypatch, lambda target: os.truncate(target, 5000))
-    with running_service(ServiceConfig(state_dir=tmp_path / "service")) as (service, url):
-        token = create_account(service.db, service.pepper, name="a", role="owner")
-        with ServiceClient(url, token) as client:
-            with pytest.raises(InputError, match="got shorter"):
-                client.upload(path, kind="dataset", progress=False, chunk_bytes=4096)
-            assert client.datasets() == []
-            (open_upload,) = client.uploads()
-            assert open_upload["offset"] == 4096  # the first chunk, whole and checked
+    with _owner_over_http(tmp_path) as (_service, client):
+        with pytest.raises(InputError, match="got shorter"):
+            client.upload(path, kind="dataset", progress=False, chunk_bytes=4096)
+        assert client.datasets() == []
+        (open_upload,) = client.uploads()
+        assert open_upload["offset"] == 4096  # the first chunk, whole and checked
