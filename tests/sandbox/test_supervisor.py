@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from tests.sandbox.conftest import SCHEMA, recipe
 from chiron.core.errors import EnclaveError, JobFailed
 from chiron.core.recipe_protocol import FromChild, ReasonClass, ToChild, encode_json
 from chiron.enclave.sandbox import Sandbox, SandboxFailure, SandboxLimits
-from chiron.enclave.sandbox.supervisor import reason_for_exit
+from chiron.enclave.sandbox.failures import reason_for_exit
 
 
 @pytest.mark.parametrize(
@@ -186,3 +187,65 @@ def test_the_sandbox_ends_when_the_enclave_dies():
         time.sleep(0.1)
     assert not _running(worker)
     assert not _running(bootstrap)
+
+
+def test_a_sandbox_started_ahead_takes_no_word_until_it_is_confined():
+    sandbox = Sandbox.start(limits=SandboxLimits(threads=1))
+    try:
+        for word in (
+            lambda: sandbox.send(ToChild.SETUP, b"{}"),
+            lambda: sandbox.expect(FromChild.DECLARE, max_size=1024),
+            lambda: sandbox.share([b"records"]),
+        ):
+            with pytest.raises(EnclaveError, match="not confined yet"):
+                word()
+        assert sandbox.confined() is sandbox
+        assert sandbox.confined() is sandbox  # once confined, at once
+        sandbox.send(
+            ToChild.SETUP,
+            encode_json(
+                {"mode": "train", "schema": SCHEMA.to_dict(), "recipe_filename": "r.py",
+                 "overrides": {}}
+            ),
+        )  # fmt: skip
+        sandbox.send(ToChild.SOURCE, recipe(""))
+        assert sandbox.expect(FromChild.DECLARE, max_size=64 * 1024)
+    finally:
+        sandbox.close()
+    assert sandbox._process.poll() is not None
+
+
+def test_a_confinement_reported_before_the_deadline_is_accepted_after_it():
+    # A training enclave starts its sandbox with the process; the job may take it long
+    # after the start-up timeout, from a child that reported itself confined in time.
+    limits = SandboxLimits(threads=1, startup_timeout_seconds=0.5)
+    sandbox = Sandbox.start(limits=limits)
+    try:
+        readable, _, _ = select.select([sandbox._ready], [], [], 120)
+        assert readable
+        while time.monotonic() < sandbox._started + limits.startup_timeout_seconds:
+            time.sleep(0.05)
+        assert sandbox.confined() is sandbox
+        worker = _worker_pid_of(sandbox.pid)
+        assert Path(f"/proc/{worker}/status").read_text().count("Seccomp:\t2") == 1
+    finally:
+        sandbox.close()
+
+
+def test_a_child_not_confined_by_the_deadline_is_refused_and_killed():
+    sandbox = Sandbox.start(limits=SandboxLimits(threads=1, startup_timeout_seconds=0.05))
+    with pytest.raises(EnclaveError, match="did not start in time"):
+        sandbox.confined()
+    assert sandbox._process.poll() is not None
+    with pytest.raises(EnclaveError, match="closed"):
+        sandbox.send(ToChild.SETUP, b"{}")
+
+
+def test_a_sandbox_closed_before_it_was_confined_leaves_nothing_running():
+    sandbox = Sandbox.start(limits=SandboxLimits(threads=1))
+    bootstrap = sandbox.pid
+    time.sleep(0.3)  # mid-way through its set-up
+    sandbox.close()
+    assert sandbox._process.poll() is not None
+    assert not _running(bootstrap)
+    assert sandbox._ready is None

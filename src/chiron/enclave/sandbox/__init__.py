@@ -4,7 +4,8 @@ Enclave-side API: `Sandbox`, `SandboxLimits`, `SandboxFailure`. The child side i
 bootstrap `python -m chiron.enclave.sandbox.child`; docs/sandbox.md explains each layer.
 """
 
+from chiron.enclave.sandbox.failures import SandboxFailure
 from chiron.enclave.sandbox.startup import SandboxLimits
-from chiron.enclave.sandbox.supervisor import Sandbox, SandboxFailure
+from chiron.enclave.sandbox.supervisor import Sandbox
 
 __all__ = ["Sandbox", "SandboxFailure", "SandboxLimits"]

@@ -23,10 +23,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
-from chiron.core.errors import EnclaveError, JobFailed
+from chiron.core.errors import EnclaveError
 from chiron.core.framing import HEADER_BYTES
 from chiron.core.recipe_protocol import FromChild, ReasonClass, ToChild
 from chiron.enclave.sandbox import pids
+from chiron.enclave.sandbox.failures import SandboxFailure, reason_for_exit
 from chiron.enclave.sandbox.shared_file import RingWriter, SharedFile
 from chiron.enclave.sandbox.startup import SandboxLimits, await_confinement, start_child
 
@@ -34,24 +35,6 @@ _HEADER = struct.Struct(">BI")
 _CHUNK = 1 << 20
 # How long a child that closed its pipe or was told to shut down may take to exit.
 _EXIT_GRACE_SECONDS = 3.0
-
-_MESSAGES = {
-    ReasonClass.RECIPE_ERROR: "the recipe raised an error or stopped",
-    ReasonClass.POLICY_VIOLATION: "the recipe attempted an operation the sandbox forbids",
-    ReasonClass.RESOURCE_LIMIT: "the recipe exceeded its memory, CPU or task limit",
-    ReasonClass.TIMEOUT: "the recipe did not answer in time",
-    ReasonClass.BAD_OUTPUT: "the recipe sent output the protocol does not allow",
-}
-
-
-class SandboxFailure(JobFailed):
-    """The sandboxed recipe failed; `reason_class` is all anyone learns about why."""
-
-    def __init__(self, reason_class: ReasonClass) -> None:
-        self.reason = ReasonClass(reason_class)
-        super().__init__(
-            self.reason.value, f"job failed: {self.reason.value} ({_MESSAGES[self.reason]})"
-        )
 
 
 class Sandbox:
@@ -83,6 +66,9 @@ class Sandbox:
         self._output_relay = output_relay
         self._killed = False
         self._closed = False
+        self._started = time.monotonic() if started is None else started
+        # The child's ready pipe until it reported itself confined (`start`, `confined`).
+        self._ready: int | None = None
         self.startup_seconds = 0.0
 
     @classmethod
@@ -100,6 +86,23 @@ class Sandbox:
         process's stderr) for a provider debugging on synthetic data; otherwise they
         are /dev/null. Raises EnclaveError if confinement could not be set up.
         """
+        return cls.start(limits=limits, entry=entry, dry_run=dry_run, output=output).confined()
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        limits: SandboxLimits,
+        entry: str = "chiron.recipes.runtime",
+        dry_run: bool = False,
+        output: Callable[[bytes], None] | None = None,
+    ) -> Sandbox:
+        """Start a child and return at once; `confined()` waits until it is ready.
+
+        The child confines itself and warms torch up meanwhile, so an enclave can do
+        other work (measure itself, be attested) while it does. Nothing reaches the
+        child before `confined()` returned: `send`, `expect` and `share` refuse.
+        """
         child = start_child(limits=limits, entry=entry, dry_run=dry_run, output=output)
         sandbox = cls(
             child.process,
@@ -111,16 +114,32 @@ class Sandbox:
             child.started,
             child.shared,
         )
+        sandbox._ready = child.ready
+        return sandbox
+
+    def confined(self) -> Sandbox:
+        """Wait for the child's report that it is confined; itself once it is.
+
+        Raises EnclaveError (and closes the sandbox) if it could not be set up, or did
+        not report within the start-up timeout from its start.
+        """
+        if self._ready is None:
+            return self
         try:
-            await_confinement(child.ready, child.started + limits.startup_timeout_seconds)
-            os.set_blocking(sandbox._to_child, False)
+            await_confinement(self._ready, self._started + self._limits.startup_timeout_seconds)
+            os.set_blocking(self._to_child, False)
         except BaseException:
-            sandbox.close()
+            self.close()
             raise
         finally:
-            os.close(child.ready)
-        sandbox.startup_seconds = time.monotonic() - child.started
-        return sandbox
+            self._close_ready()
+        self.startup_seconds = time.monotonic() - self._started
+        return self
+
+    def _close_ready(self) -> None:
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            os.close(ready)
 
     @property
     def pid(self) -> int:
@@ -249,13 +268,15 @@ class Sandbox:
         if self._closed:
             return
         self._closed = True
-        if self._process.poll() is None and not self._killed:
+        # A child not yet confined reads no SHUTDOWN: it is killed without the grace.
+        if self._ready is None and self._process.poll() is None and not self._killed:
             with contextlib.suppress(OSError):
                 os.set_blocking(self._to_child, False)
                 os.write(self._to_child, _HEADER.pack(int(ToChild.SHUTDOWN), 0))
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._process.wait(timeout=_EXIT_GRACE_SECONDS)
         self._kill()
+        self._close_ready()
         for fd in (self._to_child, self._from_child):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -295,6 +316,8 @@ class Sandbox:
     def _require_open(self) -> None:
         if self._closed:
             raise EnclaveError("the sandbox is closed")
+        if self._ready is not None:
+            raise EnclaveError("the sandbox is not confined yet")
 
     def _poll(self, events: dict[int, int], deadline: float) -> dict[int, int]:
         poller = select.poll()
@@ -374,18 +397,3 @@ class Sandbox:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(self._process.pid, signal.SIGKILL)
         self._process.wait()
-
-
-def reason_for_exit(returncode: int) -> ReasonClass:
-    """The reason class of a child that ended on its own (a Popen returncode).
-
-    The bootstrap ends the way its worker did, so this sees the worker's signal.
-    """
-    if returncode >= 0:
-        return ReasonClass.RECIPE_ERROR  # exited, at a moment the protocol did not allow
-    number = -returncode
-    if number in (signal.SIGSYS, signal.SIGXFSZ):
-        return ReasonClass.POLICY_VIOLATION  # the seccomp filter; growing a file
-    if number in (signal.SIGKILL, signal.SIGXCPU):
-        return ReasonClass.RESOURCE_LIMIT  # the CPU limit, or the out-of-memory killer
-    return ReasonClass.RECIPE_ERROR  # crashed: segfault, abort...
