@@ -45,6 +45,21 @@ def assert_one_line_failure(result: subprocess.CompletedProcess[str], *words: st
         assert word in lines[0]
 
 
+def _records_shared(enclave: psutil.Process) -> bool:
+    """Whether the enclave wrote its sandbox's shared data file (`--data-fd` of the child)."""
+    for bootstrap in enclave.children():
+        command = bootstrap.cmdline()
+        if "--data-fd" in command:
+            data_fd = command[command.index("--data-fd") + 1]
+            # The bootstrap closed it; its one child, the worker, keeps it.
+            for worker in bootstrap.children():
+                try:
+                    return os.stat(f"/proc/{worker.pid}/fd/{data_fd}").st_size > 0
+                except OSError:
+                    return False
+    return False
+
+
 def test_a_dead_worker_fails_the_job_cleanly(world):
     out = world.root / "dead.chm"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHIRON_")}
@@ -60,12 +75,13 @@ def test_a_dead_worker_fails_the_job_cleanly(world):
     client = psutil.Process(process.pid)
     workers: list[psutil.Process] = []
     deadline = time.monotonic() + 300
-    # Training runs once both workers have their sandboxed child.
+    # Training runs once both workers gave their sandboxed child the records. (The child
+    # itself exists from the enclave's start: it is started ahead of the job.)
     while time.monotonic() < deadline and process.poll() is None:
         workers = [
             p for p in client.children() if "--role" in p.cmdline() and "train" in p.cmdline()
         ]
-        if len(workers) == 2 and all(p.children() for p in workers):
+        if len(workers) == 2 and all(_records_shared(p) for p in workers):
             break
         time.sleep(0.2)
     assert process.poll() is None, process.communicate()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,9 @@ from typing import Any
 from chiron.core.errors import EnclaveError
 from chiron.core.keys import Identity
 from chiron.core.measurement import measure_runtime
+from chiron.core.roles import Role
 from chiron.enclave.platforms import Platform, load_platform
+from chiron.enclave.sandbox import Sandbox, SandboxLimits
 
 
 @dataclass
@@ -28,6 +31,10 @@ class EnclaveContext:
     # id; "" before. Set once (`bind`), and stated in every later evidence.
     binding: str = ""
     _platform: Platform | None = field(default=None, repr=False)
+    # A training enclave's sandbox, started with the process (`create`) so the child
+    # confines itself and imports torch while the enclave measures itself and is
+    # attested; the job takes it once (`recipe_sandbox`).
+    _sandbox_ahead: Sandbox | None = field(default=None, repr=False)
 
     @property
     def platform(self) -> Platform:
@@ -60,12 +67,45 @@ class EnclaveContext:
             binding=self.binding,
         )
 
+    def recipe_sandbox(self) -> Sandbox:
+        """A confined child for the recipe: the one started with this process, else a new one.
+
+        The early child was started before anything of a job existed and has been given
+        nothing: it is as fresh as one started now. Raises EnclaveError as `spawn` does.
+        """
+        ahead, self._sandbox_ahead = self._sandbox_ahead, None
+        if ahead is None:
+            # Imported here: it brings numpy, which only roles running a recipe load.
+            from chiron.enclave.recipe_session import spawn_recipe
+
+            return spawn_recipe()
+        return ahead.confined()
+
+    def close(self) -> None:
+        """Stop a sandbox started ahead that no job took."""
+        ahead, self._sandbox_ahead = self._sandbox_ahead, None
+        if ahead is not None:
+            ahead.close()
+
     @classmethod
     def create(cls, *, role: str, state_dir: str, platform_name: str) -> EnclaveContext:
+        ahead = None
+        if role == Role.TRAIN:
+            # Started before the measurement, which it overlaps; a child that cannot be
+            # started now is started again by the job, which reports why it failed.
+            with contextlib.suppress(EnclaveError):
+                ahead = Sandbox.start(limits=SandboxLimits())
+        try:
+            measurement = measure_runtime().hex
+        except BaseException:
+            if ahead is not None:
+                ahead.close()
+            raise
         return cls(
             role=role,
             state_dir=Path(state_dir),
             platform_name=platform_name,
             identity=Identity.generate(),
-            measurement=measure_runtime().hex,
+            measurement=measurement,
+            _sandbox_ahead=ahead,
         )

@@ -124,7 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     context = EnclaveContext.create(
         role=options.role, state_dir=options.state_dir, platform_name=options.platform
     )
-    serve(context, in_fd, out_fd)
+    try:
+        serve(context, in_fd, out_fd)
+    finally:
+        context.close()
 
 
 if __name__ == "__main__":

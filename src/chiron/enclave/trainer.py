@@ -31,12 +31,7 @@ from chiron.enclave.context import EnclaveContext
 from chiron.enclave.fixed_rate import Pacer, Rate, calibrate
 from chiron.enclave.padding import WIDEST_FLOAT, padded_json
 from chiron.enclave.parameter_exchange import ParameterExchange
-from chiron.enclave.recipe_session import (
-    Declaration,
-    predict_logits,
-    receive_declaration,
-    spawn_recipe,
-)
+from chiron.enclave.recipe_session import Declaration, predict_logits, receive_declaration
 from chiron.enclave.sandbox import Sandbox
 from chiron.enclave.training_data import calibration_plan, open_training_data
 
@@ -79,7 +74,7 @@ def _train(
     emit({"event": "state", "state": "running"})
     # The data closes before the sandbox: a streamed data set's loader writes into the
     # child's shared file until then.
-    with spawn_recipe() as sandbox, open_training_data(job, exchange) as data:
+    with context.recipe_sandbox() as sandbox, open_training_data(job, exchange) as data:
         header = data.header
         schema = header.schema
         x_holdout, y_holdout = data.holdout()

@@ -1,0 +1,84 @@
+"""A training enclave starts its sandbox with the process, and gives it to its one job.
+
+The child confines itself and warms torch up while the enclave measures itself and is
+attested (`EnclaveContext.create`). It has been given nothing when the job takes it;
+an enclave that never trains leaves no child behind.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from chiron.client.sessions import LocalEnclaveSession
+from chiron.core.roles import Role
+from chiron.enclave.context import EnclaveContext
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def _gone(pid: int) -> bool:
+    for _ in range(600):
+        if not _running(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_the_job_takes_the_sandbox_started_with_the_enclave_once(tmp_path):
+    context = EnclaveContext.create(role=Role.TRAIN, state_dir=str(tmp_path), platform_name="sim")
+    try:
+        early = context._sandbox_ahead
+        assert early is not None
+        first = context.recipe_sandbox()
+        assert first is early
+        assert first._ready is None  # confined: it takes words now
+        with context.recipe_sandbox() as second:  # a later one is a new child
+            assert second is not early
+            assert second.pid != early.pid
+        first.close()
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("role", [Role.QUERY, Role.PARAMSERVER])
+def test_other_roles_start_no_sandbox_with_the_process(tmp_path, role):
+    context = EnclaveContext.create(role=role, state_dir=str(tmp_path), platform_name="sim")
+    assert context._sandbox_ahead is None
+
+
+def test_closing_the_context_stops_a_sandbox_no_job_took(tmp_path):
+    context = EnclaveContext.create(role=Role.TRAIN, state_dir=str(tmp_path), platform_name="sim")
+    early = context._sandbox_ahead
+    assert early is not None
+    group = early._pids_group  # its pids cgroup, where this machine gives one
+    context.close()
+    assert early._process.poll() is not None
+    assert context._sandbox_ahead is None
+    assert group is None or not group.exists()
+
+
+@pytest.mark.parametrize("ending", ["close", "kill"])
+def test_a_training_enclave_that_never_trains_leaves_no_child(tmp_path, ending):
+    session = LocalEnclaveSession(Role.TRAIN, tmp_path)
+    enclave = session._process._process.pid
+    try:
+        session.evidence(b"n" * 32)  # serving: its context, and the child, exist
+        (bootstrap,) = _children(enclave)
+    finally:
+        getattr(session, ending)()
+    # Shut down, the enclave stops its child; killed outright, the child's bootstrap
+    # sees the enclave's pipe hang up once it is set up, and ends with its worker.
+    assert _gone(bootstrap)
