@@ -358,6 +358,30 @@ def test_a_second_train_after_a_failed_one_is_refused(host, owner, provider):
     assert host.claims(enclave) == ("train", manifest.digest)
 
 
+def test_a_finished_job_run_again_from_its_last_checkpoint_gives_the_same_report(
+    host, owner, provider
+):
+    """The host keeps a finished job's last checkpoint (sealed at its last step, after the
+    last evaluation) and runs the job again on a fresh enclave: the enclave resumes at
+    the end, predicts the held-out set once more at its finish, and reports what the
+    first run did. The host learns nothing new; the owner gets the same figures."""
+    statement = provider_statement(provider)
+    first = owner.run(
+        host.relay(host.start(), host.materials(statement, owner.dataset_path)), host, statement
+    )
+    assert first.report["resumed_from_step"] == 0
+    assert (host.checkpoint_dir / "checkpoint.sealed").exists()
+    again = owner.run(
+        host.relay(host.start(), host.materials(statement, owner.dataset_path)), host, statement
+    )
+    assert again.report["resumed_from_step"] == again.report["steps"] == first.report["steps"]
+    for field in ("epoch_accuracy", "final_holdout_accuracy", "confusion_matrix"):
+        assert again.report[field] == first.report[field], field
+    # The final accuracy is the last epoch's: the same logits, asked once in each run.
+    assert first.report["final_holdout_accuracy"] == first.report["epoch_accuracy"][-1]
+    assert not host.holds_plaintext()
+
+
 # -- 3. the owner as its own provider ----------------------------------------------------------
 
 

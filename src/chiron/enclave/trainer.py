@@ -175,6 +175,7 @@ def _train(
             )
 
         emit({"event": "progress", "step": progress.step, "total": total})
+        final_logits: np.ndarray | None = None
         report_every = max(1, total // 100)
         while progress.step < total:
             target = target_after(progress.step)
@@ -220,6 +221,10 @@ def _train(
                     logits = predict_logits(sandbox, x_holdout, schema, declaration.num_outputs)
                     start_segment(target)
                 progress.epoch_accuracy.append(float(np.mean(logits.argmax(1) == y_holdout)))
+                if target == total:
+                    # The last epoch's predictions are the final model's: no step comes
+                    # after them, and FINISH only reads the weights out.
+                    final_logits = logits
             if checkpointing:
                 checkpoints.save(progress, child_state, plan)
 
@@ -231,7 +236,8 @@ def _train(
             sandbox.send(ToChild.FINISH, b"")
             weights = sandbox.expect(FromChild.MODEL, size=declaration.model_nbytes)
             escrow.check_weights(weights)
-            final_logits = predict_logits(sandbox, x_holdout, schema, declaration.num_outputs)
+            if final_logits is None:  # resumed after the last epoch's evaluation
+                final_logits = predict_logits(sandbox, x_holdout, schema, declaration.num_outputs)
 
     summary = exchange.summary() if exchange is not None else TrainResult()
     if exchange is not None and not exchange.lead:
