@@ -53,6 +53,7 @@ from chiron.host.job_records import (
     store_result,
 )
 from chiron.host.recipes import Recipes
+from chiron.host.state_changes import StateChanges
 from chiron.host.store import ArtifactStore
 
 log = logging.getLogger("chiron.host.jobs")
@@ -105,6 +106,7 @@ class Jobs:
         self._guard = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="chiron-job")
         self._stopping = False
+        self.state_changes = StateChanges()  # for waiters in this process
 
     def recover(self) -> int:
         """Mark jobs this instance had in flight when it last stopped; return how many.
@@ -345,6 +347,7 @@ class Jobs:
             enclave.close()
             if not resumable:
                 shutil.rmtree(self._checkpoints / job_id, ignore_errors=True)
+            self.state_changes.note()  # the job ended: done, failed or interrupted
 
     def _on_event(self, job_id: str, event: dict[str, Any]) -> None:
         if event.get("event") != "progress":

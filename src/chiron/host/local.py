@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -48,8 +47,9 @@ from chiron.host.store import LocalStore, file_sha256
 
 OWNER_ACCOUNT = "owner"
 RUNNER = "chiron command running local jobs"
-# How often `wait_job` looks at a job's state; progress arrives as the enclave sends it.
-POLL_SECONDS = 0.05
+# The longest `wait_job` goes without looking at a job's state; it looks at once when a
+# job of this process ends. Progress arrives as the enclave sends it.
+POLL_SECONDS = 1.0
 UpdateHandler = Callable[[dict[str, Any]], None]
 
 
@@ -222,11 +222,13 @@ class LocalHost:
                 on_update(_progress_update(job_id, *last))
         try:
             while True:
+                seen = self._jobs.state_changes.seen()
                 done = job_outcome(self.job(job_id), f"chiron service jobs resume {job_id} --local")
                 if done is not None:
                     return done
-                # A local read costs little: look often, whatever a remote client would.
-                time.sleep(min(poll_seconds, POLL_SECONDS))
+                # This process runs the job: it says when a job ended, and the record
+                # is read again then (or after `poll_seconds`, at the most).
+                self._jobs.state_changes.wait(seen, min(poll_seconds, POLL_SECONDS))
         finally:
             with self._guard:
                 self._listeners.pop(job_id, None)

@@ -1,0 +1,126 @@
+"""`chiron train --local` waits for its job without reading the job's record over and over.
+
+The job runs on a thread of the same process (`LocalHost`): a record read there is a
+database query taking CPU from the training it waits for. The runner says when a job
+ended (`StateChanges`), and the waiting client reads the record then.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+
+import numpy as np
+from tests.e2e.conftest import sign_recipe
+
+from chiron.client import targets
+from chiron.core.crypto import random_key
+from chiron.core.dataset import encrypt_dataset
+from chiron.core.keys import DataKey, Identity, load_public_identity
+from chiron.core.manifest import Plan
+from chiron.core.schema import DatasetSchema
+from chiron.host import local
+from chiron.host.local import LocalHost
+from chiron.host.state_changes import StateChanges
+
+RECIPE = """
+import time
+import torch.nn as nn
+
+HYPERPARAMETERS = {"epochs": 2, "batch_size": 16, "lr": 0.01}
+
+def build_model(schema):
+    c, h, w = schema.input_shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, schema.num_classes))
+
+def train_step(model, optimizer, x, y, hp):
+    time.sleep(0.02)  # long enough for many of the old 50 ms looks
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+"""
+
+
+def test_a_wait_returns_on_a_change_after_what_it_saw_and_not_before():
+    changes = StateChanges()
+    seen = changes.seen()
+    changes.note()
+    changes.wait(seen, timeout=600)  # noted after `seen` was read: returns at once
+    late = changes.seen()
+    woke = threading.Event()
+
+    def waiter() -> None:
+        changes.wait(late, timeout=600)
+        woke.set()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    assert not woke.wait(0.2)
+    changes.note()
+    thread.join(timeout=60)
+    assert woke.is_set()
+
+
+def test_a_local_job_is_awaited_with_a_few_reads_of_its_record(tmp_path, monkeypatch):
+    for name in ("owner", "provider"):
+        Identity.generate().save(tmp_path / f"{name}.key")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, size=(400, 1, 8, 8)).astype(np.uint8)
+    y = rng.integers(0, 3, size=400).astype(np.int64)
+    key = random_key()
+    schema = DatasetSchema((1, 8, 8), "uint8", 3)
+    header = encrypt_dataset([(x, y)], tmp_path / "d.chd", key, schema=schema, record_count=400)
+    DataKey(header.dataset_id, key).save(tmp_path / "d.key")
+    recipe = tmp_path / "slow.py"
+    recipe.write_text(textwrap.dedent(RECIPE))
+    sign_recipe(recipe, tmp_path / "provider.key")
+
+    # Were the end not said, the wait would last the whole (very long) fallback.
+    monkeypatch.setattr(local, "POLL_SECONDS", 3600.0)
+    reads: list[str] = []
+    waiting = threading.Event()
+    job, wait_job = LocalHost.job, LocalHost.wait_job
+
+    def counted(self: LocalHost, job_id: str) -> dict[str, object]:
+        if waiting.is_set():
+            reads.append(job_id)
+        return job(self, job_id)
+
+    def wait(self: LocalHost, job_id: str, **options: object) -> dict[str, object]:
+        waiting.set()
+        try:
+            return wait_job(self, job_id, **{**options, "poll_seconds": 3600.0})
+        finally:
+            waiting.clear()
+
+    monkeypatch.setattr(LocalHost, "job", counted)
+    monkeypatch.setattr(LocalHost, "wait_job", wait)
+    outcome: list[object] = []
+
+    def train() -> None:
+        target = targets.open_target(
+            local=True, url=None, token=None, allow_simulation=True, policy_file=None,
+            state_dir=tmp_path / "state",
+        )  # fmt: skip
+        outcome.append(
+            targets.train(
+                target,
+                recipe=str(recipe),
+                statement_path=None,
+                dataset=tmp_path / "d.chd",
+                data_key_path=tmp_path / "d.key",
+                owner_key=tmp_path / "owner.key",
+                provider=load_public_identity(tmp_path / "provider.key.pub"),
+                plan=Plan(seed=1),
+            )
+        )
+
+    runner = threading.Thread(target=train, daemon=True)
+    runner.start()
+    runner.join(timeout=120)
+    assert not runner.is_alive(), "the wait did not end with the job"
+    (trained,) = outcome
+    steps = trained.outcome.report["steps"]  # type: ignore[attr-defined]
+    assert steps >= 40  # 40 steps of 20 ms: 16 looks, at the old rate
+    # One look before the job ends, one after it ended.
+    assert len(reads) <= 2, reads
