@@ -8,7 +8,8 @@ Run by `Sandbox.spawn` as a fresh interpreter:
 Order, before any provider code runs:
 
   bootstrap process (single-threaded, only the standard library imported):
-    0. join the sandbox's pids cgroup, where the enclave could create one;
+    0. become non-dumpable (the worker inherits it); join the sandbox's pids cgroup,
+       where the enclave could create one;
     1. close every descriptor but stdio (/dev/null, or the dry-run log pipe), the pipes
        and the read-only shared data file (`shared_file`; only the worker keeps it);
     2. enter new user, mount (read-only, empty /tmp, /dev/shm, /run), network, IPC, UTS,
@@ -78,6 +79,11 @@ def main(argv: list[str] | None = None) -> NoReturn:
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--pids-cgroup")
     options = parser.parse_args(argv)
+    # Not dumpable, before anything else: /proc/<pid>/fd of this process (and so the
+    # pipes that carry the recipe, held-out records and checkpoints to the worker, and
+    # the shared data file) then opens only to a process with CAP_SYS_PTRACE. The
+    # worker inherits it across fork.
+    _linux.prctl(_linux.PR_SET_DUMPABLE, 0)
     limits = json.loads(options.limits)
     pipes = (options.in_fd, options.out_fd, options.ready_fd, options.data_fd)
 
