@@ -1,12 +1,14 @@
-"""A training enclave starts its sandbox with the process, and gives it to its one job.
+"""A training enclave starts its sandbox when attested, and gives it to its one job.
 
-The child confines itself and warms torch up while the enclave measures itself and is
-attested (`EnclaveContext.create`). It has been given nothing when the job takes it;
-an enclave that never trains leaves no child behind.
+The child confines itself and warms torch up while the client checks the evidence
+(`EnclaveContext.attested`). It has been given nothing when the job takes it; one that
+died meanwhile is replaced; an enclave that never trains leaves no child behind.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -37,30 +39,59 @@ def _gone(pid: int) -> bool:
     return False
 
 
-def test_the_job_takes_the_sandbox_started_with_the_enclave_once(tmp_path):
-    context = EnclaveContext.create(role=Role.TRAIN, state_dir=str(tmp_path), platform_name="sim")
+def _train_context(tmp_path: Path) -> EnclaveContext:
+    return EnclaveContext.create(role=Role.TRAIN, state_dir=str(tmp_path), platform_name="sim")
+
+
+def test_the_job_takes_the_sandbox_started_when_attested_once(tmp_path):
+    context = _train_context(tmp_path)
     try:
+        assert context._sandbox_ahead is None  # an enclave nobody attested holds none
+        context.attested()
         early = context._sandbox_ahead
         assert early is not None
+        context.attested()  # once per process
+        assert context._sandbox_ahead is early
         first = context.recipe_sandbox()
         assert first is early
         assert first._ready is None  # confined: it takes words now
         with context.recipe_sandbox() as second:  # a later one is a new child
             assert second is not early
             assert second.pid != early.pid
+        context.attested()  # after the job took its sandbox: nothing more
+        assert context._sandbox_ahead is None
         first.close()
     finally:
         context.close()
 
 
+def test_an_early_child_that_died_while_it_waited_is_replaced(tmp_path):
+    context = _train_context(tmp_path)
+    try:
+        context.attested()
+        early = context._sandbox_ahead
+        assert early is not None
+        readable = early.confined()  # let it come up, then kill it as it waits
+        (worker,) = _children(readable.pid)
+        os.kill(worker, signal.SIGKILL)
+        assert _gone(readable.pid)
+        with context.recipe_sandbox() as sandbox:
+            assert sandbox is not early and sandbox.alive()
+        assert early._process.poll() is not None
+    finally:
+        context.close()
+
+
 @pytest.mark.parametrize("role", [Role.QUERY, Role.PARAMSERVER])
-def test_other_roles_start_no_sandbox_with_the_process(tmp_path, role):
+def test_other_roles_start_no_sandbox(tmp_path, role):
     context = EnclaveContext.create(role=role, state_dir=str(tmp_path), platform_name="sim")
+    context.attested()
     assert context._sandbox_ahead is None
 
 
 def test_closing_the_context_stops_a_sandbox_no_job_took(tmp_path):
-    context = EnclaveContext.create(role=Role.TRAIN, state_dir=str(tmp_path), platform_name="sim")
+    context = _train_context(tmp_path)
+    context.attested()
     early = context._sandbox_ahead
     assert early is not None
     group = early._pids_group  # its pids cgroup, where this machine gives one

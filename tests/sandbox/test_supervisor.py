@@ -215,9 +215,9 @@ def test_a_sandbox_started_ahead_takes_no_word_until_it_is_confined():
     assert sandbox._process.poll() is not None
 
 
-def test_a_confinement_reported_before_the_deadline_is_accepted_after_it():
-    # A training enclave starts its sandbox with the process; the job may take it long
-    # after the start-up timeout, from a child that reported itself confined in time.
+def test_a_confinement_report_there_when_asked_is_accepted_past_the_deadline():
+    # A training enclave starts its sandbox when it is attested; its job may take it
+    # long after the start-up timeout, from a child that reported itself confined.
     limits = SandboxLimits(threads=1, startup_timeout_seconds=0.5)
     sandbox = Sandbox.start(limits=limits)
     try:

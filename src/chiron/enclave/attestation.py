@@ -18,4 +18,5 @@ def handle_attest(
     context: EnclaveContext, request: AttestRequest, emit: Callable[[dict[str, Any]], None]
 ) -> AttestResult:
     """Evidence over the caller's nonce (16 to 64 bytes, checked by AttestRequest)."""
+    context.attested()
     return AttestResult(context.evidence(request.nonce))

@@ -31,10 +31,11 @@ class EnclaveContext:
     # id; "" before. Set once (`bind`), and stated in every later evidence.
     binding: str = ""
     _platform: Platform | None = field(default=None, repr=False)
-    # A training enclave's sandbox, started with the process (`create`) so the child
-    # confines itself and imports torch while the enclave measures itself and is
-    # attested; the job takes it once (`recipe_sandbox`).
+    # A training enclave's sandbox, started when it is first attested (`attested`), so
+    # the child confines itself and imports torch while the client checks the evidence
+    # and the enclave opens the data; the job takes it once (`recipe_sandbox`).
     _sandbox_ahead: Sandbox | None = field(default=None, repr=False)
+    _sandbox_started: bool = field(default=False, repr=False)
 
     @property
     def platform(self) -> Platform:
@@ -67,19 +68,42 @@ class EnclaveContext:
             binding=self.binding,
         )
 
-    def recipe_sandbox(self) -> Sandbox:
-        """A confined child for the recipe: the one started with this process, else a new one.
+    def attested(self) -> None:
+        """A caller asked for evidence: a training enclave starts its job's sandbox now.
 
-        The early child was started before anything of a job existed and has been given
-        nothing: it is as fresh as one started now. Raises EnclaveError as `spawn` does.
+        Every job starts with its owner attesting the enclave, so the child is started
+        for a job about to arrive, not for every enclave a host keeps waiting (a created
+        job's enclave holds no torch child until then). Once per process; a child that
+        cannot be started now is started again by the job, which reports why it failed.
         """
-        ahead, self._sandbox_ahead = self._sandbox_ahead, None
-        if ahead is None:
-            # Imported here: it brings numpy, which only roles running a recipe load.
-            from chiron.enclave.recipe_session import spawn_recipe
+        if self.role != Role.TRAIN or self._sandbox_started or self.binding:
+            return
+        self._sandbox_started = True
+        with contextlib.suppress(EnclaveError, OSError):
+            self._sandbox_ahead = Sandbox.start(limits=SandboxLimits())
 
-            return spawn_recipe()
-        return ahead.confined()
+    def recipe_sandbox(self) -> Sandbox:
+        """A confined child for the recipe: the one started ahead if it is well, else a new one.
+
+        The early child was started before anything of a job reached this process and has
+        been given nothing: it is as fresh as one started now. One that died while it
+        waited, or did not come up, is replaced rather than blamed on the recipe. Raises
+        EnclaveError as `spawn` does.
+        """
+        self._sandbox_started = True  # a later `attested` starts nothing
+        ahead, self._sandbox_ahead = self._sandbox_ahead, None
+        if ahead is not None:
+            try:
+                sandbox = ahead.confined()
+                if sandbox.alive():
+                    return sandbox
+            except EnclaveError:
+                pass
+            ahead.close()
+        # Imported here: it brings numpy, which only roles running a recipe load.
+        from chiron.enclave.recipe_session import spawn_recipe
+
+        return spawn_recipe()
 
     def close(self) -> None:
         """Stop a sandbox started ahead that no job took."""
@@ -89,23 +113,10 @@ class EnclaveContext:
 
     @classmethod
     def create(cls, *, role: str, state_dir: str, platform_name: str) -> EnclaveContext:
-        ahead = None
-        if role == Role.TRAIN:
-            # Started before the measurement, which it overlaps; a child that cannot be
-            # started now is started again by the job, which reports why it failed.
-            with contextlib.suppress(EnclaveError):
-                ahead = Sandbox.start(limits=SandboxLimits())
-        try:
-            measurement = measure_runtime().hex
-        except BaseException:
-            if ahead is not None:
-                ahead.close()
-            raise
         return cls(
             role=role,
             state_dir=Path(state_dir),
             platform_name=platform_name,
             identity=Identity.generate(),
-            measurement=measurement,
-            _sandbox_ahead=ahead,
+            measurement=measure_runtime().hex,
         )

@@ -157,24 +157,26 @@ def start_child(
 def await_confinement(ready_fd: int, deadline: float) -> None:
     """Wait for the child's report on its ready pipe: READY once confined, else why not.
 
-    A report already written is read even past the deadline: a child started ahead of
-    its job (`Sandbox.start`) may have been confined long before anyone asks.
+    Up to the deadline the report ends when the child closes the pipe. Past it, a report
+    already there is taken as it is: a child started ahead of its job (`Sandbox.start`)
+    may have confined itself long before anyone asks, and READY is one write (under
+    PIPE_BUF) that only the close follows. Nothing at all by then: EnclaveError.
     """
     report = b""
     while True:
         remaining = max(0.0, deadline - time.monotonic())
         readable, _, _ = select.select([ready_fd], [], [], remaining)
         if not readable:
-            if remaining <= 0:
-                raise EnclaveError("the sandbox did not start in time")
-            continue
+            if remaining > 0:
+                continue
+            if report:
+                break  # READY, or why not: judged below
+            raise EnclaveError("the sandbox did not start in time")
         chunk = os.read(ready_fd, 256)
         if not chunk:
             break
         report += chunk
         if report == READY and remaining <= 0:
-            # Past the deadline, a report written in time is not refused for want of
-            # the child's close that follows it: READY is one write (under PIPE_BUF).
             break
     if report != READY:
         # Written by the bootstrap before any provider code ran: our own text.

@@ -99,9 +99,8 @@ class Sandbox:
     ) -> Sandbox:
         """Start a child and return at once; `confined()` waits until it is ready.
 
-        The child confines itself and warms torch up meanwhile, so an enclave can do
-        other work (measure itself, be attested) while it does. Nothing reaches the
-        child before `confined()` returned: `send`, `expect` and `share` refuse.
+        The child confines itself and warms torch up while the enclave does other work.
+        Nothing reaches it before `confined()` returned: `send`, `expect`, `share` refuse.
         """
         child = start_child(limits=limits, entry=entry, dry_run=dry_run, output=output)
         sandbox = cls(
@@ -118,11 +117,7 @@ class Sandbox:
         return sandbox
 
     def confined(self) -> Sandbox:
-        """Wait for the child's report that it is confined; itself once it is.
-
-        Raises EnclaveError (and closes the sandbox) if it could not be set up, or did
-        not report within the start-up timeout from its start.
-        """
+        """Itself, once the child reported itself confined; else EnclaveError, and closed."""
         if self._ready is None:
             return self
         try:
@@ -140,6 +135,10 @@ class Sandbox:
         ready, self._ready = self._ready, None
         if ready is not None:
             os.close(ready)
+
+    def alive(self) -> bool:
+        """Whether the child still runs (one started ahead may have died while it waited)."""
+        return not self._closed and self._process.poll() is None
 
     @property
     def pid(self) -> int:
