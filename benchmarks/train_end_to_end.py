@@ -15,6 +15,11 @@ printed beside them.
 
 `--profile` samples Chiron's run with py-spy (every process but the confined child,
 which is not dumpable) and prints the share of wall time per phase.
+
+The recipe's sandbox runs with glibc's allocator tuned to keep freed memory
+(`chiron.enclave.sandbox.startup.MALLOC_TUNABLES`); the plain script gets the same
+setting, so the ratio compares like with like. `--plain-default-malloc` runs the plain
+script with glibc's defaults instead: what a user's usual script does.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 from peak_memory import PeakRss
+
+from chiron.enclave.sandbox.startup import MALLOC_TUNABLES
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -187,12 +194,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--plain-default-malloc", action="store_true",
+                        help="the plain script with glibc's allocator defaults")  # fmt: skip
     options = parser.parse_args()
     threads = os.cpu_count() or 1
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    plain_env = {**env, "GLIBC_TUNABLES": MALLOC_TUNABLES}
+    if options.plain_default_malloc:
+        plain_env.pop("GLIBC_TUNABLES")
     print(
         f"{options.workload}: {options.epochs} epoch(s), seed {options.seed}, {threads} threads;"
-        f" {os.uname().nodename}, {threads} CPUs, load average {os.getloadavg()[0]:.2f}"
+        f" {os.uname().nodename}, {threads} CPUs, load average {os.getloadavg()[0]:.2f};"
+        f" plain script's allocator: {'glibc defaults' if options.plain_default_malloc else 'as the sandbox'}"
     )
     with tempfile.TemporaryDirectory(prefix="chiron-e2e-") as scratch:
         root = Path(scratch)
@@ -204,7 +217,7 @@ def main() -> None:
         for pair in range(options.pairs):
             (root / "model.chm").unlink(missing_ok=True)
             ours = measured(chiron_cmd, env)
-            plain = measured(plain_cmd, env)
+            plain = measured(plain_cmd, plain_env)
             ratio = ours["wall"] / plain["wall"]
             ratios.append(ratio)
             accuracy = json.loads(plain["output"])["holdout_accuracy"]  # type: ignore[arg-type]

@@ -30,6 +30,12 @@ from chiron.enclave.sandbox.shared_file import SharedFile
 
 # What the child writes on its ready pipe once confined (anything else: why it failed).
 READY = b"confined"
+# glibc's allocator for the recipe: tensors up to 32 MiB come from the heap rather than
+# their own mmap, and up to 128 MiB freed at the heap's top stays there. With glibc's
+# defaults every training step gives its activations back to the kernel and faults them
+# in again: millions of page faults an epoch, a quarter of the CNN's wall time on the
+# reference machine (docs/benchmarks.md, "End to end"), for about 10 % more peak memory.
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=134217728"
 
 
 @dataclass(frozen=True)
@@ -199,6 +205,7 @@ def _child_environment(entry: str, limits: SandboxLimits, *, dry_run: bool) -> d
         # torch._dynamo (imported by every optimizer) creates a cache directory at
         # import unless this names one that exists: the empty, read-only /tmp.
         "TORCHINDUCTOR_CACHE_DIR": "/tmp",  # noqa: S108  (hidden by an empty tmpfs)
+        "GLIBC_TUNABLES": MALLOC_TUNABLES,
         # A dry run's output must reach the provider even when the child is killed
         # right after a failure: no buffering.
         **({"PYTHONUNBUFFERED": "1"} if dry_run else {}),
