@@ -12,7 +12,9 @@ the weights do not matter for timing), unlocks it in a query enclave the way
 
 The two paths take turns round by round, the first of a round alternating; each round is
 printed with the load average, then the median of the rounds (`--rounds`). `--budget N` gives the recipe a query budget,
-so every query is also charged to the model's sealed ledger.
+so every query is also charged to the model's sealed ledger. The in-process side runs
+with the sandbox's allocator settings (`MALLOC_TUNABLES`; `--plain-default-malloc`: glibc's
+defaults).
 
     .venv/bin/python benchmarks/query_latency.py [--singles 300] [--batches 30] \
         [--rounds 3] [--budget N]
@@ -39,6 +41,7 @@ from chiron.client.key_release import AgentShareSource
 from chiron.client.querying import query, unlock_model
 from chiron.client.sessions import LocalEnclaveSession
 from chiron.core.keys import load_identity
+from chiron.enclave.sandbox.startup import MALLOC_TUNABLES
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -170,7 +173,17 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--budget", type=int, default=None)
+    parser.add_argument("--plain-default-malloc", action="store_true",
+                        help="the in-process side with glibc's allocator defaults")  # fmt: skip
     args = parser.parse_args()
+    if not args.plain_default_malloc and os.environ.get("GLIBC_TUNABLES") != MALLOC_TUNABLES:
+        # Like with like: the sandbox's allocator settings for the in-process side too.
+        # glibc reads them only as a process starts, so this process starts again.
+        os.execve(sys.executable, [sys.executable, *sys.argv],
+                  {**os.environ, "GLIBC_TUNABLES": MALLOC_TUNABLES})  # fmt: skip
+    print(
+        f"in-process allocator: {'glibc defaults' if args.plain_default_malloc else 'as the sandbox'}"
+    )
     x, _ = _images(1024)
     rounds: list[dict[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as scratch:
