@@ -1,21 +1,30 @@
-"""`chiron train --local` waits for its job without reading the job's record over and over.
+"""`chiron train --local`: its enclave started first, its job awaited without polling.
 
-The job runs on a thread of the same process (`LocalHost`): a record read there is a
-database query taking CPU from the training it waits for. The runner says when a job
-ended (`StateChanges`), and the waiting client reads the record then.
+The command starts its training enclave before it reads the recipe, opens its host and
+uploads (the enclave measures itself and its sandbox imports torch meanwhile); the job
+takes that enclave, and a command that stops before leaves none behind. The job runs
+on a thread of the same process (`LocalHost`): a record read there is a database query
+taking CPU from the training it waits for, so the runner says when a job ended
+(`StateChanges`) and the waiting client reads the record then.
 """
 
 from __future__ import annotations
 
 import textwrap
 import threading
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import psutil
+import pytest
 from tests.e2e.conftest import sign_recipe
 
 from chiron.client import targets
+from chiron.client.sessions import LocalEnclaveSession
 from chiron.core.crypto import random_key
 from chiron.core.dataset import encrypt_dataset
+from chiron.core.errors import IntegrityError
 from chiron.core.keys import DataKey, Identity, load_public_identity
 from chiron.core.manifest import Plan
 from chiron.core.schema import DatasetSchema
@@ -61,7 +70,8 @@ def test_a_wait_returns_on_a_change_after_what_it_saw_and_not_before():
     assert woke.is_set()
 
 
-def test_a_local_job_is_awaited_with_a_few_reads_of_its_record(tmp_path, monkeypatch):
+def _inputs(tmp_path: Path) -> Path:
+    """Keys, a small encrypted data set and the signed recipe; returns the recipe."""
     for name in ("owner", "provider"):
         Identity.generate().save(tmp_path / f"{name}.key")
     rng = np.random.default_rng(0)
@@ -74,6 +84,62 @@ def test_a_local_job_is_awaited_with_a_few_reads_of_its_record(tmp_path, monkeyp
     recipe = tmp_path / "slow.py"
     recipe.write_text(textwrap.dedent(RECIPE))
     sign_recipe(recipe, tmp_path / "provider.key")
+    return recipe
+
+
+def _train(tmp_path: Path, recipe: Path, provider: Path) -> targets.Trained:
+    target = targets.open_target(
+        local=True, url=None, token=None, allow_simulation=True, policy_file=None,
+        state_dir=tmp_path / "state",
+    )  # fmt: skip
+    return targets.train(
+        target,
+        recipe=str(recipe),
+        statement_path=None,
+        dataset=tmp_path / "d.chd",
+        data_key_path=tmp_path / "d.key",
+        owner_key=tmp_path / "owner.key",
+        provider=load_public_identity(provider),
+        plan=Plan(seed=1),
+    )
+
+
+def _enclaves() -> list[psutil.Process]:
+    return [
+        child
+        for child in psutil.Process().children(recursive=True)
+        if "chiron.enclave.main" in " ".join(child.cmdline())
+    ]
+
+
+def test_a_local_train_starts_one_enclave_first_and_its_job_takes_it(tmp_path, monkeypatch):
+    recipe = _inputs(tmp_path)
+    started: list[bool] = []
+    session = targets.LocalEnclaveSession
+
+    def counted(role: str, state_dir: Path, **options: Any) -> LocalEnclaveSession:
+        started.append(bool(options.get("sandbox_at_start")))
+        return session(role, state_dir, **options)
+
+    monkeypatch.setattr(targets, "LocalEnclaveSession", counted)
+    trained = _train(tmp_path, recipe, tmp_path / "provider.key.pub")
+    assert trained.outcome.report["resumed_from_step"] == 0
+    assert started == [True]  # the one started as the command began; no second one
+    assert _enclaves() == []
+
+
+def test_a_local_train_that_stops_early_leaves_no_enclave(tmp_path):
+    recipe = _inputs(tmp_path)
+    Identity.generate().save(tmp_path / "someone.key")
+    # The enclave is started before the recipe is read; the recipe's provider is then
+    # not the one the owner named, and the command stops.
+    with pytest.raises(IntegrityError, match="signed by provider"):
+        _train(tmp_path, recipe, tmp_path / "someone.key.pub")
+    assert _enclaves() == []
+
+
+def test_a_local_job_is_awaited_with_a_few_reads_of_its_record(tmp_path, monkeypatch):
+    recipe = _inputs(tmp_path)
 
     # Were the end not said, the wait would last the whole (very long) fallback.
     monkeypatch.setattr(local, "POLL_SECONDS", 3600.0)
@@ -98,22 +164,7 @@ def test_a_local_job_is_awaited_with_a_few_reads_of_its_record(tmp_path, monkeyp
     outcome: list[object] = []
 
     def train() -> None:
-        target = targets.open_target(
-            local=True, url=None, token=None, allow_simulation=True, policy_file=None,
-            state_dir=tmp_path / "state",
-        )  # fmt: skip
-        outcome.append(
-            targets.train(
-                target,
-                recipe=str(recipe),
-                statement_path=None,
-                dataset=tmp_path / "d.chd",
-                data_key_path=tmp_path / "d.key",
-                owner_key=tmp_path / "owner.key",
-                provider=load_public_identity(tmp_path / "provider.key.pub"),
-                plan=Plan(seed=1),
-            )
-        )
+        outcome.append(_train(tmp_path, recipe, tmp_path / "provider.key.pub"))
 
     runner = threading.Thread(target=train, daemon=True)
     runner.start()

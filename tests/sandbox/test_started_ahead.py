@@ -1,7 +1,7 @@
 """A training enclave starts its sandbox when attested, and gives it to its one job.
 
 The child confines itself and warms torch up while the client checks the evidence
-(`EnclaveContext.attested`). It has been given nothing when the job takes it; one that
+(`EnclaveContext.start_sandbox_ahead`). It has been given nothing when the job takes it; one that
 died meanwhile is replaced; an enclave that never trains leaves no child behind.
 """
 
@@ -47,10 +47,10 @@ def test_the_job_takes_the_sandbox_started_when_attested_once(tmp_path):
     context = _train_context(tmp_path)
     try:
         assert context._sandbox_ahead is None  # an enclave nobody attested holds none
-        context.attested()
+        context.start_sandbox_ahead()
         early = context._sandbox_ahead
         assert early is not None
-        context.attested()  # once per process
+        context.start_sandbox_ahead()  # once per process
         assert context._sandbox_ahead is early
         first = context.recipe_sandbox()
         assert first is early
@@ -58,7 +58,7 @@ def test_the_job_takes_the_sandbox_started_when_attested_once(tmp_path):
         with context.recipe_sandbox() as second:  # a later one is a new child
             assert second is not early
             assert second.pid != early.pid
-        context.attested()  # after the job took its sandbox: nothing more
+        context.start_sandbox_ahead()  # after the job took its sandbox: nothing more
         assert context._sandbox_ahead is None
         first.close()
     finally:
@@ -68,7 +68,7 @@ def test_the_job_takes_the_sandbox_started_when_attested_once(tmp_path):
 def test_an_early_child_that_died_while_it_waited_is_replaced(tmp_path):
     context = _train_context(tmp_path)
     try:
-        context.attested()
+        context.start_sandbox_ahead()
         early = context._sandbox_ahead
         assert early is not None
         readable = early.confined()  # let it come up, then kill it as it waits
@@ -85,13 +85,13 @@ def test_an_early_child_that_died_while_it_waited_is_replaced(tmp_path):
 @pytest.mark.parametrize("role", [Role.QUERY, Role.PARAMSERVER])
 def test_other_roles_start_no_sandbox(tmp_path, role):
     context = EnclaveContext.create(role=role, state_dir=str(tmp_path), platform_name="sim")
-    context.attested()
+    context.start_sandbox_ahead()
     assert context._sandbox_ahead is None
 
 
 def test_closing_the_context_stops_a_sandbox_no_job_took(tmp_path):
     context = _train_context(tmp_path)
-    context.attested()
+    context.start_sandbox_ahead()
     early = context._sandbox_ahead
     assert early is not None
     group = early._pids_group  # its pids cgroup, where this machine gives one
@@ -113,3 +113,16 @@ def test_a_training_enclave_that_never_trains_leaves_no_child(tmp_path, ending):
     # Shut down, the enclave stops its child; killed outright, the child's bootstrap
     # sees the enclave's pipe hang up once it is set up, and ends with its worker.
     assert _gone(bootstrap)
+
+
+@pytest.mark.parametrize(("role", "started"), [(Role.TRAIN, True), (Role.QUERY, False)])
+def test_a_starter_may_ask_for_the_sandbox_with_the_process(tmp_path, role, started):
+    # `chiron train --local` starts its enclave as the command begins, for its job.
+    context = EnclaveContext.create(
+        role=role, state_dir=str(tmp_path), platform_name="sim", sandbox_at_start=True
+    )
+    try:
+        assert (context._sandbox_ahead is not None) is started
+        assert context.measurement  # measured as ever, with the child starting meanwhile
+    finally:
+        context.close()

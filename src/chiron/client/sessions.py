@@ -76,8 +76,21 @@ class JobHost(Protocol):
 class LocalEnclaveSession:
     """An enclave process started on this machine (`--local`)."""
 
-    def __init__(self, role: str, state_dir: Path, *, extra_args: dict[str, Any] | None = None):
-        self._process = EnclaveProcess.start(role=role, state_dir=state_dir)
+    def __init__(
+        self,
+        role: str,
+        state_dir: Path,
+        *,
+        extra_args: dict[str, Any] | None = None,
+        sandbox_at_start: bool = False,
+    ):
+        # `sandbox_at_start`: a training enclave for a job about to arrive starts its
+        # sandbox with the process (`EnclaveContext.create`).
+        self._process = EnclaveProcess.start(
+            role=role,
+            state_dir=state_dir,
+            extra_args=("--sandbox-at-start",) if sandbox_at_start else (),
+        )
         # Arguments only a host holds (recipe, dataset location, checkpoint folder):
         # with --local the client plays the host's part too.
         self._extra_args = extra_args or {}

@@ -171,8 +171,18 @@ def train(
             )
             return Trained(result.training, result.wire_traces)
         with ExitStack() as stack:
+            first_enclave = None
+            if target.local:
+                # Started before the recipe is read, the host opened and the data set
+                # uploaded, so that the enclave measures itself and its sandbox imports
+                # torch meanwhile; closed at the end whatever happens (a job that took
+                # it has closed it already).
+                first_enclave = LocalEnclaveSession(
+                    Role.TRAIN, target.state_dir, sandbox_at_start=True
+                )
+                stack.callback(first_enclave.close)
             host, recipe_name, statement = _host_with_recipe(
-                target, stack, str(recipe), statement_path
+                target, stack, str(recipe), statement_path, first_enclave
             )
             check_provider(statement, provider)
             uploaded = host.upload_dataset(dataset, progress=upload_progress)
@@ -195,7 +205,9 @@ def train(
         raise JobFailed(exc.reason_class, f"training failed: {exc.reason_class}") from None
 
 
-def local_host(state_dir: Path, *, view_only: bool = False) -> LocalHost:
+def local_host(
+    state_dir: Path, *, view_only: bool = False, first_enclave: LocalEnclaveSession | None = None
+) -> LocalHost:
     """This machine's own host for `--local` jobs, kept in `state_dir/host`.
 
     Its training enclaves are the client's own local enclave processes, sharing the
@@ -206,8 +218,11 @@ def local_host(state_dir: Path, *, view_only: bool = False) -> LocalHost:
     from chiron.host.enclaves import ManagedEnclave
     from chiron.host.local import LocalHost
 
+    started = [first_enclave] if first_enclave is not None else []
+
     def start_enclave(job_id: str) -> ManagedEnclave:
-        session = LocalEnclaveSession(Role.TRAIN, state_dir)
+        # The first job takes the enclave its command started as it began, if any.
+        session = started.pop() if started else LocalEnclaveSession(Role.TRAIN, state_dir)
         return ManagedEnclave(
             Role.TRAIN, state_dir, platform="sim", log_path=None, channel=_Channel(session)
         )
@@ -245,7 +260,11 @@ class _Channel:
 
 
 def _host_with_recipe(
-    target: Target, stack: ExitStack, recipe: str, statement_path: Path | None
+    target: Target,
+    stack: ExitStack,
+    recipe: str,
+    statement_path: Path | None,
+    first_enclave: LocalEnclaveSession | None = None,
 ) -> tuple[JobHost, str, SignedRecipeStatement]:
     """The target's host, the recipe's name there, and its provider's signed statement.
 
@@ -261,7 +280,7 @@ def _host_with_recipe(
         )
         return target.service, recipe, statement
     source, statement = load_local_recipe(Path(recipe), statement_path)
-    host = stack.enter_context(local_host(target.state_dir))
+    host = stack.enter_context(local_host(target.state_dir, first_enclave=first_enclave))
     return host, host.add_recipe(source, statement), statement
 
 

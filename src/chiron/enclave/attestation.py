@@ -18,5 +18,5 @@ def handle_attest(
     context: EnclaveContext, request: AttestRequest, emit: Callable[[dict[str, Any]], None]
 ) -> AttestResult:
     """Evidence over the caller's nonce (16 to 64 bytes, checked by AttestRequest)."""
-    context.attested()
+    context.start_sandbox_ahead()  # a job is about to arrive: warm its sandbox
     return AttestResult(context.evidence(request.nonce))

@@ -31,7 +31,8 @@ class EnclaveContext:
     # id; "" before. Set once (`bind`), and stated in every later evidence.
     binding: str = ""
     _platform: Platform | None = field(default=None, repr=False)
-    # A training enclave's sandbox, started when it is first attested (`attested`), so
+    # A training enclave's sandbox, started when it is first attested (or with the
+    # process: `start_sandbox_ahead`), so
     # the child confines itself and imports torch while the client checks the evidence
     # and the enclave opens the data; the job takes it once (`recipe_sandbox`).
     _sandbox_ahead: Sandbox | None = field(default=None, repr=False)
@@ -68,16 +69,18 @@ class EnclaveContext:
             binding=self.binding,
         )
 
-    def attested(self) -> None:
-        """A caller asked for evidence: a training enclave starts its job's sandbox now.
+    def start_sandbox_ahead(self) -> None:
+        """A training enclave starts its job's sandbox now, once per process.
 
-        Every job starts with its owner attesting the enclave, so the child is started
-        for a job about to arrive, not for every enclave a host keeps waiting (a created
-        job's enclave holds no torch child until then). Once per process; a child that
-        cannot be started now is started again by the job, which reports why it failed.
+        Called when the enclave is first attested (every job starts with its owner
+        attesting the enclave, so the child is started for a job about to arrive, not
+        for every enclave a host keeps waiting: a created job's enclave holds no torch
+        child until then), or as the process starts when its starter asks
+        (`create(sandbox_at_start=True)`). A child that cannot be started now is started
+        again by the job, which reports why it failed.
         """
         if self.role != Role.TRAIN or self._sandbox_started or self.binding:
-            return
+            return  # not a training enclave, started already, or serving its job
         self._sandbox_started = True
         with contextlib.suppress(EnclaveError, OSError):
             self._sandbox_ahead = Sandbox.start(limits=SandboxLimits())
@@ -90,7 +93,7 @@ class EnclaveContext:
         waited, or did not come up, is replaced rather than blamed on the recipe. Raises
         EnclaveError as `spawn` does.
         """
-        self._sandbox_started = True  # a later `attested` starts nothing
+        self._sandbox_started = True  # a later `start_sandbox_ahead` starts nothing
         ahead, self._sandbox_ahead = self._sandbox_ahead, None
         if ahead is not None:
             try:
@@ -112,11 +115,24 @@ class EnclaveContext:
             ahead.close()
 
     @classmethod
-    def create(cls, *, role: str, state_dir: str, platform_name: str) -> EnclaveContext:
-        return cls(
+    def create(
+        cls, *, role: str, state_dir: str, platform_name: str, sandbox_at_start: bool = False
+    ) -> EnclaveContext:
+        """This process's context; with `sandbox_at_start`, a training enclave starts its
+        sandbox now, before it measures itself (which the child's start then overlaps),
+        rather than when first attested: for a starter whose job is about to arrive."""
+        context = cls(
             role=role,
             state_dir=Path(state_dir),
             platform_name=platform_name,
             identity=Identity.generate(),
-            measurement=measure_runtime().hex,
+            measurement="",
         )
+        if sandbox_at_start:
+            context.start_sandbox_ahead()
+        try:
+            context.measurement = measure_runtime().hex
+        except BaseException:
+            context.close()
+            raise
+        return context

@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--role", choices=ROLES, required=True)
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--platform", default="sim")
+    # A training enclave started for a job about to arrive (the owner's own machine
+    # starts one as its command begins): its sandbox starts with the process.
+    parser.add_argument("--sandbox-at-start", action="store_true")
     options = parser.parse_args(argv)
     # Not dumpable: /proc/<pid>/fd, mem and environ of this process open only to a
     # process with CAP_SYS_PTRACE. The shared data file the recipe reads the decrypted
@@ -122,7 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     os.dup2(devnull, 0)
     os.dup2(2, 1)
     context = EnclaveContext.create(
-        role=options.role, state_dir=options.state_dir, platform_name=options.platform
+        role=options.role,
+        state_dir=options.state_dir,
+        platform_name=options.platform,
+        sandbox_at_start=options.sandbox_at_start,
     )
     try:
         serve(context, in_fd, out_fd)
