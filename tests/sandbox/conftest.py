@@ -80,6 +80,15 @@ RECIPE_PRELUDE = textwrap.dedent(
 )
 
 
+def running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
 def recipe(*attack: str) -> bytes:
     """A full recipe: the prelude, then the attack (top-level code and/or hooks)."""
     return "\n".join([RECIPE_PRELUDE, *map(textwrap.dedent, attack)]).encode()

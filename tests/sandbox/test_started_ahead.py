@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.sandbox.conftest import running
 
 from chiron.client.sessions import LocalEnclaveSession
 from chiron.core.roles import Role
@@ -23,17 +24,9 @@ def _children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
-
-
 def _gone(pid: int) -> bool:
     for _ in range(600):
-        if not _running(pid):
+        if not running(pid):
             return True
         time.sleep(0.1)
     return False

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.sandbox.conftest import SCHEMA, recipe
+from tests.sandbox.conftest import SCHEMA, recipe, running
 
 from chiron.core.errors import EnclaveError, JobFailed
 from chiron.core.recipe_protocol import FromChild, ReasonClass, ToChild, encode_json
@@ -125,17 +125,16 @@ def test_a_failed_sandbox_is_closed_for_good():
         sandbox.close()  # idempotent
 
 
+def _declare_an_empty_recipe(sandbox: Sandbox) -> bytes:
+    setup = {"mode": "train", "schema": SCHEMA.to_dict(), "recipe_filename": "r.py"}
+    sandbox.send(ToChild.SETUP, encode_json({**setup, "overrides": {}}))
+    sandbox.send(ToChild.SOURCE, recipe(""))
+    return sandbox.expect(FromChild.DECLARE, max_size=64 * 1024)
+
+
 def test_end_accepts_a_child_that_exits_cleanly():
     with Sandbox.spawn(limits=SandboxLimits(threads=1)) as sandbox:
-        sandbox.send(
-            ToChild.SETUP,
-            encode_json(
-                {"mode": "train", "schema": SCHEMA.to_dict(), "recipe_filename": "r.py",
-                 "overrides": {}}
-            ),
-        )  # fmt: skip
-        sandbox.send(ToChild.SOURCE, recipe(""))
-        sandbox.expect(FromChild.DECLARE, max_size=64 * 1024)
+        _declare_an_empty_recipe(sandbox)
         sandbox.end()
         assert sandbox._process.returncode == 0
 
@@ -147,14 +146,6 @@ def test_the_harness_finds_what_a_recipe_keeps(run_attack, marker):
     assert outcome.reason is None
     assert outcome.loot().startswith(marker.encode())
     assert marker.encode() in outcome.all_bytes()
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def test_the_sandbox_ends_when_the_enclave_dies():
@@ -177,16 +168,16 @@ def test_the_sandbox_ends_when_the_enclave_dies():
     try:
         bootstrap = int(enclave.stdout.readline())
         worker = _worker_pid_of(bootstrap)
-        assert _running(worker)
+        assert running(worker)
     finally:
         enclave.kill()
         enclave.wait()
     for _ in range(600):
-        if not _running(worker) and not _running(bootstrap):
+        if not running(worker) and not running(bootstrap):
             break
         time.sleep(0.1)
-    assert not _running(worker)
-    assert not _running(bootstrap)
+    assert not running(worker)
+    assert not running(bootstrap)
 
 
 def test_a_sandbox_started_ahead_takes_no_word_until_it_is_confined():
@@ -201,15 +192,7 @@ def test_a_sandbox_started_ahead_takes_no_word_until_it_is_confined():
                 word()
         assert sandbox.confined() is sandbox
         assert sandbox.confined() is sandbox  # once confined, at once
-        sandbox.send(
-            ToChild.SETUP,
-            encode_json(
-                {"mode": "train", "schema": SCHEMA.to_dict(), "recipe_filename": "r.py",
-                 "overrides": {}}
-            ),
-        )  # fmt: skip
-        sandbox.send(ToChild.SOURCE, recipe(""))
-        assert sandbox.expect(FromChild.DECLARE, max_size=64 * 1024)
+        assert _declare_an_empty_recipe(sandbox)
     finally:
         sandbox.close()
     assert sandbox._process.poll() is not None
@@ -241,11 +224,11 @@ def test_a_child_not_confined_by_the_deadline_is_refused_and_killed():
         sandbox.send(ToChild.SETUP, b"{}")
 
 
-def test_a_sandbox_closed_before_it_was_confined_leaves_nothing_running():
+def test_a_sandbox_closed_before_it_was_confined_leaves_nothingrunning():
     sandbox = Sandbox.start(limits=SandboxLimits(threads=1))
     bootstrap = sandbox.pid
     time.sleep(0.3)  # mid-way through its set-up
     sandbox.close()
     assert sandbox._process.poll() is not None
-    assert not _running(bootstrap)
+    assert not running(bootstrap)
     assert sandbox._ready is None
