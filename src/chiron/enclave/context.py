@@ -31,10 +31,10 @@ class EnclaveContext:
     # id; "" before. Set once (`bind`), and stated in every later evidence.
     binding: str = ""
     _platform: Platform | None = field(default=None, repr=False)
-    # A training enclave's sandbox, started when it is first attested (or with the
-    # process: `start_sandbox_ahead`), so
-    # the child confines itself and imports torch while the client checks the evidence
-    # and the enclave opens the data; the job takes it once (`recipe_sandbox`).
+    # A training enclave's sandbox, started when it is first attested or with the
+    # process (`start_sandbox_ahead`), so the child confines itself and imports torch
+    # while the client checks the evidence and the enclave opens the data; the job
+    # takes it once (`recipe_sandbox`).
     _sandbox_ahead: Sandbox | None = field(default=None, repr=False)
     _sandbox_started: bool = field(default=False, repr=False)
 
