@@ -54,10 +54,9 @@ class Sandbox:
         self._process = process
         self._shared = shared
         self._pids_group = pids_group
+        self._started = time.monotonic() if started is None else started
         # Every deadline of a send or expect also ends here: the job's own.
-        self._job_deadline = (
-            time.monotonic() if started is None else started
-        ) + limits.job_timeout_seconds
+        self._job_deadline = self._started + limits.job_timeout_seconds
         # A fixed-rate job's current slot end (`until`): no send or expect outlasts it.
         self._slot_deadline: float | None = None
         self._to_child = to_child
@@ -66,7 +65,6 @@ class Sandbox:
         self._output_relay = output_relay
         self._killed = False
         self._closed = False
-        self._started = time.monotonic() if started is None else started
         # The child's ready pipe until it reported itself confined (`start`, `confined`).
         self._ready: int | None = None
         self.startup_seconds = 0.0
