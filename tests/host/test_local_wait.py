@@ -1,8 +1,9 @@
 """`chiron train --local`: its enclave started first, its job awaited without polling.
 
-The command starts its training enclave before it reads the recipe, opens its host and
-uploads (the enclave measures itself and its sandbox imports torch meanwhile); the job
-takes that enclave, and a command that stops before leaves none behind. The job runs
+The command starts its training enclave before it loads the policy, reads the recipe,
+opens its host and uploads (the enclave measures itself and its sandbox imports torch
+meanwhile); the job takes that enclave, and a command that stops before leaves none
+behind. The job runs
 on a thread of the same process (`LocalHost`): a record read there is a database query
 taking CPU from the training it waits for, so the runner says when a job ended
 (`StateChanges`) and the waiting client reads the record then.
@@ -24,7 +25,7 @@ from chiron.client import targets
 from chiron.client.sessions import LocalEnclaveSession
 from chiron.core.crypto import random_key
 from chiron.core.dataset import encrypt_dataset
-from chiron.core.errors import IntegrityError
+from chiron.core.errors import InputError, IntegrityError
 from chiron.core.keys import DataKey, Identity, load_public_identity
 from chiron.core.manifest import Plan
 from chiron.core.schema import DatasetSchema
@@ -87,21 +88,24 @@ def _inputs(tmp_path: Path) -> Path:
     return recipe
 
 
-def _train(tmp_path: Path, recipe: Path, provider: Path) -> targets.Trained:
+def _train(
+    tmp_path: Path, recipe: Path, provider: Path, *, train_ahead: bool = False
+) -> targets.Trained:
     target = targets.open_target(
         local=True, url=None, token=None, allow_simulation=True, policy_file=None,
-        state_dir=tmp_path / "state",
+        state_dir=tmp_path / "state", train_ahead=train_ahead,
     )  # fmt: skip
-    return targets.train(
-        target,
-        recipe=str(recipe),
-        statement_path=None,
-        dataset=tmp_path / "d.chd",
-        data_key_path=tmp_path / "d.key",
-        owner_key=tmp_path / "owner.key",
-        provider=load_public_identity(provider),
-        plan=Plan(seed=1),
-    )
+    with target:
+        return targets.train(
+            target,
+            recipe=str(recipe),
+            statement_path=None,
+            dataset=tmp_path / "d.chd",
+            data_key_path=tmp_path / "d.key",
+            owner_key=tmp_path / "owner.key",
+            provider=load_public_identity(provider),
+            plan=Plan(seed=1),
+        )
 
 
 def _enclaves() -> list[psutil.Process]:
@@ -126,6 +130,52 @@ def test_a_local_train_starts_one_enclave_first_and_its_job_takes_it(tmp_path, m
     assert trained.outcome.report["resumed_from_step"] == 0
     assert started == [True]  # the one started as the command began; no second one
     assert _enclaves() == []
+
+
+def test_a_target_that_trains_ahead_starts_the_enclave_before_it_loads_the_policy(
+    tmp_path, monkeypatch
+):
+    recipe = _inputs(tmp_path)
+    started: list[bool] = []
+    running_when_policy_loaded: list[int] = []
+    session, load_policy = targets.LocalEnclaveSession, targets.load_policy
+
+    def counted(role: str, state_dir: Path, **options: Any) -> LocalEnclaveSession:
+        started.append(bool(options.get("sandbox_at_start")))
+        return session(role, state_dir, **options)
+
+    def observed(*args: Any, **options: Any) -> Any:
+        running_when_policy_loaded.append(len(_enclaves()))
+        return load_policy(*args, **options)
+
+    monkeypatch.setattr(targets, "LocalEnclaveSession", counted)
+    monkeypatch.setattr(targets, "load_policy", observed)
+    trained = _train(tmp_path, recipe, tmp_path / "provider.key.pub", train_ahead=True)
+    assert trained.outcome.report["resumed_from_step"] == 0
+    assert running_when_policy_loaded == [1]
+    assert started == [True]  # the job took the one started ahead; no second one
+    assert _enclaves() == []
+
+
+def test_a_policy_that_does_not_load_stops_the_enclave_started_ahead(tmp_path):
+    (tmp_path / "policy.toml").write_text("no_such_key = 1\n")
+    with pytest.raises(InputError):
+        targets.open_target(
+            local=True, url=None, token=None, allow_simulation=True,
+            policy_file=tmp_path / "policy.toml", state_dir=tmp_path / "state", train_ahead=True,
+        )  # fmt: skip
+    assert _enclaves() == []
+
+
+def test_an_enclave_started_ahead_and_never_taken_is_closed_with_the_target(tmp_path):
+    target = targets.open_target(
+        local=True, url=None, token=None, allow_simulation=True, policy_file=None,
+        state_dir=tmp_path / "state", train_ahead=True,
+    )  # fmt: skip
+    assert len(_enclaves()) == 1
+    target.close()
+    assert _enclaves() == []
+    assert target.take_training_enclave() is None
 
 
 def test_a_local_train_that_stops_early_leaves_no_enclave(tmp_path):

@@ -151,6 +151,7 @@ def train(
             policy_file=policy_file,
             state_dir=state_dir,
             rendezvous=rendezvous,
+            train_ahead=not distributed,
         ) as target,
         _progress_bar(as_json) as progress,
     ):

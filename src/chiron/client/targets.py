@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,10 +57,17 @@ class Target:
     state_dir: Path
     service: ServiceClient | None = None
     rendezvous: str | None = None
+    # A training enclave this machine started with the target (`open_target(
+    # train_ahead=True)`), for the one job about to be sent; taken by that job.
+    _ahead: list[LocalEnclaveSession] = field(default_factory=list, repr=False)
 
     @property
     def local(self) -> bool:
         return self.service is None and self.rendezvous is None
+
+    def take_training_enclave(self) -> LocalEnclaveSession | None:
+        """The training enclave started with the target, once; None after that."""
+        return self._ahead.pop() if self._ahead else None
 
     def sim_roots(self) -> SimRootSource | None:
         """A service's simulation root (trusted on first use); local roots otherwise."""
@@ -69,6 +76,8 @@ class Target:
         return service_sim_roots(self.service, self.state_dir, self.policy)
 
     def close(self) -> None:
+        while self._ahead:
+            self._ahead.pop().close()
         if self.service is not None:
             self.service.close()
 
@@ -88,13 +97,28 @@ def open_target(
     policy_file: Path | None,
     state_dir: Path | None,
     rendezvous: str | None = None,
+    train_ahead: bool = False,
 ) -> Target:
-    """The one target the options name; a UsageError unless they name exactly one."""
+    """The one target the options name; a UsageError unless they name exactly one.
+
+    `train_ahead`: a local target starts the training enclave for the job about to be
+    sent before anything else, even before it loads the policy (which measures this
+    installation), so that the enclave measures itself and its sandbox imports torch
+    meanwhile. Nothing reaches the enclave before the policy has judged its evidence.
+    """
     require_one_target(local, url, rendezvous)
-    policy = load_policy(policy_file, allow_simulation=allow_simulation)
     state = state_dir or options.default_state_dir()
-    service = ServiceClient(url, token) if url is not None else None
-    return Target(policy, state, service, rendezvous)
+    ahead = []
+    if train_ahead and url is None and rendezvous is None:
+        ahead.append(LocalEnclaveSession(Role.TRAIN, state, sandbox_at_start=True))
+    try:
+        policy = load_policy(policy_file, allow_simulation=allow_simulation)
+        service = ServiceClient(url, token) if url is not None else None
+    except BaseException:
+        for enclave in ahead:
+            enclave.close()
+        raise
+    return Target(policy, state, service, rendezvous, ahead)
 
 
 def require_one_target(local: bool, url: str | None, rendezvous: str | None = None) -> None:
@@ -174,10 +198,11 @@ def train(
             first_enclave = None
             if target.local:
                 # Started before the recipe is read, the host opened and the data set
-                # uploaded, so that the enclave measures itself and its sandbox imports
-                # torch meanwhile; closed at the end whatever happens (a job that took
-                # it has closed it already).
-                first_enclave = LocalEnclaveSession(
+                # uploaded (if the target has not started it already), so that the
+                # enclave measures itself and its sandbox imports torch meanwhile;
+                # closed at the end whatever happens (a job that took it has closed it
+                # already).
+                first_enclave = target.take_training_enclave() or LocalEnclaveSession(
                     Role.TRAIN, target.state_dir, sandbox_at_start=True
                 )
                 stack.callback(first_enclave.close)
