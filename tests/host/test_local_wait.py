@@ -11,6 +11,7 @@ taking CPU from the training it waits for, so the runner says when a job ended
 
 from __future__ import annotations
 
+import sys
 import textwrap
 import threading
 from pathlib import Path
@@ -25,7 +26,7 @@ from chiron.client import targets
 from chiron.client.sessions import LocalEnclaveSession
 from chiron.core.crypto import random_key
 from chiron.core.dataset import encrypt_dataset
-from chiron.core.errors import InputError, IntegrityError
+from chiron.core.errors import InputError, IntegrityError, UsageError
 from chiron.core.keys import DataKey, Identity, load_public_identity
 from chiron.core.manifest import Plan
 from chiron.core.schema import DatasetSchema
@@ -157,14 +158,64 @@ def test_a_target_that_trains_ahead_starts_the_enclave_before_it_loads_the_polic
     assert _enclaves() == []
 
 
-def test_a_policy_that_does_not_load_stops_the_enclave_started_ahead(tmp_path):
+def test_a_policy_that_does_not_load_stops_the_enclave_started_ahead(tmp_path, monkeypatch):
     (tmp_path / "policy.toml").write_text("no_such_key = 1\n")
+    running_when_policy_loaded: list[int] = []
+    load_policy = targets.load_policy
+
+    def observed(*args: Any, **options: Any) -> Any:
+        running_when_policy_loaded.append(len(_enclaves()))
+        return load_policy(*args, **options)
+
+    monkeypatch.setattr(targets, "load_policy", observed)
     with pytest.raises(InputError):
         targets.open_target(
             local=True, url=None, token=None, allow_simulation=True,
             policy_file=tmp_path / "policy.toml", state_dir=tmp_path / "state", train_ahead=True,
         )  # fmt: skip
-    assert _enclaves() == []
+    assert running_when_policy_loaded == [1]  # it had been started...
+    assert _enclaves() == []  # ...and was stopped with the failure
+
+
+def test_a_group_stops_an_enclave_started_ahead_for_a_single_job(tmp_path):
+    target = targets.open_target(
+        local=True, url=None, token=None, allow_simulation=True, policy_file=None,
+        state_dir=tmp_path / "state", train_ahead=True,
+    )  # fmt: skip
+    assert len(_enclaves()) == 1
+    with target:
+        with pytest.raises(InputError):  # no such key: the group stops before it starts
+            targets.train(
+                target, recipe=str(tmp_path / "r.py"), statement_path=None,
+                dataset=tmp_path / "d.chd", data_key_path=tmp_path / "d.key",
+                owner_key=tmp_path / "owner.key", provider=None, plan=Plan(seed=1, workers=2, exchange_every=1),
+            )  # fmt: skip
+        assert _enclaves() == []  # before the target closes
+
+
+@pytest.mark.parametrize(("workers", "ahead"), [("1", True), ("2", False)])
+def test_chiron_train_local_starts_its_enclave_ahead_for_a_single_job_only(
+    tmp_path, monkeypatch, workers, ahead
+):
+    from chiron.client import cli_train
+    from chiron.client.cli import main
+
+    asked: list[bool] = []
+
+    def recorded(**options: Any) -> targets.Target:
+        asked.append(options["train_ahead"])
+        raise UsageError("stopped here")
+
+    monkeypatch.setattr(cli_train, "open_target", recorded)
+    monkeypatch.setattr(
+        sys, "argv",
+        ["chiron", "train", "--local", "--recipe", "r.py", "--dataset", "d.chd",
+         "--data-key", "d.key", "--owner", "o.key", "--out", str(tmp_path / "m.chm"),
+         "--workers", workers],
+    )  # fmt: skip
+    with pytest.raises(SystemExit):
+        main()
+    assert asked == [ahead]
 
 
 def test_an_enclave_started_ahead_and_never_taken_is_closed_with_the_target(tmp_path):

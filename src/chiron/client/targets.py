@@ -59,7 +59,9 @@ class Target:
     rendezvous: str | None = None
     # A training enclave this machine started with the target (`open_target(
     # train_ahead=True)`), for the one job about to be sent; taken by that job.
-    _ahead: list[LocalEnclaveSession] = field(default_factory=list, repr=False)
+    _ahead: list[LocalEnclaveSession] = field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
 
     @property
     def local(self) -> bool:
@@ -76,8 +78,11 @@ class Target:
         return service_sim_roots(self.service, self.state_dir, self.policy)
 
     def close(self) -> None:
+        # Nothing was sent to an enclave never taken: stopped at once, not asked to shut
+        # down (it would answer only once it has measured itself and started its child).
         while self._ahead:
-            self._ahead.pop().close()
+            self._ahead[-1].kill()
+            self._ahead.pop()
         if self.service is not None:
             self.service.close()
 
@@ -108,17 +113,20 @@ def open_target(
     """
     require_one_target(local, url, rendezvous)
     state = state_dir or options.default_state_dir()
-    ahead = []
+    ahead = None
     if train_ahead and url is None and rendezvous is None:
-        ahead.append(LocalEnclaveSession(Role.TRAIN, state, sandbox_at_start=True))
+        ahead = LocalEnclaveSession(Role.TRAIN, state, sandbox_at_start=True)
     try:
         policy = load_policy(policy_file, allow_simulation=allow_simulation)
         service = ServiceClient(url, token) if url is not None else None
     except BaseException:
-        for enclave in ahead:
-            enclave.close()
+        if ahead is not None:
+            ahead.kill()
         raise
-    return Target(policy, state, service, rendezvous, ahead)
+    target = Target(policy, state, service, rendezvous)
+    if ahead is not None:
+        target._ahead.append(ahead)
+    return target
 
 
 def require_one_target(local: bool, url: str | None, rendezvous: str | None = None) -> None:
@@ -165,6 +173,12 @@ def train(
         raise UsageError("with --rendezvous, --workers N names the training enclaves (2 or more)")
     if target.rendezvous is not None and statement_path is None:
         raise UsageError("with --rendezvous, --statement names the recipe's signed statement")
+    if plan.distributed:
+        # A group starts enclaves of its own: one started ahead for a single job is
+        # stopped (nothing was sent to it).
+        unused = target.take_training_enclave()
+        if unused is not None:
+            unused.kill()
     owner = load_identity(owner_key)
     dataset_ref, data_key = check_dataset_key(dataset, data_key_path, group=plan.distributed)
     common: dict[str, Any] = {
