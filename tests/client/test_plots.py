@@ -10,6 +10,7 @@ import pytest
 from PIL import Image, ImageChops
 
 from chiron.client import plots
+from chiron.core.errors import InputError
 
 
 def _pixels(path: Path) -> Image.Image:
@@ -27,15 +28,20 @@ def test_the_curve_is_a_png_that_moves_with_the_accuracy(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]  # no temporary
 
 
+def test_an_epoch_without_a_finite_figure_gets_no_point(tmp_path):
+    plots.training_curve([0.5, float("nan"), float("inf"), 0.7], tmp_path / "n.png", title="t")
+    assert _pixels(tmp_path / "n.png").size == (720, 480)
+
+
 @pytest.mark.parametrize("epochs", [0, 1, 250])
 def test_any_number_of_epochs_draws(tmp_path, epochs):
     plots.training_curve([0.5] * epochs, tmp_path / "c.png", title="t")
     assert _pixels(tmp_path / "c.png").size == (720, 480)
 
 
-def _darkest_cells(image: Image.Image) -> tuple[float, float]:
-    """Mean x of the pixels in the largest count's shade, upper half then lower half of
-    the cells (the colour bar, whose top has that shade too, is on the far right)."""
+def _peak_pixels(image: Image.Image) -> list[tuple[int, int]]:
+    """The pixels in the largest count's shade, the colour bar's left out (it is on the
+    far right, and its top has that shade too)."""
     width, _ = image.size
     peak = plots._BLUES[-1]
     points = [
@@ -44,24 +50,43 @@ def _darkest_cells(image: Image.Image) -> tuple[float, float]:
         if pixel == peak
     ]
     right = max(x for x, _ in points)
-    cells = [(x, y) for x, y in points if x < right - 25]
-    middle = (min(y for _, y in cells) + max(y for _, y in cells)) / 2
-    upper = [x for x, y in cells if y < middle]
-    lower = [x for x, y in cells if y > middle]
-    return sum(upper) / len(upper), sum(lower) / len(lower)
+    return [(x, y) for x, y in points if x < right - 25]
+
+
+def _centre(points: list[tuple[int, int]]) -> tuple[float, float]:
+    return sum(x for x, _ in points) / len(points), sum(y for _, y in points) / len(points)
 
 
 def test_the_confusion_matrix_is_darkest_where_the_counts_are(tmp_path):
-    plots.confusion_matrix([[90, 0], [0, 90]], ["cat", "dog"], tmp_path / "d.png", title="m")
-    plots.confusion_matrix([[0, 90], [90, 0]], ["cat", "dog"], tmp_path / "e.png", title="m")
-    upper, lower = _darkest_cells(_pixels(tmp_path / "d.png"))
-    assert upper < lower  # the top row's count is on the left, the bottom row's right
-    upper, lower = _darkest_cells(_pixels(tmp_path / "e.png"))
-    assert upper > lower
+    # Rows are true classes, columns predicted ones: 90 cats predicted as dogs sit top
+    # right, 90 dogs predicted as cats bottom left.
+    plots.confusion_matrix([[0, 90], [0, 0]], ["cat", "dog"], tmp_path / "d.png", title="m")
+    plots.confusion_matrix([[0, 0], [90, 0]], ["cat", "dog"], tmp_path / "e.png", title="m")
+    cats_as_dogs = _centre(_peak_pixels(_pixels(tmp_path / "d.png")))
+    dogs_as_cats = _centre(_peak_pixels(_pixels(tmp_path / "e.png")))
+    assert cats_as_dogs[0] > dogs_as_cats[0] + 30  # further right
+    assert cats_as_dogs[1] < dogs_as_cats[1] - 30  # higher up
 
 
-def test_many_classes_keep_the_image_bounded(tmp_path):
-    size = 1000
+def test_long_or_unprintable_class_names_keep_the_image_bounded(tmp_path):
+    names = ["\x1b[31m" + "x" * 5000 + "\n", *(f"class {i}" for i in range(1, 10))]
+    matrix = [[(i == j) * 3 for j in range(10)] for i in range(10)]
+    plots.confusion_matrix(matrix, names, tmp_path / "n.png", title="m")
+    width, height = _pixels(tmp_path / "n.png").size
+    assert width <= 1000 and height <= 1000
+
+
+@pytest.mark.parametrize(
+    "matrix", [[[1, 2], [3]], [[1, 2]], [[1.5, 0], [0, 1]], [[float("nan"), 0], [0, 1]], [[]]]
+)
+def test_what_is_not_a_square_table_of_counts_is_refused(tmp_path, matrix):
+    with pytest.raises(InputError, match="not a square table of integer counts"):
+        plots.confusion_matrix(matrix, [], tmp_path / "x.png", title="m")
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("size", [1000, 2500])  # 2500: more classes than grid pixels
+def test_many_classes_keep_the_image_bounded(tmp_path, size):
     matrix = [[(i == j) * 7 for j in range(size)] for i in range(size)]
     plots.confusion_matrix(matrix, [f"c{i}" for i in range(size)], tmp_path / "f.png", title="m")
     width, height = _pixels(tmp_path / "f.png").size
@@ -74,11 +99,14 @@ def test_an_empty_or_all_zero_matrix_draws(tmp_path):
     assert _pixels(tmp_path / "h.png").size[0] > 0
 
 
-def test_plots_need_no_charting_library():
-    # The plots are drawn at the end of every training run: importing them must not
-    # pull in a library that takes half a second to import.
-    code = "import sys, chiron.client.plots; print('matplotlib' in sys.modules)"
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+def test_plots_need_no_charting_library(tmp_path):
+    # The plots are drawn at the end of every training run: drawing them must not need a
+    # library that takes half a second to import (here, importing matplotlib fails).
+    code = (
+        "import sys; from pathlib import Path; sys.modules['matplotlib'] = None\n"
+        "from chiron.client import plots\n"
+        f"plots.training_curve([0.5, 0.7], Path({str(tmp_path / 'c.png')!r}), title='t')\n"
+        f"plots.confusion_matrix([[1, 0], [0, 1]], [], Path({str(tmp_path / 'm.png')!r}), title='t')\n"
     )
-    assert result.stdout.strip() == "False"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert (tmp_path / "c.png").exists() and (tmp_path / "m.png").exists()

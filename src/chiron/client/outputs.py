@@ -36,10 +36,12 @@ def write_training_outputs(
     overwrite: bool,
     with_plots: bool,
 ) -> dict[str, Path]:
-    """Write a model with its receipt and report (and plots); the model file goes last.
+    """Write a model with its receipt and report (and plots).
 
-    Each file is written atomically, and the model last, so a model file on disk always
-    has its receipt beside it. Without `overwrite`, nothing is written if any exists.
+    Each file is written atomically, the receipt and report before the model, so a model
+    file on disk always has its receipt beside it; the plots come after it, so a plot
+    that cannot be drawn never costs the trained model. Without `overwrite`, nothing is
+    written if any exists.
     """
     paths = output_paths(out)
     if not with_plots:
@@ -54,6 +56,7 @@ def write_training_outputs(
     atomic_write(
         paths["report"], (json.dumps(report, indent=2) + "\n").encode(), overwrite=overwrite
     )
+    atomic_write(out, model, overwrite=overwrite)
     if with_plots:
         plots.training_curve(report["epoch_accuracy"], paths["curve"], title="held-out accuracy")
         plots.confusion_matrix(
@@ -62,7 +65,6 @@ def write_training_outputs(
             paths["confusion"],
             title="held-out confusion matrix",
         )
-    atomic_write(out, model, overwrite=overwrite)
     return paths
 
 

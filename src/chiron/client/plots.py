@@ -8,6 +8,7 @@ scaled down, so lines and text come out smooth.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from chiron.core.errors import InputError
 from chiron.core.fileio import atomic_write
 
 _SCALE = 2  # drawn at this multiple of the final size, then scaled down
@@ -28,6 +30,8 @@ _BLUES = (
     (66, 146, 198), (33, 113, 181), (8, 81, 156), (8, 48, 107),
 )  # fmt: skip
 Colour = tuple[int, int, int]
+_GRID_PIXELS = 1200  # the confusion matrix's grid at most, whatever the number of classes
+_LABEL_CHARACTERS = 32  # a class name is cut to this, so the image stays bounded
 
 
 class _Canvas:
@@ -124,7 +128,10 @@ def training_curve(epoch_accuracy: Sequence[float], path: Path, *, title: str) -
         canvas.line([(x, top), (x, bottom)], _GRID, 1)
         canvas.line([(x, bottom), (x, bottom + 5)], _INK, 1)
         canvas.text((x, bottom + 9), str(epoch), 13, anchor="mt")
-    points = [(x_of(i + 1), y_of(value)) for i, value in enumerate(epoch_accuracy)]
+    # An epoch without a finite figure gets no point (an honest report has one for each).
+    points = [
+        (x_of(i + 1), y_of(value)) for i, value in enumerate(epoch_accuracy) if math.isfinite(value)
+    ]
     if len(points) > 1:
         canvas.line(points, _LINE, 2)
     for point in points:
@@ -139,14 +146,18 @@ def training_curve(epoch_accuracy: Sequence[float], path: Path, *, title: str) -
 def confusion_matrix(
     matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path, *, title: str
 ) -> None:
-    """Counts by true class (rows) and predicted class (columns), darker for more."""
-    size = len(matrix)
-    names = list(class_names)[:size] or [str(i) for i in range(size)]
-    peak = max((max(row) for row in matrix if len(row)), default=0)
+    """Counts by true class (rows) and predicted class (columns), darker for more.
+
+    InputError if `matrix` is not a square table of integer counts.
+    """
+    counts = _square_counts(matrix)
+    size = len(counts)
+    names = [_label(name) for name in list(class_names)[:size]] or [str(i) for i in range(size)]
+    peak = int(counts.max()) if size else 0
     # Cells shrink so that the grid stays within 1200 pixels whatever the number of
     # classes; counts are written in cells wide enough to hold them, names beside rows
     # and columns high enough.
-    cell = min(48.0, 1200 / max(size, 1))
+    cell = min(48.0, _GRID_PIXELS / max(size, 1))
     counts_shown, names_shown = cell >= 30, cell >= 14
     if not names_shown:
         names = []
@@ -159,20 +170,22 @@ def confusion_matrix(
     # The column names are turned 45 degrees: their box is (width + height) / sqrt(2) tall.
     names_depth = (name_width + name_height) / math.sqrt(2)
     bar_left = grid_right + 24
-    bar_ticks = _ticks(peak)
+    # With more classes than the grid has pixels, a pixel shows a block's total, and
+    # the colour bar goes up to the largest block's.
+    shown = _at_most(counts, _GRID_PIXELS)
+    bar_peak = int(shown.max()) if size else 0
+    bar_ticks = _ticks(bar_peak)
     tick_width = max((probe.text_size(str(t), 13)[0] for t in bar_ticks), default=0.0)
     canvas = _Canvas(
         round(bar_left + 20 + 10 + tick_width + 16), round(grid_bottom + 16 + names_depth + 40)
     )
-    counts = np.array(matrix, dtype=np.float64).reshape(size, size)
-    canvas.picture((left, top, grid_right, grid_bottom), _shades(counts / peak if peak else counts))
+    canvas.picture((left, top, grid_right, grid_bottom), _shades(shown / max(bar_peak, 1)))
     if counts_shown:
-        for i, row in enumerate(matrix):
-            for j, count in enumerate(row):
-                colour = (255, 255, 255) if peak and count > peak / 2 else _INK
-                canvas.text(
-                    (left + (j + 0.5) * cell, top + (i + 0.5) * cell), str(count), 11, fill=colour
-                )
+        for (i, j), count in np.ndenumerate(counts):
+            colour = (255, 255, 255) if peak and count > peak / 2 else _INK
+            canvas.text(
+                (left + (j + 0.5) * cell, top + (i + 0.5) * cell), str(count), 11, fill=colour
+            )
     canvas.frame((left, top, grid_right, grid_bottom))
     for index, name in enumerate(names):
         middle = left + (index + 0.5) * cell
@@ -186,7 +199,7 @@ def confusion_matrix(
     canvas.picture((bar_left, top, bar_left + 20, grid_bottom), _shades(gradient))
     canvas.frame((bar_left, top, bar_left + 20, grid_bottom))
     for tick in bar_ticks:
-        y = grid_bottom - (tick / peak if peak else 0) * (size * cell)
+        y = grid_bottom - (tick / bar_peak if bar_peak else 0) * (size * cell)
         canvas.line([(bar_left + 20, y), (bar_left + 25, y)], _INK, 1)
         canvas.text((bar_left + 29, y), str(tick), 13, anchor="lm")
     canvas.text(((left + grid_right) / 2, top / 2), title, 16)
@@ -195,14 +208,53 @@ def confusion_matrix(
     canvas.save(path)
 
 
+def _square_counts(matrix: Sequence[Sequence[int]]) -> np.ndarray:
+    try:
+        counts = np.array(matrix)
+    except (ValueError, TypeError, OverflowError):
+        counts = np.array([[None]])
+    if counts.size == 0 and len(matrix) == 0:
+        return np.zeros((0, 0), dtype=np.int64)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.dtype.kind not in "iu":
+        raise InputError("the confusion matrix is not a square table of integer counts")
+    return counts.astype(np.int64, copy=False)
+
+
+def _at_most(counts: np.ndarray, cells: int) -> np.ndarray:
+    """`counts` summed in square blocks until it has at most `cells` rows (and columns):
+    a pixel of the grid then shows its block, and the colours need memory for no more."""
+    factor = max(1, math.ceil(len(counts) / cells))
+    if factor == 1:
+        return counts
+    blocks = math.ceil(len(counts) / factor)
+    padded = np.zeros((blocks * factor, blocks * factor), dtype=np.int64)
+    padded[: len(counts), : len(counts)] = counts
+    summed: np.ndarray = padded.reshape(blocks, factor, blocks, factor).sum(axis=(1, 3))
+    return summed
+
+
+def _label(name: str) -> str:
+    """A class name as drawn: printable, and cut to `_LABEL_CHARACTERS`."""
+    text = "".join(c if c.isprintable() else "?" for c in str(name))
+    return text if len(text) <= _LABEL_CHARACTERS else text[: _LABEL_CHARACTERS - 1] + "…"
+
+
+@functools.cache
+def _palette() -> np.ndarray:
+    """256 colours along `_BLUES`, light to dark, as a (256, 3) uint8 table."""
+    anchors = np.array(_BLUES, dtype=np.float64)
+    position = np.linspace(0.0, len(_BLUES) - 1, 256)
+    index = np.minimum(position.astype(np.int64), len(_BLUES) - 2)
+    share = (position - index)[:, None]
+    mixed = anchors[index] + (anchors[index + 1] - anchors[index]) * share
+    table: np.ndarray = np.rint(mixed).astype(np.uint8)
+    return table
+
+
 def _shades(fractions: np.ndarray) -> np.ndarray:
     """The colour each fraction (0 to 1) is along `_BLUES`, as an (..., 3) uint8 array."""
-    palette = np.array(_BLUES, dtype=np.float64)
-    position = np.clip(fractions, 0.0, 1.0) * (len(_BLUES) - 1)
-    index = np.minimum(position.astype(np.int64), len(_BLUES) - 2)
-    share = (position - index)[..., None]
-    mixed: np.ndarray = palette[index] + (palette[index + 1] - palette[index]) * share
-    colours: np.ndarray = np.rint(mixed).astype(np.uint8)
+    steps = np.rint(np.clip(fractions, 0.0, 1.0) * 255).astype(np.uint8)
+    colours: np.ndarray = _palette()[steps]
     return colours
 
 
