@@ -92,11 +92,7 @@ def _inputs(tmp_path: Path) -> Path:
 def _train(
     tmp_path: Path, recipe: Path, provider: Path, *, train_ahead: bool = False
 ) -> targets.Trained:
-    target = targets.open_target(
-        local=True, url=None, token=None, allow_simulation=True, policy_file=None,
-        state_dir=tmp_path / "state", train_ahead=train_ahead,
-    )  # fmt: skip
-    with target:
+    with _local_target(tmp_path, train_ahead=train_ahead) as target:
         return targets.train(
             target,
             recipe=str(recipe),
@@ -107,6 +103,15 @@ def _train(
             provider=load_public_identity(provider),
             plan=Plan(seed=1),
         )
+
+
+def _local_target(
+    tmp_path: Path, *, train_ahead: bool, policy_file: Path | None = None
+) -> targets.Target:
+    return targets.open_target(
+        local=True, url=None, token=None, allow_simulation=True, policy_file=policy_file,
+        state_dir=tmp_path / "state", train_ahead=train_ahead,
+    )  # fmt: skip
 
 
 def _enclaves() -> list[psutil.Process]:
@@ -169,26 +174,21 @@ def test_a_policy_that_does_not_load_stops_the_enclave_started_ahead(tmp_path, m
 
     monkeypatch.setattr(targets, "load_policy", observed)
     with pytest.raises(InputError):
-        targets.open_target(
-            local=True, url=None, token=None, allow_simulation=True,
-            policy_file=tmp_path / "policy.toml", state_dir=tmp_path / "state", train_ahead=True,
-        )  # fmt: skip
+        _local_target(tmp_path, train_ahead=True, policy_file=tmp_path / "policy.toml")
     assert running_when_policy_loaded == [1]  # it had been started...
     assert _enclaves() == []  # ...and was stopped with the failure
 
 
 def test_a_group_stops_an_enclave_started_ahead_for_a_single_job(tmp_path):
-    target = targets.open_target(
-        local=True, url=None, token=None, allow_simulation=True, policy_file=None,
-        state_dir=tmp_path / "state", train_ahead=True,
-    )  # fmt: skip
+    target = _local_target(tmp_path, train_ahead=True)
     assert len(_enclaves()) == 1
     with target:
         with pytest.raises(InputError):  # no such key: the group stops before it starts
             targets.train(
                 target, recipe=str(tmp_path / "r.py"), statement_path=None,
                 dataset=tmp_path / "d.chd", data_key_path=tmp_path / "d.key",
-                owner_key=tmp_path / "owner.key", provider=None, plan=Plan(seed=1, workers=2, exchange_every=1),
+                owner_key=tmp_path / "owner.key", provider=None,
+                plan=Plan(seed=1, workers=2, exchange_every=1),
             )  # fmt: skip
         assert _enclaves() == []  # before the target closes
 
@@ -219,10 +219,7 @@ def test_chiron_train_local_starts_its_enclave_ahead_for_a_single_job_only(
 
 
 def test_an_enclave_started_ahead_and_never_taken_is_closed_with_the_target(tmp_path):
-    target = targets.open_target(
-        local=True, url=None, token=None, allow_simulation=True, policy_file=None,
-        state_dir=tmp_path / "state", train_ahead=True,
-    )  # fmt: skip
+    target = _local_target(tmp_path, train_ahead=True)
     assert len(_enclaves()) == 1
     target.close()
     assert _enclaves() == []
