@@ -205,7 +205,11 @@ def test_the_childs_environment_is_clean(run_attack, marker, monkeypatch):
 def test_a_training_step_does_not_fault_its_memory_in_again(run_attack):
     """The child's allocator keeps what a step frees for the next (`MALLOC_TUNABLES`):
     with glibc's defaults each step of this small CNN gives its activations back to the
-    kernel and takes about 16,000 page faults getting them again; here, about none."""
+    kernel and takes thousands of page faults getting them again (4,700 to 16,000 a
+    step, measured here); with them, about none.
+    The fewest of five runs of steps is what counts: reclaim by the kernel on a busy
+    machine adds faults now and then (a few thousand in one run under the whole suite),
+    the allocator in every step."""
     outcome = run_attack(
         recipe(
             """
@@ -224,15 +228,19 @@ def test_a_training_step_does_not_fault_its_memory_in_again(run_attack):
 
             for _ in range(3):
                 _step()
-            _before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            for _ in range(10):
-                _step()
-            keep(str(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - _before).encode())
+            _fewest = None
+            for _ in range(5):
+                _before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                for _ in range(4):
+                    _step()
+                _faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - _before
+                _fewest = _faults if _fewest is None else min(_fewest, _faults)
+            keep(str(_fewest).encode())
             """
         )
     )
     assert outcome.reason is None
-    faults_per_step = int(outcome.loot().rstrip(b"\0")) / 10
+    faults_per_step = int(outcome.loot().rstrip(b"\0")) / 4
     assert faults_per_step < 1000, faults_per_step
 
 
