@@ -125,4 +125,4 @@ def test_train_and_query_through_the_service(tmp_path):
                     state_dir=roots,
                 )
                 answers, _ = query(unlocked, x[:12])
-            assert [a["label"] for a in answers] == y[:12].tolist()
+            assert answers.labels.tolist() == y[:12].tolist()

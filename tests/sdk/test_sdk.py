@@ -300,6 +300,13 @@ def test_predict_and_evaluate_give_typed_answers(files, trained, agent, tmp_path
         assert isinstance(first, chiron.Prediction)
         assert first.probabilities is not None and len(first.probabilities) == 3
         assert abs(sum(first.probabilities) - 1) < 1e-3
+        # The arrays and the items are one answer: a row per input, in input order.
+        assert answers.probabilities is not None and answers.probabilities.shape == (12, 3)
+        assert [item.label for item in answers] == answers.labels
+        assert [item.probabilities for item in answers] == [
+            tuple(row) for row in answers.probabilities.tolist()
+        ]
+        assert not answers.probabilities.flags.writeable
         assert isinstance(answers.budget_left, int)
         from_file = model.predict(files.images)
         assert from_file.labels == answers.labels

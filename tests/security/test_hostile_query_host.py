@@ -185,7 +185,7 @@ def channel_keys(unlocked: UnlockedModel) -> query_channel.ChannelKeys:
 def test_a_forged_answer_is_refused_before_it_is_opened(scene, host, opened):
     unlocked = scene.unlock(host)
     honest, _ = query(unlocked, inputs())
-    assert len(honest) == 4 and all(len(a["probabilities"]) == 3 for a in honest)
+    assert honest.probabilities is not None and honest.probabilities.shape == (4, 3)
 
     forged: list[bytes] = []
 

@@ -314,7 +314,8 @@ def query_command(
             state_dir=state_dir,
         )
         inputs = load_query_inputs(inputs_path, unlocked.header.schema)
-        answers, budget_left = query(unlocked, inputs)
+        opened, budget_left = query(unlocked, inputs)
+    answers = opened.as_dicts()
     names = unlocked.header.schema.class_names
     for answer in answers:
         if names:

@@ -56,6 +56,7 @@ from chiron.core.query_channel import (
     channel_secret_context,
 )
 from chiron.core.query_protocol import (
+    Answers,
     decode_answers,
     decode_evaluation_report,
     encode_query_inputs,
@@ -201,7 +202,7 @@ def _open_channel(unlocked: UnlockedModel) -> _Channel:
     return _Channel(keys, ChannelOpening(sealed_secret, signature))
 
 
-def query(unlocked: UnlockedModel, inputs: np.ndarray) -> tuple[list[dict[str, Any]], int | None]:
+def query(unlocked: UnlockedModel, inputs: np.ndarray) -> tuple[Answers, int | None]:
     """Ask for predictions of `inputs`; returns the answers and the budget left."""
     header = unlocked.header
     plaintext = encode_query_inputs(inputs, header.schema)

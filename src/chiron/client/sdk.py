@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -29,6 +30,7 @@ from chiron.client.querying import UnlockedModel, evaluate, query
 from chiron.core.errors import UsageError
 from chiron.core.keys import PublicIdentity, load_public_identity
 from chiron.core.limits import MAX_WORKERS
+from chiron.core.query_protocol import Answers
 
 StrPath = str | os.PathLike[str]
 ProgressCallback = Callable[[int, int], None]
@@ -115,17 +117,38 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Predictions:
-    """The answers to one `predict` call, in input order, and the query budget left."""
+    """The answers to one `predict` call, in input order, and the query budget left.
 
-    items: tuple[Prediction, ...]
+    Held as arrays (`answers`); a `Prediction` per input is made only when the items are
+    first asked for, so a caller that reads `labels` or `probabilities` of large batches
+    pays for no Python object per input.
+    """
+
+    answers: Answers
     budget_left: int | None
+    class_names: tuple[str, ...] = ()
 
     @property
     def labels(self) -> list[int]:
-        return [item.label for item in self.items]
+        return self.answers.labels.tolist()  # type: ignore[no-any-return]
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        """One float32 row per input (read-only), or None for a labels-only policy."""
+        return self.answers.probabilities
+
+    @cached_property
+    def items(self) -> tuple[Prediction, ...]:
+        names = self.class_names
+        rows = self.answers.probabilities
+        probabilities = [None] * len(self) if rows is None else [tuple(r) for r in rows.tolist()]
+        return tuple(
+            Prediction(label, row, names[label] if names else None)
+            for label, row in zip(self.labels, probabilities, strict=True)
+        )
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.answers)
 
     def __iter__(self) -> Iterator[Prediction]:
         return iter(self.items)
@@ -194,18 +217,7 @@ class Model:
         else:
             raise UsageError("predict takes a numpy array or the path of an inputs file")
         answers, budget_left = query(self._unlocked, batch)
-        names = schema.class_names
-        items = tuple(
-            Prediction(
-                label=int(answer["label"]),
-                probabilities=(
-                    tuple(answer["probabilities"]) if "probabilities" in answer else None
-                ),
-                class_name=names[answer["label"]] if names else None,
-            )
-            for answer in answers
-        )
-        return Predictions(items, budget_left)
+        return Predictions(answers, budget_left, schema.class_names)
 
     def evaluate(self, dataset: StrPath, *, data_key: StrPath) -> Evaluation:
         """Accuracy, per-class figures and confusion matrix on an encrypted dataset."""

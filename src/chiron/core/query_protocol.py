@@ -216,19 +216,42 @@ def answers_size(count: int, num_classes: int, policy: dict[str, Any]) -> int:
     return count * 4 * (1 + (num_classes if policy.get("output") != "label" else 0))
 
 
-def decode_answers(
-    data: bytes, count: int, num_classes: int, policy: dict[str, Any]
-) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Answers:
+    """The opened answers to one query batch, as arrays over the decrypted bytes.
+
+    `labels` has one int32 per input; `probabilities` one float32 row per input, or None
+    when the policy answers labels only. Both are read-only views: a batch's answers are
+    not turned into a Python object per input unless a caller asks (`as_dicts`), so a
+    stream of batches costs no more in the client than the answers' own bytes.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        """One `{"label": ..., "probabilities": [...]}` per input (the CLI's JSON form)."""
+        labels = self.labels.tolist()
+        if self.probabilities is None:
+            return [{"label": label} for label in labels]
+        return [
+            {"label": label, "probabilities": row}
+            for label, row in zip(labels, self.probabilities.tolist(), strict=True)
+        ]
+
+
+def decode_answers(data: bytes, count: int, num_classes: int, policy: dict[str, Any]) -> Answers:
+    """The answers `encode_answers` wrote for `count` inputs; IntegrityError if mis-sized."""
     if len(data) != answers_size(count, num_classes, policy):
         raise IntegrityError("the enclave's answer has the wrong size")
-    labels = np.frombuffer(data, dtype="<i4", count=count).tolist()
+    labels = np.frombuffer(data, dtype="<i4", count=count)
     if policy.get("output") == "label":
-        return [{"label": label} for label in labels]
+        return Answers(labels, None)
     rows = np.frombuffer(data, dtype="<f4", offset=count * 4).reshape(count, num_classes)
-    return [
-        {"label": label, "probabilities": row}
-        for label, row in zip(labels, rows.tolist(), strict=True)
-    ]
+    return Answers(labels, rows)
 
 
 def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
