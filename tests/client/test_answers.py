@@ -48,3 +48,33 @@ def test_an_answer_of_the_wrong_size_is_refused(change):
     wrong = data[:change] if change < 0 else data + b"\0"
     with pytest.raises(IntegrityError, match="wrong size"):
         decode_answers(wrong, 4, 3, PROBABILITIES)
+
+
+def test_answers_compare_and_hash_by_value():
+    data = encode_answers(logits(4, 3), PROBABILITIES)
+    first = decode_answers(data, 4, 3, PROBABILITIES)
+    again = decode_answers(bytes(data), 4, 3, PROBABILITIES)
+    other = decode_answers(encode_answers(logits(4, 3) * -1, PROBABILITIES), 4, 3, PROBABILITIES)
+    assert first == again and hash(first) == hash(again)
+    assert first != other
+    assert len({first, again, other}) == 2
+
+
+def test_sdk_predictions_read_the_arrays_and_make_items_on_demand():
+    from chiron.client.sdk import Prediction, Predictions
+
+    x = logits(3, 2)
+    answers = decode_answers(encode_answers(x, PROBABILITIES), 3, 2, PROBABILITIES)
+    predictions = Predictions(answers, 5, ("cat", "dog"))
+    assert "items" not in vars(predictions)  # nothing per input made yet
+    assert predictions.labels == x.argmax(1).tolist()
+    assert predictions.probabilities is answers.probabilities
+    assert "items" not in vars(predictions)
+    assert predictions[0] == Prediction(
+        predictions.labels[0],
+        tuple(answers.probabilities[0].tolist()),
+        ("cat", "dog")[predictions.labels[0]],
+    )
+    assert [p.label for p in predictions] == predictions.labels
+    assert predictions == Predictions(answers, 5, ("cat", "dog"))
+    assert hash(predictions) == hash(Predictions(answers, 5, ("cat", "dog")))

@@ -216,7 +216,7 @@ def answers_size(count: int, num_classes: int, policy: dict[str, Any]) -> int:
     return count * 4 * (1 + (num_classes if policy.get("output") != "label" else 0))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Answers:
     """The opened answers to one query batch, as arrays over the decrypted bytes.
 
@@ -231,6 +231,20 @@ class Answers:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    # Compared and hashed by value, as the lists they replace were: the arrays are
+    # read-only, so neither changes after the answers are made.
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Answers):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple[bytes, bytes | None]:
+        rows = self.probabilities
+        return self.labels.tobytes(), None if rows is None else rows.tobytes()
 
     def as_dicts(self) -> list[dict[str, Any]]:
         """One `{"label": ..., "probabilities": [...]}` per input (the CLI's JSON form)."""
