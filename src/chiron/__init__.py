@@ -19,7 +19,7 @@ with chiron.connect(local=True, allow_simulation=True) as c:
     print(f"held-out accuracy {run.holdout_accuracy:.3f}")
     with c.open_model("model.chm", owner="owner.key", provider=AGENT) as model:
         answers = model.predict(np.load("images.npy"))
-        print(answers.labels, answers.budget_left)
+        print(answers.labels, answers.budget_left)  # answers.probabilities: an (N, classes) array
         print(model.evaluate("fm-test.chd", data_key="fm-test.key").accuracy)
 ```
 
