@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 
@@ -53,7 +56,7 @@ def test_an_answer_of_the_wrong_size_is_refused(change):
 def test_answers_compare_and_hash_by_value():
     data = encode_answers(logits(4, 3), PROBABILITIES)
     first = decode_answers(data, 4, 3, PROBABILITIES)
-    again = decode_answers(bytes(data), 4, 3, PROBABILITIES)
+    again = decode_answers(bytes(bytearray(data)), 4, 3, PROBABILITIES)
     other = decode_answers(encode_answers(logits(4, 3) * -1, PROBABILITIES), 4, 3, PROBABILITIES)
     assert first == again and hash(first) == hash(again)
     assert first != other
@@ -78,3 +81,23 @@ def test_sdk_predictions_read_the_arrays_and_make_items_on_demand():
     assert [p.label for p in predictions] == predictions.labels
     assert predictions == Predictions(answers, 5, ("cat", "dog"))
     assert hash(predictions) == hash(Predictions(answers, 5, ("cat", "dog")))
+
+
+def test_answers_own_frozen_arrays_whatever_they_were_made_from():
+    data = bytearray(encode_answers(logits(4, 3), PROBABILITIES))
+    answers = decode_answers(data, 4, 3, PROBABILITIES)  # over a writable buffer
+    before = answers.labels.tolist(), hash(answers)
+    data[:] = bytes(len(data))
+    assert (answers.labels.tolist(), hash(answers)) == before
+    for same in (pickle.loads(pickle.dumps(answers)), copy.deepcopy(answers), copy.copy(answers)):
+        assert same == answers
+        assert not same.labels.flags.writeable and not same.probabilities.flags.writeable
+        with pytest.raises(ValueError):
+            same.probabilities[0, 0] = 1.0
+
+
+def test_answers_of_other_shapes_or_kinds_are_not_equal():
+    rows = np.zeros((2, 3), "<f4")
+    assert Answers(np.zeros(2), rows) != Answers(np.zeros(2), rows.reshape(3, 2))
+    assert Answers(np.zeros(0), None) != Answers(np.zeros(0), np.zeros((0, 3)))
+    assert Answers(np.zeros(2), None) != Answers(np.zeros(1), None)

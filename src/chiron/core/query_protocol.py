@@ -218,22 +218,28 @@ def answers_size(count: int, num_classes: int, policy: dict[str, Any]) -> int:
 
 @dataclass(frozen=True, eq=False)
 class Answers:
-    """The opened answers to one query batch, as arrays over the decrypted bytes.
+    """The opened answers to one query batch, as arrays.
 
     `labels` has one int32 per input; `probabilities` one float32 row per input, or None
-    when the policy answers labels only. Both are read-only views: a batch's answers are
-    not turned into a Python object per input unless a caller asks (`as_dicts`), so a
-    stream of batches costs no more in the client than the answers' own bytes.
+    when the policy answers labels only. Each is the answers' own read-only copy, whatever
+    it was made from: nobody can change an answer after it was checked, nor its hash. A
+    batch's answers are not turned into a Python object per input unless a caller asks
+    (`as_dicts`), so a stream of batches costs the client little more than their bytes.
     """
 
     labels: np.ndarray
     probabilities: np.ndarray | None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", _frozen(self.labels, "<i4"))
+        if self.probabilities is not None:
+            object.__setattr__(self, "probabilities", _frozen(self.probabilities, "<f4"))
+
     def __len__(self) -> int:
         return len(self.labels)
 
-    # Compared and hashed by value, as the lists they replace were: the arrays are
-    # read-only, so neither changes after the answers are made.
+    # Compared and hashed by value, as the lists they replace were; the arrays never
+    # change (`_frozen`), so neither does the hash.
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Answers):
             return NotImplemented
@@ -242,9 +248,15 @@ class Answers:
     def __hash__(self) -> int:
         return hash(self._key())
 
-    def _key(self) -> tuple[bytes, bytes | None]:
-        rows = self.probabilities
-        return self.labels.tobytes(), None if rows is None else rows.tobytes()
+    def __reduce__(self) -> tuple[type[Answers], tuple[np.ndarray, np.ndarray | None]]:
+        # Pickled and copied through the constructor, so a copy is frozen too.
+        return Answers, (self.labels, self.probabilities)
+
+    def _key(self) -> tuple[tuple[int, ...], bytes, tuple[int, ...] | None, bytes | None]:
+        labels, rows = self.labels, self.probabilities
+        if rows is None:
+            return labels.shape, labels.tobytes(), None, None
+        return labels.shape, labels.tobytes(), rows.shape, rows.tobytes()
 
     def as_dicts(self) -> list[dict[str, Any]]:
         """One `{"label": ..., "probabilities": [...]}` per input (the CLI's JSON form)."""
@@ -255,6 +267,13 @@ class Answers:
             {"label": label, "probabilities": row}
             for label, row in zip(labels, self.probabilities.tolist(), strict=True)
         ]
+
+
+def _frozen(array: np.ndarray, dtype: str) -> np.ndarray:
+    """A read-only copy of `array` as `dtype` that owns its memory."""
+    copy = np.array(array, dtype=dtype, copy=True)
+    copy.setflags(write=False)
+    return copy
 
 
 def decode_answers(data: bytes, count: int, num_classes: int, policy: dict[str, Any]) -> Answers:

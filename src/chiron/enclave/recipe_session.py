@@ -127,8 +127,9 @@ def share_training_data(
 
 def send_records(sandbox: Sandbox, kind: ToChild, x: np.ndarray, schema: DatasetSchema) -> None:
     dtype = np.dtype(schema.dtype).newbyteorder("<")
-    # Sent from the array's own memory: no copy when it is already contiguous records.
-    sandbox.send(kind, np.ascontiguousarray(x, dtype=dtype).data)
+    # Sent from the array's own memory (no copy when it already holds contiguous records
+    # in this byte order), as flat bytes, so an empty batch is an empty payload.
+    sandbox.send(kind, np.ascontiguousarray(x, dtype=dtype).reshape(-1).view(np.uint8).data)
 
 
 def predict_logits(
